@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:
+#   make run    set up .venv and run the demo grid on the CPU (Prefect's ephemeral API)
+#   make test   set up .venv and run the whole test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test dry-run bench clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; a no-op otherwise.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[flow,test]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/python -m flows.grid grid-search/demo.yaml
+
+dry-run: setup
+	$(BIN)/python -m flows.grid grid-search/benson2025.yaml --dry-run
+
+# pytest exits 5 when it collects no test; CI must fail then, and it does (any non-zero).
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/dry_run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,202 @@
+"""The one source of truth for what a grid cell means.
+
+A cell directory holds two inputs, ``options.json`` (a :class:`CellOptions`) and
+``plan.json`` (a :class:`Plan`), and the trainer writes ``metrics.json`` (a
+:class:`CellMetrics`) last. The grid spec (``flows/spec.py``) validates its
+``static``/``hyper`` values and plan rounds with these same models, so a value
+the flow accepts is exactly a value the trainer accepts.
+
+Names follow the published method (Benson, Song et al. 2025); see
+``autolabel/data.py`` for the channel, input-set and label names themselves.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    field_validator,
+    model_validator,
+)
+
+BaseModelName = Literal["resnet18", "resnet34"]
+InputSetName = Literal["anat", "t1t2", "func", "trac", "not2", "nofn", "nodw", "full"]
+PredictionName = Literal["area", "ring"]
+DeviceName = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
+
+# Subject ids become file names in the on-disk dataset format: keep them tame.
+SUBJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticDataset(_Strict):
+    """A synthetic cohort generated once per (seed, size) into the on-disk cache."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    seed: int = Field(0, ge=0, description="generator seed; same seed, same cohort")
+    subjects: int = Field(181, ge=4, le=10_000, description="cohort size (HCP 7T retinotopy: 181)")
+    rows: int = Field(128, ge=16, le=2048, description="image height in pixels")
+    cols: int = Field(256, ge=32, le=4096, description="image width: left | right hemisphere")
+
+    @field_validator("rows", "cols")
+    @classmethod
+    def _multiple_of_32(cls, v: int) -> int:
+        # The encoder downsamples 5 times; odd sizes would misalign the skip connections.
+        if v % 32:
+            raise ValueError(f"must be a multiple of 32 (the U-Net downsamples by 32), got {v}")
+        return v
+
+
+class PathDataset(_Strict):
+    """A dataset in the on-disk format (see README): a local folder or an s3:// prefix."""
+
+    kind: Literal["path"] = "path"
+    path: str = Field(min_length=1, description="folder or s3://bucket/prefix holding manifest.json")
+
+
+Dataset = Annotated[Union[SyntheticDataset, PathDataset], Field(discriminator="kind")]
+
+
+class ExplicitPartition(_Strict):
+    """A fixed train/validation split by subject id, as the original grid used."""
+
+    train: list[str] = Field(min_length=1, description="training subject ids")
+    validation: list[str] = Field(min_length=1, description="validation subject ids")
+
+    @field_validator("train", "validation", mode="before")
+    @classmethod
+    def _ids_as_strings(cls, v: Any) -> Any:
+        # HCP ids are numbers in the original grid-params.json (e.g. 100610).
+        if isinstance(v, list):
+            return [str(s) if isinstance(s, int) and not isinstance(s, bool) else s for s in v]
+        return v
+
+    @field_validator("train", "validation")
+    @classmethod
+    def _valid_ids(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not SUBJECT_ID.match(s)]
+        if bad:
+            raise ValueError(f"invalid subject id(s) {bad[:3]}: use letters, digits, '_', '.', '-'")
+        if len(set(v)) != len(v):
+            raise ValueError("subject ids are duplicated")
+        return v
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> ExplicitPartition:
+        both = sorted(set(self.train) & set(self.validation))
+        if both:
+            raise ValueError(f"subjects in both train and validation: {both[:5]}")
+        return self
+
+
+class CellOptions(_Strict):
+    """Everything about one training run except its plan (``options.json``)."""
+
+    base_model: BaseModelName = Field("resnet18", description="ResNet encoder of the U-Net")
+    pretrained: bool = Field(False, description="start the encoder from ImageNet weights (local file only)")
+    inputs: InputSetName = Field("full", description="input channel set (anat ... full)")
+    prediction: PredictionName = Field("area", description="area = V1-V3, ring = E0-E4")
+    batch_size: int = Field(4, ge=1, le=4096, description="default batch size; a round may override it")
+    partition: Union[Annotated[float, Field(gt=0, lt=1)], ExplicitPartition] = Field(
+        0.2, description="validation fraction, or explicit train/validation subject ids"
+    )
+    until: int = Field(1, ge=1, le=100, description="repeat the plan from this many fresh inits, keep the best")
+    seed: int = Field(0, ge=0, description="seed for weights, data order and augmentation")
+    device: DeviceName = Field("auto", description="auto picks cuda, then mps, then cpu")
+    image_size: tuple[int, int] | None = Field(
+        None, description="(rows, cols) to train at; default is the dataset's own size"
+    )
+    dataset: Dataset = Field(default_factory=SyntheticDataset, description="synthetic cohort or path/s3 URI")
+
+    @field_validator("partition", mode="before")
+    @classmethod
+    def _legacy_partition(cls, v: Any) -> Any:
+        # The original grid-params.json gave the partition as [train_ids, validation_ids].
+        if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, list) for x in v):
+            return {"train": v[0], "validation": v[1]}
+        return v
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (v[0] % 32 or v[1] % 32 or min(v) < 32):
+            raise ValueError(f"rows and cols must be positive multiples of 32, got {list(v)}")
+        return v
+
+
+class Round(_Strict):
+    """One round of the plan: continue from the previous round's weights."""
+
+    lr: float = Field(gt=0, le=10, description="Adam learning rate")
+    gamma: float = Field(1.0, gt=0, le=1, description="StepLR factor, applied once per epoch")
+    bce_weight: float = Field(ge=0, le=1, description="loss = w*BCE + (1-w)*Dice")
+    num_epochs: int = Field(10, ge=1, le=10_000, description="epochs in this round")
+    batch_size: int | None = Field(None, ge=1, le=4096, description="overrides the cell's batch_size")
+
+
+class Plan(RootModel[list[Round]]):
+    """``plan.json``: the list of rounds, trained one after another."""
+
+    root: list[Round] = Field(min_length=1)
+
+    def __iter__(self):  # type: ignore[override]
+        return iter(self.root)
+
+    def __len__(self) -> int:
+        return len(self.root)
+
+    def __getitem__(self, i: int) -> Round:
+        return self.root[i]
+
+
+# ----------------------------------------------------------------------------- results
+
+CellStatus = Literal["complete", "diverged", "failed"]
+
+
+class RoundResult(BaseModel):
+    repeat: int
+    round: int
+    best_epoch: int = Field(description="1-based epoch within the round with the lowest validation loss")
+    val_loss: float
+    val_dice_loss: float
+
+
+class RepeatResult(BaseModel):
+    repeat: int
+    best_round: int = Field(description="round with the lowest validation Dice loss")
+    val_dice_loss: float
+
+
+class CellMetrics(BaseModel):
+    """``metrics.json``, written atomically and last: status complete means done."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: CellStatus
+    message: str = ""
+    best_val_dice_loss: float | None = None
+    dice: dict[str, float] = Field(default_factory=dict, description="validation Dice score per label")
+    mean_dice: float | None = None
+    rounds: list[RoundResult] = Field(default_factory=list)
+    repeats: list[RepeatResult] = Field(default_factory=list)
+    best_repeat: int | None = None
+    epochs: int = Field(0, description="epochs trained in total, all repeats and rounds")
+    wall_seconds: float = 0.0
+    device: str = ""
+    train_images: int = Field(0, description="training images processed (forward+backward)")
+    train_images_per_second: float = 0.0
+
+
+# Exit codes of ``python -m autolabel.train``; the runners classify outcomes by them.
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2  # permanent: fix options.json / plan.json / the dataset
+EXIT_DIVERGED = 3  # permanent: NaN loss

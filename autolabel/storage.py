@@ -1,0 +1,135 @@
+"""Where cells and datasets live: a local folder or an ``s3://bucket/prefix``.
+
+boto3 reads credentials and region from its default chain and honours
+``AWS_ENDPOINT_URL`` (and ``AWS_ENDPOINT_URL_S3``), which is how the tests point
+it at a local moto server. Nothing here writes credentials anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+# S3 bucket naming rules (3-63 chars, lowercase, digits, dots, hyphens).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# Keys we create: no traversal, no empty segments, a conservative alphabet.
+_KEY_SEGMENT = re.compile(r"^[A-Za-z0-9_.=+-]+$")
+
+
+class StorageError(ValueError):
+    """A bad URI or a missing object; the message names it."""
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``, refusing traversal and odd keys."""
+    if not is_s3(uri):
+        raise StorageError(f"{uri}: not an s3:// URI")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not _BUCKET.match(bucket):
+        raise StorageError(f"{uri}: invalid S3 bucket name {bucket!r}")
+    key = key.strip("/")
+    for seg in key.split("/") if key else []:
+        if seg in ("", ".", "..") or not _KEY_SEGMENT.match(seg):
+            raise StorageError(f"{uri}: invalid key segment {seg!r} (letters, digits, _ . = + - only)")
+    return bucket, key
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path segments onto a local path or s3 URI (validated for s3)."""
+    if is_s3(uri):
+        out = uri.rstrip("/") + "/" + "/".join(p.strip("/") for p in parts)
+        split_s3(out)
+        return out
+    return str(Path(uri, *parts))
+
+
+@lru_cache(maxsize=None)
+def _client():
+    import boto3  # deferred: a local run never needs it
+
+    return boto3.client("s3")
+
+
+def s3_client():
+    """The shared S3 client (default credential chain, AWS_ENDPOINT_URL honoured)."""
+    return _client()
+
+
+def download_prefix(uri: str, dest: Path) -> list[Path]:
+    """Copy every object under ``uri`` into ``dest``, keeping relative paths."""
+    bucket, prefix = split_s3(uri)
+    dest.mkdir(parents=True, exist_ok=True)
+    got: list[Path] = []
+    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/" if prefix else "")
+    for page in pages:
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix) :].lstrip("/")
+            if not rel or any(seg in ("", ".", "..") for seg in PurePosixPath(rel).parts):
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3_client().download_file(bucket, obj["Key"], str(target))
+            got.append(target)
+    return got
+
+
+def download_file(uri: str, dest: Path) -> bool:
+    """Fetch one object; False if it does not exist."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        s3_client().download_file(bucket, key, str(dest))
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+def upload_file(path: Path, uri: str) -> None:
+    bucket, key = split_s3(uri)
+    s3_client().upload_file(str(path), bucket, key)
+
+
+def upload_dir(src: Path, uri: str, names: list[str] | None = None) -> None:
+    """Upload the files of ``src`` (or only ``names``) under ``uri``."""
+    files = [src / n for n in names] if names else [p for p in src.rglob("*") if p.is_file()]
+    for p in files:
+        if p.is_file():
+            upload_file(p, join(uri, p.relative_to(src).as_posix()))
+
+
+def read_json(uri: str | Path) -> Any:
+    """Read a JSON document from a local path or an s3 URI."""
+    if is_s3(str(uri)):
+        bucket, key = split_s3(str(uri))
+        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return json.loads(body)
+    return json.loads(Path(uri).read_text())
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so that readers see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

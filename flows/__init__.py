@@ -1,0 +1,1 @@
+"""Orchestration of the grid search: spec -> cells -> cost -> runners -> summary."""
