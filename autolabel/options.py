@@ -147,8 +147,8 @@ class Plan(RootModel[list[Round]]):
 
     root: list[Round] = Field(min_length=1)
 
-    def __iter__(self):  # type: ignore[override]
-        return iter(self.root)
+    # Iterate over ``plan.root``: a pydantic model's own __iter__ yields (field, value) pairs,
+    # which tools that walk models (Prefect's parameter visitor) rely on.
 
     def __len__(self) -> int:
         return len(self.root)

@@ -110,6 +110,15 @@ def upload_dir(src: Path, uri: str, names: list[str] | None = None) -> None:
             upload_file(p, join(uri, p.relative_to(src).as_posix()))
 
 
+def delete(uri: str | Path) -> None:
+    """Remove one object (s3) or file (local); a missing one is fine."""
+    if is_s3(str(uri)):
+        bucket, key = split_s3(str(uri))
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    else:
+        Path(uri).unlink(missing_ok=True)
+
+
 def read_json(uri: str | Path) -> Any:
     """Read a JSON document from a local path or an s3 URI."""
     if is_s3(str(uri)):

@@ -1,0 +1,103 @@
+"""Shared fixtures: a private dataset cache, tiny cell folders, and a real S3 (moto) server over HTTP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def autolabel_cache(tmp_path_factory) -> Path:
+    """Every test generates synthetic cohorts into one session-wide temp cache, never into ~/.cache."""
+    path = tmp_path_factory.mktemp("autolabel-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTOLABEL_CACHE", str(path))
+        yield path
+
+
+def tiny_options(**overrides: Any) -> dict:
+    """options.json for a tiny CPU cell (12 subjects, 32x64); overrides replace top-level fields."""
+    options = {"device": "cpu", "dataset": {"kind": "synthetic", "subjects": 12, "rows": 32, "cols": 64}}
+    return options | overrides
+
+
+def tiny_plan(rounds: int = 1, epochs: int = 1, **fields: Any) -> list[dict]:
+    """plan.json: ``rounds`` rounds of ``epochs`` epochs with the published lr/bce_weight schedule."""
+    return [
+        {"lr": 0.003 * (1 - r / 3), "bce_weight": 0.75 * (1 - r / 2) if r < 2 else 0.0, "num_epochs": epochs} | fields
+        for r in range(rounds)
+    ]
+
+
+@pytest.fixture
+def make_cell(tmp_path) -> Callable[..., Path]:
+    """``make_cell(options=..., plan=..., name=...)`` writes a cell folder; raw strings are written verbatim."""
+
+    def make(options: Any = None, plan: Any = None, name: str = "cell") -> Path:
+        cell = tmp_path / name
+        cell.mkdir(parents=True, exist_ok=True)
+        for file, value in (("options.json", options), ("plan.json", plan)):
+            value = {"options.json": tiny_options(), "plan.json": tiny_plan()}[file] if value is None else value
+            (cell / file).write_text(value if isinstance(value, str) else json.dumps(value))
+        return cell
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> str:
+    """A moto S3 server on a free local port for the whole session (real HTTP, no AWS)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(moto_endpoint, monkeypatch) -> dict[str, str]:
+    """Point boto3 (and autolabel.storage) at the moto server with dummy credentials; returns the env."""
+    from autolabel import storage
+
+    env = {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
+    storage._client.cache_clear()
+    yield env
+    storage._client.cache_clear()
+
+
+@pytest.fixture
+def s3_bucket(s3_env, request) -> str:
+    """A fresh bucket on the moto server, named after the test."""
+    import re
+
+    from autolabel import storage
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") or "bucket"
+    storage.s3_client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real (temporary, local) Prefect API for the whole session; starting it takes seconds."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
