@@ -1,0 +1,495 @@
+"""The grid spec: the one file a scientist edits, validated completely before anything runs.
+
+    python -m flows.grid grid-search/demo.yaml --dry-run     # validate, count, price; writes nothing
+
+A spec is YAML (or JSON)::
+
+    name: benson2025                  # output folder: <spec folder>/<name>/
+    description: ...
+    static: {pretrained: false, until: 2}          # shared by every cell
+    hyper:  {lr: [0.0025, 0.00375], inputs: [full, anat]}   # cartesian product
+    plan:   [{num_epochs: 10}, {num_epochs: 10}, {num_epochs: 10}]  # base rounds
+    plan_scale: {lr: [1, 2/3, 1/3]}                # per-round multipliers (numbers or a/b)
+    max_cells: 10000
+
+A ``static``/``hyper`` key is either a cell option (``autolabel.options.CellOptions``)
+or a round field that is not an option (``lr``, ``gamma``, ``bce_weight``,
+``num_epochs``). A round field's value enters every round of the plan, multiplied by
+that round's ``plan_scale`` factor. The default scale is the published one, stretched
+to any number of rounds: with n rounds, ``lr`` x (n-r)/n and ``bce_weight`` x
+(n-1-r)/(n-1), which for 3 rounds is lr x (1, 2/3, 1/3) and bce_weight x (1, 1/2, 0);
+``gamma`` stays constant. A spec that gives no ``lr``/``bce_weight`` trains at the
+published grid's middle levels (0.00375, 0.67). The original tooling's ``grid-params.json``
+(``{"static": ..., "hyper": ...}``) loads unchanged.
+
+Every problem is reported at once, one ``path.to.field: problem`` line each, by
+:class:`SpecError`. Values are checked by the trainer's own models, so a spec that
+validates here gives cells that the trainer accepts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+
+from autolabel.options import CellOptions, Round
+
+# A cell option is a CellOptions field; a round key is a Round field that is not one
+# (batch_size is both: in static/hyper it is the cell's, in a plan round an override).
+OPTION_KEYS: tuple[str, ...] = tuple(CellOptions.model_fields)
+ROUND_KEYS: tuple[str, ...] = tuple(k for k in Round.model_fields if k not in CellOptions.model_fields)
+SCALABLE_KEYS = ("lr", "gamma", "bce_weight")
+ScalableKey = Literal["lr", "gamma", "bce_weight"]
+
+# Round fields the trainer requires but a spec may leave out: the middle levels of the
+# published grid (lr 0.00375, bce_weight 0.67), so that a spec varying only, say,
+# inputs still trains with the published schedule.
+ROUND_DEFAULTS: dict[str, float] = {"lr": 0.00375, "bce_weight": 0.67}
+DEFAULT_ROUNDS = 3  # the published plan: 3 rounds of 10 epochs (Round's default)
+MAX_CELLS = 10_000
+
+# Keys of the original grid-params.json that configured its own machines (cache paths,
+# multiprocessing); our trainer has its own cache, so a legacy file drops them, with a note.
+LEGACY_IGNORED = ("multiproc", "model_cache_path", "data_cache_path")
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # a folder name and an S3 key segment
+SIGNIFICANT_DIGITS = 6  # derived plan values are rounded so ids agree across platforms
+
+
+class SpecError(ValueError):
+    """An invalid spec; ``.lines`` holds one ``path.to.field: problem`` per problem."""
+
+    def __init__(self, source: str, lines: list[str]):
+        self.source = source
+        self.lines = lines
+        super().__init__("\n".join(f"{source}: {line}" for line in lines))
+
+
+def parse_fraction(v: Any) -> Any:
+    """``"2/3"`` -> 2/3, so the published schedule can be written exactly."""
+    if isinstance(v, str) and re.fullmatch(r"\s*\d+(\.\d*)?\s*/\s*\d+(\.\d*)?\s*", v):
+        num, den = (float(x) for x in v.split("/"))
+        return num / den if den else v
+    return v
+
+
+Multiplier = Annotated[float, BeforeValidator(parse_fraction), Field(ge=0, le=1000, allow_inf_nan=False)]
+
+
+class SpecFile(BaseModel):
+    """The file as written, before cross-field checks and value checks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, pattern=NAME, description="output folder name; default: from the file name")
+    description: str = Field("", description="free text, shown by the dry run")
+    static: dict[str, Any] = Field(default_factory=dict, description="option or round values shared by every cell")
+    hyper: dict[str, list[Any]] = Field(default_factory=dict, description="levels per factor; cells = product")
+    plan: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{} for _ in range(DEFAULT_ROUNDS)],
+        min_length=1,
+        max_length=100,
+        description="base rounds: partial Round fields (num_epochs, batch_size, gamma, ...)",
+    )
+    plan_scale: dict[ScalableKey, list[Multiplier]] = Field(
+        default_factory=dict, description="per-round multipliers of a static/hyper round value"
+    )
+    max_cells: int = Field(MAX_CELLS, ge=1, le=1_000_000, description="refuse grids larger than this")
+
+
+class GridSpec(BaseModel):
+    """A validated spec: every value normalized by the trainer's models."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="output folder name (a slug)")
+    description: str = Field("", description="free text")
+    static: dict[str, Any] = Field(description="shared option and round values, normalized (JSON types)")
+    hyper: dict[str, list[Any]] = Field(description="levels of each factor in file order, normalized")
+    plan: list[dict[str, Any]] = Field(description="the base rounds as written (explicit round fields)")
+    plan_scale: dict[str, list[float]] = Field(description="multiplier per round for each scaled round key")
+    max_cells: int = Field(MAX_CELLS, description="the spec's own size limit")
+    source: str = Field("", description="file the spec came from")
+    legacy: bool = Field(False, description="read from the original tooling's grid-params.json form")
+    notes: list[str] = Field(default_factory=list, description="things the dry run should mention")
+
+    @property
+    def n_cells(self) -> int:
+        return math.prod(len(v) for v in self.hyper.values())
+
+    @property
+    def factors(self) -> dict[str, list[Any]]:
+        """Hyper factors with more than one level: what distinguishes cells."""
+        return {k: v for k, v in self.hyper.items() if len(v) > 1}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path) -> GridSpec:
+    """Read and validate a spec file; raises SpecError (or FileNotFoundError)."""
+    path = Path(path)
+    text = path.read_text()
+    raw = parse_text(text, str(path), json_only=path.suffix.lower() == ".json")
+    return check_spec(raw, source=str(path), default_name=default_name(path))
+
+
+def default_name(path: Path) -> str:
+    """A spec without ``name`` is named after its file; ``grid-params.json`` after its folder."""
+    stem = path.resolve().parent.name if path.name == "grid-params.json" else path.stem
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-_")[:64]
+    return slug if re.match(NAME, slug) else "grid"
+
+
+class _UniqueKeyLoader(yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader):  # type: ignore[misc]
+    """YAML that refuses a key given twice (PyYAML would silently keep the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key]} and {line})", key_node.start_mark
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_text(text: str, source: str, json_only: bool = False) -> Any:
+    """YAML or JSON text -> Python data; a syntax error names its line."""
+    if json_only:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError(source, [f"line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}"]) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(source, [f"{where}YAML syntax error: {problem}"]) from None
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_spec(raw: Any, source: str = "<spec>", default_name: str = "grid") -> GridSpec:
+    """Validate parsed spec data completely; raise SpecError with every problem at once.
+
+    1. the file's shape (SpecFile); 2. key names and cross-field rules; 3. every value
+    of static, hyper and plan through CellOptions/Round; 4. the cell count.
+    """
+    if not isinstance(raw, dict):
+        empty = "the file is empty; " if raw is None else ""
+        raise SpecError(source, [f"(top level): {empty}a spec is a mapping with name, static, hyper and plan"])
+    notes: list[str] = []
+    legacy = source.endswith(".json") and set(raw) == {"static", "hyper"}
+    if legacy and isinstance(raw["static"], dict):
+        dropped = [k for k in LEGACY_IGNORED if k in raw["static"]]
+        raw = {**raw, "static": {k: v for k, v in raw["static"].items() if k not in dropped}}
+        if dropped:
+            notes.append(f"legacy grid-params.json: ignored {', '.join(dropped)} (settings of the original machines)")
+
+    # 1. Shape; on errors keep checking whatever parts are usable.
+    lines: list[str] = []
+    try:
+        spec = SpecFile.model_validate(raw)
+    except ValidationError as e:
+        lines += shape_errors(e, raw)
+        spec = salvage(raw)
+    # 2.-3. Names, cross-field rules, values.
+    static, hyper = check_keys(spec, lines)
+    plan_scale = resolve_scale(spec, lines)
+    norm_static, norm_hyper = check_values(spec, static, hyper, plan_scale, lines)
+    # 4. Size.
+    n = math.prod(len(v) for v in hyper.values()) if hyper else 1
+    if n > spec.max_cells:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in hyper.items())
+        lines.append(f"hyper: {sizes} = {n} cells, over max_cells {spec.max_cells}; drop levels or raise max_cells")
+    if lines:
+        raise SpecError(source, list(dict.fromkeys(lines)))
+    return GridSpec(
+        name=spec.name or default_name,
+        description=spec.description,
+        static=norm_static,
+        hyper=norm_hyper,
+        plan=spec.plan,
+        plan_scale=plan_scale,
+        max_cells=spec.max_cells,
+        source=source,
+        legacy=legacy,
+        notes=notes,
+    )
+
+
+def salvage(raw: dict) -> SpecFile:
+    """The usable parts of a spec whose shape is wrong, so later checks still run."""
+    usable: dict[str, Any] = {}
+    if isinstance(raw.get("static"), dict):
+        usable["static"] = {str(k): v for k, v in raw["static"].items()}
+    if isinstance(raw.get("hyper"), dict):
+        usable["hyper"] = {str(k): v for k, v in raw["hyper"].items() if isinstance(v, list)}
+    if isinstance(raw.get("plan"), list) and raw["plan"] and all(isinstance(r, dict) for r in raw["plan"]):
+        usable["plan"] = [{str(k): v for k, v in r.items()} for r in raw["plan"]]
+    if isinstance(raw.get("plan_scale"), dict):
+        usable["plan_scale"] = {k: v for k, v in raw["plan_scale"].items() if usable_scale(k, v)}
+    return SpecFile.model_validate(usable)
+
+
+def usable_scale(key: Any, value: Any) -> bool:
+    try:
+        SpecFile.model_validate({"plan_scale": {key: value}})
+        return True
+    except ValidationError:
+        return False
+
+
+def check_keys(spec: SpecFile, lines: list[str]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """Unknown names, a key in both static and hyper, empty hyper lists; returns the usable keys."""
+    known = OPTION_KEYS + ROUND_KEYS
+    static: dict[str, Any] = {}
+    for k, v in spec.static.items():
+        if k in known:
+            static[k] = v
+        else:
+            lines.append(f"static.{k}: {unknown_name(k, known)}")
+    hyper: dict[str, list[Any]] = {}
+    for k, v in spec.hyper.items():
+        if k not in known:
+            lines.append(f"hyper.{k}: {unknown_name(k, known)}")
+        elif not v:
+            lines.append(f"hyper.{k}: empty list; give at least one level")
+        else:
+            hyper[k] = v  # checked level by level even if also static, so every error shows
+            if k in spec.static:
+                lines.append(f"hyper.{k}: also set in static; give {k} in one place")
+    for r, rnd in enumerate(spec.plan):
+        for k in rnd:
+            if k not in Round.model_fields:
+                lines.append(f"plan[{r}].{k}: {unknown_name(k, tuple(Round.model_fields), 'round field')}")
+            elif k in ROUND_KEYS and (k in spec.static or k in spec.hyper):
+                where = "static" if k in spec.static else "hyper"
+                lines.append(f"plan[{r}].{k}: also set by {where}.{k}; give {k} in one place")
+            elif k in spec.plan_scale:
+                lines.append(f"plan[{r}].{k}: set per round, so plan_scale.{k} cannot scale it; drop one")
+    return static, hyper
+
+
+def unknown_name(key: str, known: tuple[str, ...], kind: str = "option") -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"unknown {kind}; {hint}known: {', '.join(known)}"
+
+
+def default_scale(key: str, rounds: int) -> list[float]:
+    """The published schedule stretched to any round count (3 rounds: lr 1, 2/3, 1/3; bce 1, 1/2, 0)."""
+    if key == "lr":
+        return [(rounds - r) / rounds for r in range(rounds)]
+    if key == "bce_weight":
+        return [1.0] if rounds == 1 else [(rounds - 1 - r) / (rounds - 1) for r in range(rounds)]
+    return [1.0] * rounds
+
+
+def resolve_scale(spec: SpecFile, lines: list[str]) -> dict[str, list[float]]:
+    """Each scaled key's multipliers: the spec's where given, else the published default."""
+    rounds = len(spec.plan)
+    scale: dict[str, list[float]] = {}
+    for key in SCALABLE_KEYS:
+        given = spec.plan_scale.get(key)  # type: ignore[call-overload]
+        if given is None:
+            scale[key] = default_scale(key, rounds)
+        elif len(given) != rounds:
+            lines.append(
+                f"plan_scale.{key}: {len(given)} multipliers for a plan of {rounds} rounds; give one per round"
+            )
+            scale[key] = [1.0] * rounds
+        else:
+            scale[key] = list(given)
+    return scale
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def check_values(
+    spec: SpecFile, static: dict, hyper: dict[str, list], scale: dict[str, list[float]], lines: list[str]
+) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """Check every static value, every level of every factor and every plan round.
+
+    One probe cell per level (static values plus that one level), never the whole
+    product, so 1800 cells cost 22 probes. Returns static and hyper normalized.
+    """
+    # Static: one probe with every static value; errors belong to the key they name.
+    probe = {k: levels[0] for k, levels in hyper.items()}
+    norm_static: dict[str, Any] = {}
+    problems, parsed = probe_cell(spec.plan, {**probe, **static}, scale)
+    for key in static:
+        lines += [f"static.{p}" for p in problems.get(key, [])]
+        if key not in problems:
+            norm_static[key] = parsed.get(key, static[key])
+    lines += problems.get("plan", []) + problems.get("plan_scale", [])
+    # A problem no key owns (a model-level rule of CellOptions) still gets reported.
+    owned = {*static, *hyper, "plan", "plan_scale"}
+    lines += [f"static: {p}" for key, found in problems.items() if key not in owned for p in found]
+
+    # Hyper: one probe per level; duplicates compare by normalized value.
+    norm_hyper: dict[str, list[Any]] = {}
+    for key, levels in hyper.items():
+        seen: dict[str, int] = {}
+        norm_hyper[key] = []
+        for i, level in enumerate(levels):
+            problems, parsed = probe_cell(spec.plan, {**probe, **static, key: level}, scale)
+            lines += [f"hyper.{key}[{i}]{p[len(key):]}" for p in problems.get(key, [])]
+            value = parsed.get(key, level)
+            canon = json.dumps(value, sort_keys=True)
+            if canon in seen:
+                lines.append(f"hyper.{key}[{i}]: duplicate of hyper.{key}[{seen[canon]}] ({short(value)})")
+            seen.setdefault(canon, i)
+            norm_hyper[key].append(value)
+    return norm_static, norm_hyper
+
+
+def probe_cell(plan: list[dict], values: dict[str, Any], scale: dict[str, list[float]]) -> tuple[dict, dict]:
+    """Validate one cell's options and plan: (problem lines by key, normalized values by key).
+
+    A problem is filed under the key that caused it: an option or round key of the
+    cell, ``plan`` (a round's own field) or ``plan_scale`` (a default times a scale).
+    """
+    problems: dict[str, list[str]] = {}
+    parsed: dict[str, Any] = {}
+    for key in [k for k in values if k in ROUND_KEYS]:
+        try:  # types first (YAML reads 1e-3 as a string), so that scaling multiplies numbers
+            parsed[key] = round_type(key).validate_python(values[key])
+        except ValidationError as e:
+            problems[key] = [f"{key}: {msg}" for _, msg in error_lines(e, values[key])]
+    numbers = {k: parsed.get(k, v) for k, v in values.items() if k not in problems}
+    options, rounds = split_values(numbers, plan, scale)
+    try:
+        parsed.update(CellOptions.model_validate(options).model_dump(mode="json", include=set(options)))
+    except ValidationError as e:
+        for path, msg in error_lines(e, options):
+            problems.setdefault(path.split(".")[0].split("[")[0], []).append(f"{path}: {msg}")
+    for r, rnd in enumerate(rounds):
+        try:
+            Round.model_validate(rnd)
+        except ValidationError as e:
+            for path, msg in error_lines(e, rnd):
+                key = path.split(".")[0]
+                factor = scale[key][r] if key in scale else 1.0
+                if key in numbers and key in problems:
+                    continue  # one problem per value: its first failing round says enough
+                if key in numbers:
+                    via = f"round {r + 1}: {short(numbers[key])} x {factor:g} = {short(rnd[key])}: "
+                    problems.setdefault(key, []).append(f"{key}: {via if factor != 1 else ''}{msg}")
+                elif key in plan[r]:
+                    problems.setdefault("plan", []).append(f"plan[{r}].{path}: {msg}")
+                else:
+                    problems.setdefault("plan_scale", []).append(
+                        f"plan_scale.{key}[{r}]: gives {key} = {short(rnd.get(key))} in round {r + 1}: {msg}"
+                    )
+    return problems, parsed
+
+
+@lru_cache(maxsize=None)
+def round_type(key: str) -> TypeAdapter:
+    """The plain type of a Round field (bounds are checked on the whole round)."""
+    return TypeAdapter(Round.model_fields[key].annotation)
+
+
+def split_values(values: dict[str, Any], plan: list[dict], scale: dict[str, list[float]]) -> tuple[dict, list[dict]]:
+    """One cell's values -> (options dict, list of round dicts).
+
+    Options are the CellOptions keys. Each round is the plan's round, plus every round
+    key's value times its scale for that round (a round's explicit value wins).
+    """
+    options = {k: v for k, v in values.items() if k in CellOptions.model_fields}
+    base = {**ROUND_DEFAULTS, **{k: v for k, v in values.items() if k in ROUND_KEYS}}
+    rounds = []
+    for r, given in enumerate(plan):
+        rnd = {k: v for k, v in given.items() if k in Round.model_fields}  # others: reported by name
+        for key, value in base.items():
+            if key in rnd:
+                continue
+            factor = scale[key][r] if key in scale else 1.0
+            rnd[key] = round_sig(value * factor) if is_number(value) and factor != 1 else value
+        rounds.append(rnd)
+    return options, rounds
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def round_sig(x: float, digits: int = SIGNIFICANT_DIGITS) -> float:
+    """6 significant digits: 0.00844 * 2/3 -> 0.00562667 on every platform."""
+    return float(f"{x:.{digits}g}") if math.isfinite(x) else x
+
+
+def short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# ----------------------------------------------------------------------------- error lines
+
+
+def shape_errors(err: ValidationError, raw: Any) -> list[str]:
+    """SpecFile errors as lines; an unknown top-level key lists the keys that exist."""
+    out = []
+    for path, msg in error_lines(err, raw):
+        if "." not in path and "[" not in path and msg.startswith("Extra inputs"):
+            msg = f"unknown key; {unknown_name(path, tuple(SpecFile.model_fields), 'key').split('; ', 1)[1]}"
+        elif path == "name" and msg.startswith("String should match pattern"):
+            msg = f"use 1-64 letters, digits, '-' or '_', starting with a letter or digit (got {raw['name']!r})"
+        out.append(f"{path}: {msg}")
+    return out
+
+
+def error_lines(err: ValidationError, raw: Any) -> list[tuple[str, str]]:
+    """Pydantic errors as (path, message) with paths in the user's terms.
+
+    Union branch tags (``synthetic``, ``constrained-float``) are dropped by walking the
+    raw input. Where a union's branches disagree, the branch that got the input's type
+    right speaks: ``{"train": []}`` is meant as an explicit partition, not a number.
+    """
+    errors = [(user_path(e["loc"], raw, e["type"]), e) for e in err.errors()]
+    paths = {p for p, _ in errors}
+    specific = {p for p, e in errors if not e["type"].endswith(("_type", "_parsing"))}
+    out: list[tuple[str, str]] = []
+    for path, e in errors:
+        deeper = any(o.startswith((path + ".", path + "[")) for o in paths if o != path)
+        if deeper or (path in specific and e["type"].endswith(("_type", "_parsing"))):
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        if (isinstance(got, (str, int, float, bool)) or got is None) and str(got) not in msg and e["type"] != "missing":
+            msg += f" (got {got!r})"
+        if (path, msg) not in out:
+            out.append((path, msg))
+    return out
+
+
+def user_path(loc: tuple, raw: Any, kind: str) -> str:
+    """``('partition', 'function-after[...]', 'train')`` -> ``partition.train``."""
+    path = ""
+    for part in loc:
+        if isinstance(raw, list) and isinstance(part, int) and 0 <= part < len(raw):
+            path, raw = f"{path}[{part}]", raw[part]
+        elif isinstance(raw, dict) and part in raw:
+            path, raw = (f"{path}.{part}" if path else str(part)), raw[part]
+        elif part == "[key]":
+            break
+    if kind == "missing" and loc:
+        path = f"{path}.{loc[-1]}" if path else str(loc[-1])
+    return path or "(top level)"

@@ -1,0 +1,163 @@
+"""``python -m flows.grid SPEC --dry-run``: output, exit codes, JSON shape, reads only, light imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows import cli
+from flows.cells import expand
+from flows.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+BENSON = ROOT / "grid-search/benson2025.yaml"
+DEMO = ROOT / "grid-search/demo.yaml"
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def demo(tmp_path) -> Path:
+    """A private copy of the demo spec, so its output folder is private too."""
+    return Path(shutil.copy(DEMO, tmp_path / "demo.yaml"))
+
+
+def test_dry_run_reports_factors_cost_and_wall_clock(capsys):
+    code, out, err = run(capsys, BENSON, "--dry-run")
+    assert code == 0 and err == ""
+    assert out.startswith("benson2025: 1800 cells from ")
+    assert "  lr          5: 0.00167, 0.0025, 0.00375, 0.00562, 0.00844" in out
+    assert "plan: 3 rounds of 10/10/10 epochs, until 2; lr x (1, 0.666667, 0.333333); bce_weight x (1, 0.5, 0)" in out
+    assert "(0 of 1800 cells complete)" in out
+    assert "estimate for 1800 cells to train on g5.xlarge (A10G, $1.006/GPU-h on-demand, $0.440 spot" in out
+    for key in ("GPU-hours", "on-demand,", "spot", "wall-clock", "at --max-parallel 8", "cap: none set"):
+        assert key in out
+
+
+def test_over_the_cap_exits_3_and_says_how_many_fit(capsys):
+    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "20")
+    assert code == 3
+    line = next(x for x in out.splitlines() if x.startswith("cap: OVER"))
+    assert "cells fit with every level kept (--on-cap subset runs them)" in line
+    fit = int(line.split("; ")[1].split(" of ")[0])
+    assert 0 < fit < 1800
+    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "20", "--on-cap", "subset")
+    assert code == 0 and f"{fit} of 1800 cells fit" in out and "this run (--on-cap subset) trains them" in out
+    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "1")
+    assert code == 3 and "even the 5 cells that cover every level cost" in out
+    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "1", "--on-cap", "subset")
+    assert code == 3
+
+
+def test_within_the_cap_exits_0(capsys):
+    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "1000", "--spot", "--instance-type", "g6e.xlarge")
+    assert code == 0 and "cap: fits, $" in out and "(this run: spot)" in out and "on g6e.xlarge (L40S" in out
+
+
+def test_json_document(capsys):
+    code, out, _ = run(capsys, BENSON, "--dry-run", "--json", "--max-cost", "20")
+    doc = json.loads(out)
+    assert code == 3 and doc["exit_code"] == 3
+    assert doc["name"] == "benson2025" and doc["cells_total"] == 1800 and doc["cells_to_train"] == 1800
+    assert doc["factors"]["gamma"] == [0.8, 0.85, 0.9, 0.95, 1.0]
+    est = doc["estimate"]
+    for key in ("gpu_hours", "usd_on_demand", "usd_spot", "wall_hours", "instance_type", "max_parallel", "sources"):
+        assert key in est
+    assert est["usd_on_demand"] > 20 and doc["cap"]["fits"] is False and 0 < doc["cap"]["cells_within"] < 1800
+    assert len(doc["cells"]) == 1800 and len({c["id"] for c in doc["cells"]}) == 1800
+    cell = doc["cells"][0]
+    assert set(cell) == {"id", "label", "hyper", "options", "plan", "complete"}
+    assert cell["options"]["until"] == 2 and len(cell["plan"]) == 3 and cell["complete"] is False
+
+
+def test_counts_complete_cells_and_prices_only_the_rest(capsys, demo):
+    cells = expand(load_spec(demo))
+    for c in cells[:2]:
+        d = demo.parent / "demo" / "cells" / c.id
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"status": "complete"}))
+    (demo.parent / "demo" / "ledger.jsonl").write_text(json.dumps({"event": "charge", "usd": 0.5, "cells": []}) + "\n")
+    code, out, _ = run(capsys, demo, "--dry-run")
+    assert code == 0
+    assert "(2 of 8 cells complete, $0.50 spent so far)" in out and "estimate for 6 cells to train" in out
+    code, out, _ = run(capsys, demo, "--dry-run", "--force")
+    assert "estimate for 8 cells to train" in out
+
+
+def test_dry_run_writes_nothing(capsys, demo, tmp_path):
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert run(capsys, demo, "--dry-run")[0] == 0
+    assert run(capsys, demo, "--dry-run", "--json", "--out", tmp_path / "out")[0] == 0
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_invalid_spec_exits_2_without_traceback(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nhyper:\n  lr: [0.001, -1]\n  gamma: []\n")
+    code, out, err = run(capsys, bad, "--dry-run")
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        f"{bad}: hyper.gamma: empty list; give at least one level",
+        f"{bad}: hyper.lr[1]: Input should be greater than 0 (got -1.0)",
+    ]
+    # The real run validates before importing Prefect, and fails the same way.
+    assert run(capsys, bad)[0] == 2
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["missing.yaml", "--dry-run"], "missing.yaml: not found; give the path of a grid spec (YAML or JSON)"),
+        ([DEMO, "--dry-run", "--instance-type", "m5.large"], "unknown instance type 'm5.large'; priced: g4dn.xlarge"),
+        ([DEMO, "--instance-type", "m5.large"], "unknown instance type 'm5.large'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(capsys, args, message):
+    code, out, err = run(capsys, *args)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1 and message in err
+
+
+def test_bad_flags_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([str(DEMO), "--dry-run", "--max-parallel", "0"])
+    assert e.value.code == 2 and "must be a whole number >= 1" in capsys.readouterr().err
+
+
+def test_a_real_run_hands_every_option_to_run_grid(monkeypatch, demo):
+    """The contract with flows.grid.run_grid (the flow's entry point), recorded instead of run."""
+    calls = []
+    recorder = type(sys)("flows.grid")
+    recorder.run_grid = lambda spec_path, **kw: calls.append((spec_path, kw)) or 5
+    monkeypatch.setitem(sys.modules, "flows.grid", recorder)
+    code = cli.main([str(demo), "--backend", "ecs", "--max-cost", "12.5", "--on-cap", "subset", "--spot",
+                     "--cells-per-gpu", "4", "--out", "/tmp/x", "--force", "--instance-type", "g6e.xlarge"])
+    assert code == 5
+    assert calls == [(demo, {"out_dir": Path("/tmp/x"), "backend": "ecs", "max_parallel": 8, "max_cost_usd": 12.5,
+                             "instance_type": "g6e.xlarge", "on_cap": "subset", "cells_per_gpu": 4, "spot": True,
+                             "force": True})]
+    cli.main([str(demo)])
+    assert calls[-1][1]["backend"] == "local" and calls[-1][1]["max_parallel"] == cli.LOCAL_MAX_PARALLEL
+
+
+def test_module_entry_point_imports_neither_torch_nor_prefect():
+    """``python -m flows.grid`` as a user types it, with Python's import log."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "flows.grid", str(BENSON), "--dry-run", "--max-cost", "1000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "benson2025: 1800 cells" in proc.stdout
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+    assert "pydantic" in imported and "yaml" in imported  # the log is real
+    heavy = imported & {"torch", "prefect", "boto3", "numpy"}
+    assert not heavy, sorted(heavy)
