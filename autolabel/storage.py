@@ -82,18 +82,21 @@ def download_prefix(uri: str, dest: Path) -> list[Path]:
     return got
 
 
+def exists(uri: str, client=None) -> bool:
+    """Whether the object exists, asked by listing: a role allowed s3:ListBucket only on its
+    prefix gets 403, not 404, from a GET or HEAD of a missing key."""
+    bucket, key = split_s3(uri)
+    page = (client or s3_client()).list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+    return any(obj["Key"] == key for obj in page.get("Contents", []))
+
+
 def download_file(uri: str, dest: Path) -> bool:
     """Fetch one object; False if it does not exist."""
-    from botocore.exceptions import ClientError
-
+    if not exists(uri):
+        return False
     bucket, key = split_s3(uri)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        s3_client().download_file(bucket, key, str(dest))
-    except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
+    s3_client().download_file(bucket, key, str(dest))
     return True
 
 

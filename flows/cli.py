@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default <spec folder>/<name>/)")
     p.add_argument("--force", action="store_true", help="retrain cells that are already complete")
+    p.add_argument("--ecs", action="append", default=[], metavar="KEY=VALUE",
+                   help="ECS setting for --backend ecs (repeatable): cluster, capacity_provider, "
+                        "task_definition, bucket, prefix, ... (see README)")
     p.add_argument("--refresh-prices", action="store_true",
                    help="dry run: fetch on-demand and spot prices from AWS "
                         "(needs credentials; falls back to the table)")
@@ -88,11 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             load_spec(args.spec)  # fail fast, before paying for Prefect's import
             cost.price_of(args.instance_type)
+            ecs = ecs_settings(args)
     except SpecError as e:
         print(e, file=sys.stderr)
         return EXIT_INVALID
     except (OSError, cost.CostError) as e:
         print(f"{args.spec}: {describe(e)}", file=sys.stderr)
+        return EXIT_INVALID
+    except ValueError as e:  # ECS settings: one "ecs.field: problem" line each
+        print(e, file=sys.stderr)
         return EXIT_INVALID
     if args.dry_run:
         print(json.dumps(report.as_json(), indent=2) if args.json else render(report))
@@ -111,7 +118,21 @@ def main(argv: list[str] | None = None) -> int:
         cells_per_gpu=args.cells_per_gpu,
         spot=args.spot,
         force=args.force,
+        **({"ecs": ecs} if ecs else {}),
     )
+
+
+def ecs_settings(args: argparse.Namespace) -> dict | None:
+    """``--ecs KEY=VALUE`` pairs, validated now (a ValueError names every bad field) for --backend ecs."""
+    if args.backend != "ecs":
+        if args.ecs:
+            raise ValueError("--ecs settings apply only to --backend ecs")
+        return None
+    from flows.ecs import EcsSettings, parse_ecs_pairs
+
+    pairs = parse_ecs_pairs(args.ecs)
+    EcsSettings.parse(pairs)
+    return pairs
 
 
 def describe(e: Exception) -> str:

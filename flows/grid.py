@@ -30,6 +30,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.runtime import task_run  # noqa: E402
 from prefect.states import Completed, Failed  # noqa: E402
+from prefect.utilities.annotations import quote  # noqa: E402
 
 from flows import cells as cells_mod  # noqa: E402
 from flows import cost, spec as spec_mod, summary  # noqa: E402
@@ -93,6 +94,7 @@ def train_pack(
         exit_code=attempt.exit_code,
         outcome=attempt.outcome,
         detail=attempt.detail,
+        **attempt.extra,
     )
     outcomes = pack_outcomes(grid_dir, pack, f"failed: {attempt.detail}")
     if attempt.outcome == "transient":
@@ -154,6 +156,10 @@ def grid_search(
     """
     log = get_run_logger()
     grid, cells, grid_dir = plan_grid(spec, out_dir)
+    try:  # bad backend settings fail here, before anything is written or launched
+        runner = make_runner(backend, grid_dir, max_parallel, instance_type, spot, local_usd_per_hour, ecs)
+    except ValueError as e:
+        return Failed(message=str(e))
     per_gpu = cells_per_gpu or cost.default_cells_per_gpu(instance_type)
     todo = [c for c in cells if force or not cells_mod.is_complete(cells_mod.cell_dir(grid_dir, c))]
 
@@ -184,7 +190,6 @@ def grid_search(
     chosen = {c.id for c in todo}
     outcomes = {c.id: "skipped: cost cap" for c in cells if c.id not in chosen and not
                 cells_mod.is_complete(cells_mod.cell_dir(grid_dir, c))}
-    runner = make_runner(backend, grid_dir, max_parallel, instance_type, spot, local_usd_per_hour, ecs)
     outcomes |= launch_packs(grid_dir, cost.make_packs(todo, per_gpu), runner, ledger, max_parallel,
                             instance_type, spot, per_gpu, retries, retry_delay_s, force)
 
@@ -246,8 +251,10 @@ def launch_packs(grid_dir, packs, runner, ledger, max_parallel, instance_type, s
                 outcomes[c.id] = "skipped: cost cap"
             finished += 1
             continue
+        # quote(): Prefect would otherwise walk these objects looking for futures while other
+        # threads mutate them (the ledger, the runner's GPU queue).
         fut = trainer.with_options(task_run_name=pack[0].label if len(pack) == 1 else f"pack-{i}-{len(pack)}-cells") \
-            .submit(grid_dir, pack, runner, ledger, force)
+            .submit(grid_dir, quote(pack), quote(runner), quote(ledger), force)
         running += 1
         fut.add_done_callback(lambda f, k=key, p=pack: done.put((k, p, f)))
     while running:

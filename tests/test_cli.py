@@ -140,11 +140,14 @@ def test_a_real_run_hands_every_option_to_run_grid(monkeypatch, demo):
     recorder.run_grid = lambda spec_path, **kw: calls.append((spec_path, kw)) or 5
     monkeypatch.setitem(sys.modules, "flows.grid", recorder)
     code = cli.main([str(demo), "--backend", "ecs", "--max-cost", "12.5", "--on-cap", "subset", "--spot",
-                     "--cells-per-gpu", "4", "--out", "/tmp/x", "--force", "--instance-type", "g6e.xlarge"])
+                     "--cells-per-gpu", "4", "--out", "/tmp/x", "--force", "--instance-type", "g6e.xlarge",
+                     "--ecs", "cluster=c", "--ecs", "capacity_provider=cp", "--ecs", "task_definition=td",
+                     "--ecs", "bucket=my-bucket"])
     assert code == 5
+    ecs = {"cluster": "c", "capacity_provider": "cp", "task_definition": "td", "bucket": "my-bucket"}
     assert calls == [(demo, {"out_dir": Path("/tmp/x"), "backend": "ecs", "max_parallel": 8, "max_cost_usd": 12.5,
                              "instance_type": "g6e.xlarge", "on_cap": "subset", "cells_per_gpu": 4, "spot": True,
-                             "force": True})]
+                             "force": True, "ecs": ecs})]
     cli.main([str(demo)])
     assert calls[-1][1]["backend"] == "local" and calls[-1][1]["max_parallel"] == cli.LOCAL_MAX_PARALLEL
 
@@ -161,3 +164,10 @@ def test_module_entry_point_imports_neither_torch_nor_prefect():
     assert "pydantic" in imported and "yaml" in imported  # the log is real
     heavy = imported & {"torch", "prefect", "boto3", "numpy"}
     assert not heavy, sorted(heavy)
+
+
+def test_ecs_backend_without_its_settings_is_refused_before_anything_runs(demo, capsys):
+    code = cli.main([str(demo), "--backend", "ecs", "--ecs", "cluster=c"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "ecs.bucket" in err and "ecs.task_definition" in err and "Traceback" not in err

@@ -1,0 +1,77 @@
+"""A prefect.yaml step that runs another step unless a variable says to skip it.
+
+Prefect 3.9 runs every build and push step a prefect.yaml lists; a step has no condition.
+The training image's steps need a Docker daemon and prefect-docker, which CI machines and
+some laptops lack, so prefect.yaml wraps each of them:
+
+    build:
+      - deployments.steps.run_step_unless_skipped:
+          id: build-image
+          skip: "{{ $AUTOLABEL_SKIP_IMAGE_BUILD }}"
+          step:
+            prefect_docker.deployments.steps.build_docker_image:
+              image_name: ...
+
+    AUTOLABEL_SKIP_IMAGE_BUILD=1 prefect deploy --all   # registers the deployment; no Docker needed
+    prefect deploy --all                                # also builds and pushes the image
+
+Prefect fills ``{{ $VAR }}`` from the environment before calling the step (an unset
+variable becomes ""), and imports ``deployments.steps`` from the directory ``prefect deploy``
+runs in, the repository root. The wrapped step's module is imported only when it runs, so a
+skipped prefect-docker step needs neither prefect-docker nor Docker.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"", "0", "false", "no", "off"}
+
+
+def is_skipped(skip: str | bool | int | None) -> bool:
+    """Read the skip flag as Prefect hands it over (a string from the environment, or a YAML bool)."""
+    text = str(skip if skip is not None else "").strip().lower()
+    if text in TRUE:
+        return True
+    if text in FALSE:
+        return False
+    raise ValueError(f"skip: expected 1/true/yes or 0/false/no/empty (AUTOLABEL_SKIP_IMAGE_BUILD), got {skip!r}")
+
+
+def import_step(name: str) -> Any:
+    """The step function for a dotted name, or an error saying how to get its package."""
+    from prefect.utilities.importtools import import_object
+
+    try:
+        return import_object(name)
+    except ImportError as e:
+        package = name.split(".", 1)[0].replace("_", "-")
+        raise RuntimeError(
+            f"{name}: cannot import it ({e}); install {package} (pip install {package}), "
+            "or set AUTOLABEL_SKIP_IMAGE_BUILD=1 to deploy without building the image"
+        ) from None
+
+
+async def run_step_unless_skipped(
+    step: dict[str, dict[str, Any]], skip: str | bool | None = "", when_skipped: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run ``step`` (one ``{function: inputs}`` mapping, as in prefect.yaml) unless ``skip`` is true.
+
+    Returns the step's own outputs, so ``{{ <id>.image }}`` works downstream as for the bare
+    step, or ``when_skipped`` (default: nothing) when skipped. Async because Prefect's own
+    steps may be coroutines; prefect-docker's are plain functions and simply block here.
+    """
+    if not isinstance(step, dict) or len(step) != 1:
+        raise ValueError(f"step: expected one {{function: inputs}} mapping, got {step!r}")
+    ((name, inputs),) = step.items()
+    if is_skipped(skip):
+        print(f" > Skipped {name.rsplit('.', 1)[-1]} (AUTOLABEL_SKIP_IMAGE_BUILD is set)")
+        return dict(when_skipped or {})
+    inputs = dict(inputs or {})
+    inputs.pop("requires", None)  # prefect's install-on-demand hint; import_step says what to install
+    result = import_step(name)(**inputs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result or {}

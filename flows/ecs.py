@@ -1,0 +1,758 @@
+"""The ECS backend: each pack of cells trains as one GPU task of the training image.
+
+The flow picks it with ``backend="ecs"`` and passes its ``ecs`` settings (:class:`EcsSettings`,
+the CloudFormation stack's outputs) through; on the CLI they are ``--ecs KEY=VALUE`` pairs:
+
+    python -m flows.grid grid-search/demo.yaml --backend ecs --max-cost 5 \
+        --ecs cluster=autolabel --ecs capacity_provider=autolabel-gpu \
+        --ecs task_definition=autolabel-train --ecs bucket=my-autolabel-cells --ecs prefix=grids
+
+From code (what ``flows.grid`` does for each pack):
+
+    runner = EcsRunner(Path("grid-search/demo"), max_parallel=8, usd_per_hour=1.006,
+                       cluster="autolabel", capacity_provider="autolabel-gpu",
+                       task_definition="autolabel-train", bucket="my-autolabel-cells")
+    attempt = runner.run(cells, print)   # blocks until the task has stopped
+
+One launch, step by step:
+
+1. ``options.json`` and ``plan.json`` go up to ``s3://<bucket>/[<prefix>/]<grid>/cells/<id>/``.
+   The local folder is the source of a cell's inputs, S3 the source of its progress: a local
+   checkpoint is uploaded only where S3 has none, so a stale one never replaces newer progress.
+2. ``run_task`` starts one task (count=1; RunTask's limit is 10) on the GPU capacity provider,
+   never a launch type, with the container command overridden to the cells' ``s3://`` URIs.
+   A task waits in PROVISIONING while the Auto Scaling group scales out from zero; at most
+   ``max_parallel`` wait at once, and one that waits past ``provisioning_timeout_s`` is stopped
+   and retried.
+3. One poller thread per runner describes every task in flight, 100 ARNs per call.
+4. When the task has stopped, the cells' results come down from S3 and :data:`RULES`
+   classify the outcome; a failure gets the tail of the task's CloudWatch log.
+
+A rerun after the flow was killed waits for the tasks it left running instead of starting
+second trainers on the same cells, and a pack already complete in S3 is only downloaded.
+
+Credentials come from a prefect-aws ``AwsCredentials`` block when one is named, else from
+boto3's default chain; ``AWS_ENDPOINT_URL`` is honoured (the tests point it at moto). The
+container needs only its task role for the bucket: no Prefect API key, and no credentials
+in its command, its environment, the cell folders or the logs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from autolabel.storage import exists as storage_exists, join, split_s3
+
+from flows.cells import Cell, cell_dir
+from flows.runners import Attempt, Log, Outcome, classify_exit
+
+# ----------------------------------------------------------------------------- classification
+
+Where = Literal["failure", "error", "stopCode", "stoppedReason", "container", "runner"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """If ``pattern`` occurs in the ``where`` part of what ECS said, the attempt is ``outcome``."""
+
+    where: Where  # failure: run_task failures[].reason; error: an API error "Code: message";
+    # stopCode / stoppedReason: the stopped task's; container: its containers[].reason;
+    # runner: what this runner decided itself (e.g. a PROVISIONING timeout)
+    pattern: str
+    outcome: Outcome
+    why: str
+
+
+# The one table. First match wins, so the specific rules come before the general ones.
+# A stopped task that matches no rule is classified by its exit code (flows.runners.classify_exit).
+RULES: tuple[Rule, ...] = (
+    # Permanent before anything else: an image that cannot be pulled also "fails to start".
+    Rule("stoppedReason", "CannotPullContainerError", "permanent",
+         "the image cannot be pulled: check the task definition's image and the execution role"),
+    Rule("container", "CannotPullContainerError", "permanent",
+         "the image cannot be pulled: check the task definition's image and the execution role"),
+    # Placement: no room yet. With managed scaling the group adds instances, so a retry fits.
+    Rule("failure", "RESOURCE:GPU", "transient", "no free GPU in the cluster yet"),
+    Rule("failure", "RESOURCE:MEMORY", "transient", "no instance with enough free memory yet"),
+    Rule("failure", "RESOURCE:CPU", "transient", "no instance with enough free CPU yet"),
+    Rule("failure", "RESOURCE:", "transient", "no instance with room for the task yet"),
+    Rule("failure", "AGENT", "transient", "the container agent is reconnecting"),
+    Rule("failure", "MISSING", "transient", "ECS lost track of the task"),
+    Rule("failure", "ATTRIBUTE", "permanent",
+         "no instance has the attributes the task needs: check the launch template (GPU AMI, ECS_ENABLE_GPU_SUPPORT)"),
+    Rule("failure", "LOCATION", "permanent", "no instance in the placement constraint's location"),
+    # TaskFailedToStart for capacity: the task gave up waiting for an instance.
+    Rule("stoppedReason", "RESOURCE:", "transient", "the task failed to start for lack of capacity"),
+    Rule("stoppedReason", "EMPTY CAPACITY PROVIDER", "transient", "the capacity provider had no instances yet"),
+    Rule("stoppedReason", "Capacity is unavailable", "transient", "no capacity available at this time"),
+    Rule("runner", "PROVISIONING timeout", "transient", "no capacity came within provisioning_timeout_s"),
+    # The instance went away under the task; the cell resumes from its S3 checkpoint.
+    Rule("stopCode", "SpotInterruption", "transient", "the Spot instance was reclaimed"),
+    Rule("stopCode", "TerminationNotice", "transient", "the instance was terminated (scale-in or maintenance)"),
+    # Our call: ECS stops a task on an unhealthy host; the cell is not at fault, so retry it.
+    Rule("stopCode", "InfrastructureHealth", "transient", "ECS stopped the task because its host was unhealthy"),
+    Rule("container", "OutOfMemoryError", "transient", "out of memory (exit 137): retried, may need a bigger instance"),
+    # Someone ran stop_task (console, CLI): retrying would go against their wish.
+    Rule("stopCode", "UserInitiated", "permanent", "the task was stopped by a user"),
+    # API errors. Throttling and server faults pass; a wrong configuration never does.
+    Rule("error", "Throttling", "transient", "AWS throttled the request"),
+    Rule("error", "TooManyRequestsException", "transient", "AWS throttled the request"),
+    Rule("error", "RequestLimitExceeded", "transient", "AWS throttled the request"),
+    Rule("error", "ServerException", "transient", "ECS had an internal error"),
+    Rule("error", "ServiceUnavailable", "transient", "the service is unavailable"),
+    Rule("error", "ClusterNotFoundException", "permanent", "no such cluster: check ecs.cluster and the region"),
+    Rule("error", "Unable to describe task definition", "permanent",
+         "no such task definition: check ecs.task_definition and the region"),
+    Rule("error", "InvalidParameterException", "permanent", "ECS rejected a parameter: check the ecs settings"),
+    Rule("error", "AccessDenied", "permanent",
+         "not allowed: the credentials need ecs:RunTask/DescribeTasks/StopTask, iam:PassRole and the bucket"),
+    Rule("error", "ClientException", "permanent", "ECS rejected the request: check the ecs settings"),
+)
+
+THROTTLING = ("Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded")
+
+
+def match_rule(where: Where, text: str) -> Rule | None:
+    """The first rule for ``where`` whose pattern occurs in ``text``."""
+    return next((r for r in RULES if r.where == where and text and r.pattern in text), None)
+
+
+def _essential(task: dict, container: str | None) -> dict:
+    containers = task.get("containers") or [{}]
+    return next((c for c in containers if c.get("name") == container), containers[0])
+
+
+def classify_task(task: dict, container: str | None = None) -> tuple[Outcome, str]:
+    """Classify a STOPPED task from ``describe_tasks`` (its ``container``, else the first one)."""
+    c = _essential(task, container)
+    code = c.get("exitCode")
+    if code == 0:
+        return "ok", "complete"  # the trainer finished, whatever stopped the instance afterwards
+    said = {
+        "stopCode": task.get("stopCode") or "",
+        "stoppedReason": task.get("stoppedReason") or "",
+        "container": " | ".join(x.get("reason") or "" for x in task.get("containers") or []),
+    }
+    for rule in RULES:
+        if rule.where in said and said[rule.where] and rule.pattern in said[rule.where]:
+            return rule.outcome, f"{rule.why} ({rule.where} {said[rule.where]!r})"
+    outcome, why = classify_exit(code)
+    reason = said["stoppedReason"] or said["stopCode"]
+    return outcome, f"{why}{f' ({reason})' if reason else ''}"
+
+
+def classify_failures(failures: list[dict]) -> tuple[Outcome, str]:
+    """Classify ``run_task``'s ``failures``; any permanent one makes the attempt permanent."""
+    if not failures:
+        # moto places by CPU/memory only and reports nothing when nothing fits; AWS would say RESOURCE:*.
+        return "transient", "no task was placed and no reason was given"
+    found = []
+    for f in failures:
+        text = f"{f.get('reason', '')} {f.get('detail', '')}".strip()
+        rule = match_rule("failure", text)
+        if rule is None:
+            found.append(("permanent", f"{text}: unrecognised placement failure, not retried"))
+        else:
+            found.append((rule.outcome, f"{rule.why} ({text})"))
+    outcome: Outcome = "permanent" if any(o == "permanent" for o, _ in found) else "transient"
+    return outcome, "; ".join(why for o, why in found if o == outcome)
+
+
+def classify_error(exc: BaseException) -> tuple[Outcome, str]:
+    """Classify an exception from an AWS call: by the table for API errors, transient for the network."""
+    from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError, PartialCredentialsError
+
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return "permanent", ("no AWS credentials: name an AwsCredentials block (ecs.aws_credentials_block) "
+                             "or configure boto3's default chain")
+    if isinstance(exc, NoRegionError):
+        return "permanent", "no AWS region: set ecs.region, AWS_DEFAULT_REGION or the block's region_name"
+    if not isinstance(exc, ClientError):
+        return "transient", f"cannot reach AWS: {type(exc).__name__}: {exc}"
+    err = exc.response.get("Error", {})
+    text = f"{err.get('Code', '')}: {err.get('Message', '')}"
+    rule = match_rule("error", text)
+    if rule is not None:
+        return rule.outcome, f"{rule.why} ({text})"
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if status >= 500:
+        return "transient", f"AWS server error ({text})"
+    return "permanent", f"AWS refused the request ({text})"
+
+
+def is_throttling(exc: BaseException) -> bool:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    return code in THROTTLING
+
+
+# ----------------------------------------------------------------------------- sessions, S3
+
+# botocore's adaptive mode retries throttling and rate-limits the client itself; our own loop
+# around run_task (EcsRunner.launch_tries) covers the throttling that outlasts it.
+BOTO_RETRIES: dict[str, Any] = {"mode": "adaptive", "max_attempts": 8}
+
+INPUTS = ("options.json", "plan.json")
+CHECKPOINT, METRICS, MODEL = "checkpoint.pt", "metrics.json", "model.pt"
+
+
+def aws_session(credentials_block: str | None = None):
+    """A boto3 session: from a prefect-aws ``AwsCredentials`` block if named, else the default chain."""
+    import boto3
+
+    if not credentials_block:
+        return boto3.Session()
+    from prefect_aws import AwsCredentials  # deferred: only the flow side needs Prefect
+
+    return AwsCredentials.load(credentials_block).get_boto3_session()
+
+
+def task_seconds(task: dict) -> float:
+    """Billable runtime of a task, startedAt -> stoppedAt (0 if it never started)."""
+    started, stopped = task.get("startedAt"), task.get("stoppedAt")
+    if not started or not stopped:
+        return 0.0
+    return max(0.0, (stopped - started).total_seconds())
+
+
+def started_by(grid_prefix: str) -> str:
+    # startedBy allows letters, digits, '-', '_' and '/' (128 at most); list_tasks filters by it.
+    return ("autolabel-" + re.sub(r"[^A-Za-z0-9_/-]", "-", grid_prefix))[:128]
+
+
+# Keys that look like AWS access key ids; a trainer should never print one, but a log tail is
+# copied into the Prefect log, so blank them out to be sure.
+_KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
+
+
+def redact(line: str) -> str:
+    return _KEY_ID.sub("<redacted>", line)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+# The same rules as autolabel.storage.split_s3, which checks every URI again before use.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_KEY_PART = re.compile(r"^[A-Za-z0-9_.=+-]+$")
+
+
+class EcsSettings(BaseModel):
+    """The flow's ``ecs`` parameter: where cells train on AWS (the CloudFormation stack's outputs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cluster: str = Field(min_length=1, description="ECS cluster name or ARN (stack output ClusterName)")
+    capacity_provider: str = Field(min_length=1, description="GPU capacity provider (CapacityProviderName)")
+    task_definition: str = Field(min_length=1, description="training task definition, family[:revision] or ARN")
+    bucket: str = Field(description="S3 bucket for cells (BucketName)")
+    container_name: str = Field("trainer", description="container whose command becomes the cell URIs")
+    prefix: str | None = Field(None, description="part of the bucket the task role may write (CellsPrefix)")
+    grid_prefix: str | None = Field(None, description="the grid's folder under prefix (default: grid name)")
+    subnets: list[str] | None = Field(None, description="awsvpc subnets, only for an awsvpc task definition")
+    security_groups: list[str] | None = Field(None, description="awsvpc security groups")
+    assign_public_ip: bool = Field(False, description="awsvpc: give tasks a public IP (no NAT gateway)")
+    region: str | None = Field(None, description="AWS region (default: the credentials' or boto3's)")
+    aws_credentials_block: str | None = Field(None, description="prefect-aws AwsCredentials block name")
+    provisioning_timeout_s: float = Field(1800.0, gt=0, description="longest wait for capacity, then retry")
+    poll_interval_s: float = Field(5.0, gt=0, description="describe_tasks cadence (grows while idle)")
+    log_group: str | None = Field(None, description="awslogs group (default: from the task definition)")
+    log_stream_prefix: str | None = Field(None, description="awslogs stream prefix (default: as above)")
+    download_models: bool = Field(True, description="fetch each cell's model.pt; off for big grids (stays in S3)")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, v: str) -> str:
+        if not _BUCKET.match(v):
+            raise ValueError(f"{v!r}: not an S3 bucket name (3-63 lowercase letters, digits, '.', '-')")
+        return v
+
+    @field_validator("prefix", "grid_prefix")
+    @classmethod
+    def _key_prefix(cls, v: str | None) -> str | None:
+        if v is not None and not all(_KEY_PART.match(p) and p not in (".", "..") for p in v.strip("/").split("/")):
+            raise ValueError(f"{v!r}: use folder names of letters, digits, _ . = + - joined by '/' (no '..')")
+        return v
+
+    @classmethod
+    def parse(cls, ecs: dict[str, Any]) -> EcsSettings:
+        """Validate the ``ecs`` dict; every problem on one line each, as ``ecs.field: problem``."""
+        try:
+            return cls.model_validate({k: v for k, v in ecs.items() if v not in ("", None)})
+        except ValidationError as e:
+            lines = [f"ecs.{'.'.join(map(str, err['loc'])) or '(settings)'}: {err['msg'].removeprefix('Value error, ')}"
+                     for err in e.errors()]
+            raise ValueError("\n".join(lines)) from None
+
+
+def parse_ecs_pairs(pairs: list[str]) -> dict[str, Any]:
+    """CLI ``--ecs KEY=VALUE`` pairs -> the flow's ``ecs`` dict, validated (lists comma-separated)."""
+    raw: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--ecs {pair}: expected KEY=VALUE, e.g. --ecs cluster=autolabel")
+        raw[key.strip().replace("-", "_")] = value.strip()
+    for key in ("subnets", "security_groups"):
+        if key in raw:
+            raw[key] = [v.strip() for v in raw[key].split(",") if v.strip()]
+    return EcsSettings.parse(raw).model_dump(exclude_defaults=True)
+
+
+# ----------------------------------------------------------------------------- watching tasks
+
+
+@dataclass
+class _Watch:
+    """One task in flight, as the poller sees it; ``done`` is set once it has STOPPED."""
+
+    arn: str
+    launched: float  # time.monotonic() at run_task
+    done: threading.Event = field(default_factory=threading.Event)
+    holds_slot: bool = True  # still counts against the PROVISIONING bound
+    task: dict = field(default_factory=dict)  # the latest describe_tasks entry
+    timed_out: bool = False  # we stopped it for waiting too long in PROVISIONING
+    misses: int = 0  # polls in a row that did not find it
+    error: tuple[Outcome, str] | None = None  # the poller gave up on it
+
+
+WAITING = ("PROVISIONING", "PENDING")
+MISSING_POLLS = 10  # describe_tasks is eventually consistent: a new task may be briefly unknown
+DESCRIBE_BATCH = 100  # DescribeTasks' limit
+POLL_ERRORS = 8  # failed polls in a row before the tasks in flight are given up
+
+
+class EcsRunner:
+    """Runs packs of cells as ECS tasks of the training image on a GPU capacity provider.
+
+    Settings come as an :class:`EcsSettings` or as its fields by keyword (the flow's ``ecs`` dict).
+    """
+
+    launch_tries = 6  # run_task attempts on throttling, after botocore's own retries
+    backoff_base_s = 1.0  # first throttling backoff; doubles per try, full jitter
+    backoff_cap_s = 60.0
+
+    def __init__(self, grid_dir: Path, max_parallel: int, usd_per_hour: float = 0.0,
+                 settings: EcsSettings | None = None, **ecs: Any):
+        from botocore.config import Config
+
+        if max_parallel < 1:
+            raise ValueError(f"max_parallel must be at least 1, got {max_parallel}")
+        s = self.settings = settings or EcsSettings.parse(ecs)
+        self.grid_dir = Path(grid_dir)
+        # s3://<bucket>/[<prefix>/]<grid>: the task role may write only under <prefix>.
+        self.grid_prefix = "/".join(p.strip("/") for p in (s.prefix, s.grid_prefix or self.grid_dir.name) if p)
+        # Validates the bucket name and every prefix segment (no traversal, tame characters).
+        self.grid_uri = join(f"s3://{s.bucket}", self.grid_prefix)
+        self.max_parallel = max_parallel
+        self.usd_per_hour = usd_per_hour
+        self.cluster, self.capacity_provider, self.task_definition = s.cluster, s.capacity_provider, s.task_definition
+        self.container_name = s.container_name
+        self.provisioning_timeout_s, self.poll_interval_s = s.provisioning_timeout_s, s.poll_interval_s
+        self.log_location: tuple[str, str] | None = (s.log_group, s.log_stream_prefix or "") if s.log_group else None
+
+        session = aws_session(s.aws_credentials_block)
+        config = Config(region_name=s.region or session.region_name, retries=dict(BOTO_RETRIES))
+        self.ecs = session.client("ecs", config=config)
+        self.s3 = session.client("s3", config=config)
+        self.logs = session.client("logs", config=config)
+
+        self._slots = threading.Semaphore(max_parallel)  # tasks allowed in PROVISIONING/PENDING
+        self._lock = threading.Lock()
+        self._watches: dict[str, _Watch] = {}
+        self._poller: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._orphans: dict[tuple[str, ...], str] | None = None  # tasks of earlier runs, by command
+
+    # ------------------------------------------------------------------ the Runner interface
+
+    def cell_uri(self, cell: Cell | str) -> str:
+        """``s3://<bucket>/<grid>/cells/<id>``, validated: a cell id cannot leave the grid prefix."""
+        cell_id = cell if isinstance(cell, str) else cell.id
+        if cell_id in ("", ".", "..") or "/" in cell_id:
+            raise ValueError(f"cell id {cell_id!r}: not a plain name")
+        return join(self.grid_uri, "cells", cell_id)
+
+    def run(self, cells: list[Cell], log: Log, force: bool = False) -> Attempt:
+        """Train ``cells`` in one ECS task; block until it stops; download results; classify."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        ids = [c.id for c in cells]
+        uris = [self.cell_uri(c) for c in cells]
+        # 1. Inputs up; a pack already complete in S3 (a flow killed after its task) costs nothing.
+        try:
+            for c, uri in zip(cells, uris):
+                self.upload_inputs(cell_dir(self.grid_dir, c), uri)
+            if not force and all(self.complete_in_s3(u) for u in uris):
+                self.download_results(cells, uris)
+                log(f"{', '.join(ids)}: already complete in {self.grid_uri}; results downloaded")
+                return Attempt(ids, "ok", "complete in S3", exit_code=0)
+        except (BotoCoreError, ClientError) as e:
+            outcome, why = classify_error(e)
+            return self._note(cells, log, Attempt(ids, outcome, f"S3 before launch: {why}"))
+
+        # 2. Launch (or adopt the task an interrupted run left), within the bound on tasks
+        #    waiting for capacity.
+        self._slots.acquire()
+        try:
+            arn = self.adopt(uris)
+            verb = "still running from an earlier run; waiting for it" if arn else "launched"
+            arn = arn or self.launch(uris, force, ids)
+        except _LaunchFailed as e:
+            self._slots.release()
+            return self._note(cells, log, Attempt(ids, e.outcome, e.detail))
+        except BaseException:
+            self._slots.release()
+            raise
+        task_id = arn.rsplit("/", 1)[-1]
+        self._note(cells, log, None, f"ECS task {task_id} {verb} on {self.capacity_provider}: {' '.join(uris)}")
+
+        # 3. Wait for the shared poller to see it stop (restarting the poller should it have died).
+        watch = self.watch(arn)
+        while not watch.done.wait(30):
+            self._ensure_poller()
+        return self.finish(cells, uris, watch, log)
+
+    # ------------------------------------------------------------------ steps of run()
+
+    def upload_inputs(self, local: Path, uri: str) -> None:
+        """options.json and plan.json up; a local checkpoint only where S3 has none."""
+        for name in INPUTS:
+            path = local / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing; the flow writes it before launching")
+            self._put(path, join(uri, name))
+        ckpt = local / CHECKPOINT
+        if ckpt.is_file() and not self._exists(join(uri, CHECKPOINT)):
+            self._put(ckpt, join(uri, CHECKPOINT))
+
+    def complete_in_s3(self, uri: str) -> bool:
+        import json
+
+        from botocore.exceptions import ClientError
+
+        if not storage_exists(join(uri, METRICS), self.s3):
+            return False
+        bucket, key = split_s3(join(uri, METRICS))
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        try:
+            return json.loads(body).get("status") == "complete"
+        except ValueError:
+            return False
+
+    def adopt(self, uris: list[str]) -> str | None:
+        """The ARN of a task of this grid, started before this runner, that trains exactly ``uris``.
+
+        A flow killed mid-run leaves its tasks running; a rerun waits for them rather than
+        starting a second trainer on the same cells.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        with self._lock:
+            if self._orphans is None:
+                try:
+                    self._orphans = self._list_orphans()
+                except (BotoCoreError, ClientError):
+                    self._orphans = {}  # not worth failing the launch over
+            return self._orphans.pop(tuple(uris), None)
+
+    def _list_orphans(self) -> dict[tuple[str, ...], str]:
+        pages = self.ecs.get_paginator("list_tasks").paginate(
+            cluster=self.cluster, startedBy=started_by(self.grid_prefix), desiredStatus="RUNNING")
+        arns = [a for page in pages for a in page.get("taskArns", [])]
+        found = {}
+        for i in range(0, len(arns), DESCRIBE_BATCH):
+            for task in self.ecs.describe_tasks(cluster=self.cluster, tasks=arns[i : i + DESCRIBE_BATCH])["tasks"]:
+                for o in task.get("overrides", {}).get("containerOverrides", []):
+                    if o.get("name") == self.container_name and task.get("lastStatus") != "STOPPED":
+                        found[tuple(a for a in o.get("command", []) if a != "--force")] = task["taskArn"]
+        return found
+
+    def launch(self, uris: list[str], force: bool, ids: list[str]) -> str:
+        """run_task once (count=1), retrying throttling with backoff; the task's ARN."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        params: dict[str, Any] = {
+            "cluster": self.cluster,
+            "taskDefinition": self.task_definition,
+            "count": 1,
+            "capacityProviderStrategy": [{"capacityProvider": self.capacity_provider, "weight": 1, "base": 0}],
+            "overrides": {"containerOverrides": [
+                {"name": self.container_name, "command": [*uris, *(["--force"] if force else [])]},
+            ]},
+            "startedBy": started_by(self.grid_prefix),
+            # Tag values allow spaces, not commas; 256 characters at most.
+            "tags": [{"key": "autolabel:grid", "value": self.grid_prefix[:256]},
+                     {"key": "autolabel:cells", "value": " ".join(ids)[:256]}],
+            "propagateTags": "TASK_DEFINITION",
+            # The same token on every try: a retried call that had in fact succeeded starts no second task.
+            "clientToken": uuid.uuid4().hex,
+        }
+        if self.settings.subnets:
+            params["networkConfiguration"] = {"awsvpcConfiguration": {
+                "subnets": list(self.settings.subnets),
+                "securityGroups": list(self.settings.security_groups or []),
+                "assignPublicIp": "ENABLED" if self.settings.assign_public_ip else "DISABLED",
+            }}
+        for attempt in range(self.launch_tries):
+            try:
+                resp = self.ecs.run_task(**params)
+            except (BotoCoreError, ClientError) as e:
+                if is_throttling(e) and attempt + 1 < self.launch_tries:
+                    time.sleep(self.backoff(attempt))
+                    continue
+                raise _LaunchFailed(*classify_error(e)) from None
+            if resp.get("tasks"):
+                return resp["tasks"][0]["taskArn"]
+            raise _LaunchFailed(*classify_failures(resp.get("failures", [])))
+        raise AssertionError("unreachable")
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter (AWS's recommendation for contended APIs)."""
+        return random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2**attempt))
+
+    def finish(self, cells: list[Cell], uris: list[str], watch: _Watch, log: Log) -> Attempt:
+        """After the stop: results down, outcome classified, cost measured, log tail on failure."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        task, ids = watch.task, [c.id for c in cells]
+        if watch.error is not None:
+            outcome, why = watch.error
+        elif watch.timed_out:
+            rule = match_rule("runner", "PROVISIONING timeout")
+            assert rule is not None
+            outcome, why = rule.outcome, f"{rule.why} ({self.provisioning_timeout_s:.0f} s); the task was stopped"
+        else:
+            outcome, why = classify_task(task, self.container_name)
+        seconds = task_seconds(task)
+        code = _essential(task, self.container_name).get("exitCode") if task else None
+        try:
+            self.download_results(cells, uris)
+        except (BotoCoreError, ClientError) as e:
+            if outcome == "ok":
+                outcome, why = "transient", f"results not downloaded: {classify_error(e)[1]}"
+        attempt = Attempt(
+            ids, outcome, why, exit_code=code, device_seconds=seconds, usd=seconds / 3600 * self.usd_per_hour,
+            extra={"task_arn": watch.arn, "stop_code": task.get("stopCode"),
+                   "stopped_reason": task.get("stoppedReason"), "last_status": task.get("lastStatus")},
+        )
+        tail = [] if outcome == "ok" else self.log_tail(watch.arn)
+        return self._note(cells, log, attempt, *tail)
+
+    def download_results(self, cells: list[Cell], uris: list[str]) -> None:
+        """Everything the trainer wrote except the checkpoint; metrics.json last and atomically."""
+        skip = {*INPUTS, CHECKPOINT, *(() if self.settings.download_models else (MODEL,))}
+        for c, uri in zip(cells, uris):
+            local = cell_dir(self.grid_dir, c)
+            keys = [k for k in self._list(uri) if k not in skip]
+            for rel in sorted(keys, key=lambda k: k == METRICS):
+                self._get(join(uri, rel), local / rel)
+
+    def log_tail(self, arn: str, lines: int = 40) -> list[str]:
+        """The last lines of the task's awslogs stream ``<prefix>/<container>/<task-id>``."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        where = self._log_location()
+        if where is None:
+            return ["(no CloudWatch log: the task definition has no awslogs configuration)"]
+        group, prefix = where
+        stream = "/".join(p for p in (prefix, self.container_name, arn.rsplit("/", 1)[-1]) if p)
+        try:
+            events = self.logs.get_log_events(
+                logGroupName=group, logStreamName=stream, limit=lines, startFromHead=False
+            )["events"]
+        except (BotoCoreError, ClientError) as e:
+            return [f"(no CloudWatch log {group}/{stream}: {classify_error(e)[1]})"]
+        return [f"--- last {len(events)} lines of CloudWatch {group} {stream} ---",
+                *(redact(e["message"].rstrip()) for e in events)]
+
+    # ------------------------------------------------------------------ the shared poller
+
+    def watch(self, arn: str) -> _Watch:
+        """Hand a launched task to the poller (started if it is not running)."""
+        w = _Watch(arn, time.monotonic())
+        with self._lock:
+            self._watches[arn] = w
+        self._ensure_poller()
+        self._wake.set()
+        return w
+
+    def _ensure_poller(self) -> None:
+        with self._lock:
+            if self._watches and (self._poller is None or not self._poller.is_alive()):
+                self._poller = threading.Thread(target=self._poll_forever, name="ecs-poller", daemon=True)
+                self._poller.start()
+
+    def _poll_forever(self) -> None:
+        """Describe every task in flight, 100 ARNs a call, until none is left.
+
+        The interval grows (x1.5, up to 6x) while nothing changes and on errors (x2, up to 60 s);
+        a state change or a new task brings it back to ``poll_interval_s``.
+        """
+        delay, errors, last = self.poll_interval_s, 0, 0.0
+        while True:
+            with self._lock:
+                watches = list(self._watches.values())
+                if not watches:
+                    self._poller = None
+                    return
+            # Never poll more often than poll_interval_s, however often tasks arrive.
+            time.sleep(max(0.0, self.poll_interval_s - (time.monotonic() - last)))
+            last = time.monotonic()
+            try:
+                changed = self.poll_once(watches)
+                self.stop_overdue(watches)
+                errors = 0
+                delay = self.poll_interval_s if changed else min(delay * 1.5, self.poll_interval_s * 6)
+            except Exception as e:  # noqa: BLE001 - the poller must outlive any one bad call
+                errors += 1
+                outcome, why = classify_error(e)
+                if outcome == "permanent" or errors >= POLL_ERRORS:
+                    for w in watches:
+                        w.error = (outcome, f"describe_tasks failed {errors} time(s): {why}")
+                        self._done(w)
+                delay = min(max(delay, self.poll_interval_s) * 2, max(60.0, self.poll_interval_s))
+            if self._wake.wait(random.uniform(0.8, 1.0) * delay):
+                self._wake.clear()
+                delay = self.poll_interval_s
+
+    def poll_once(self, watches: list[_Watch]) -> bool:
+        """One round of describe_tasks over ``watches``; True if any task changed state."""
+        changed = False
+        for i in range(0, len(watches), DESCRIBE_BATCH):
+            batch = {w.arn: w for w in watches[i : i + DESCRIBE_BATCH]}
+            resp = self.ecs.describe_tasks(cluster=self.cluster, tasks=list(batch))
+            seen = {t["taskArn"]: t for t in resp.get("tasks", [])}
+            for arn, w in batch.items():
+                task = seen.get(arn)
+                if task is None:
+                    w.misses += 1
+                    if w.misses >= MISSING_POLLS:
+                        w.error = classify_failures([{"arn": arn, "reason": "MISSING"}])
+                        self._done(w)
+                    continue
+                w.misses = 0
+                changed |= task.get("lastStatus") != w.task.get("lastStatus")
+                w.task = task
+                if task.get("lastStatus") not in WAITING:
+                    self._release(w)
+                if task.get("lastStatus") == "STOPPED":
+                    self._done(w)
+        return changed
+
+    def stop_overdue(self, watches: list[_Watch]) -> None:
+        """Stop tasks that waited in PROVISIONING/PENDING longer than provisioning_timeout_s."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        now = time.monotonic()
+        for w in watches:
+            overdue = now - w.launched > self.provisioning_timeout_s
+            if overdue and w.holds_slot and not w.timed_out and not w.done.is_set():
+                try:
+                    self.ecs.stop_task(cluster=self.cluster, task=w.arn,
+                                       reason=f"autolabel: no capacity within {self.provisioning_timeout_s:.0f} s")
+                    w.timed_out = True
+                except (BotoCoreError, ClientError):
+                    pass  # tried again at the next poll
+
+    def _release(self, w: _Watch) -> None:
+        with self._lock:
+            if not w.holds_slot:
+                return
+            w.holds_slot = False
+        self._slots.release()
+
+    def _done(self, w: _Watch) -> None:
+        self._release(w)
+        with self._lock:
+            self._watches.pop(w.arn, None)
+        w.done.set()
+
+    # ------------------------------------------------------------------ small helpers
+
+    def _note(self, cells: list[Cell], log: Log, attempt: Attempt | None, *lines: str) -> Attempt | None:
+        """Say what happened in the task log and in each cell's runner.log (as the local runner does)."""
+        if attempt is not None:
+            lines = (f"ECS {', '.join(attempt.cells)}: {attempt.outcome}: {attempt.detail}"
+                     + (f"; ran {attempt.device_seconds:.0f} s, ${attempt.usd:.4f}" if attempt.device_seconds else ""),
+                     *lines)  # fmt: skip
+        for line in lines:
+            log(line)
+        for c in cells:
+            d = cell_dir(self.grid_dir, c)
+            if d.is_dir():
+                with open(d / "runner.log", "a") as f:
+                    f.writelines(line + "\n" for line in lines)
+        return attempt
+
+    def _log_location(self) -> tuple[str, str] | None:
+        """(group, stream prefix) of the trainer's awslogs, from the settings or the task definition."""
+        if self.log_location is None:
+            try:
+                td = self.ecs.describe_task_definition(taskDefinition=self.task_definition)["taskDefinition"]
+            except Exception:  # noqa: BLE001 - the log tail is a courtesy, never a failure
+                return None
+            for c in td.get("containerDefinitions", []):
+                conf = c.get("logConfiguration") or {}
+                if c.get("name") == self.container_name and conf.get("logDriver") == "awslogs":
+                    opts = conf.get("options", {})
+                    self.log_location = (opts.get("awslogs-group", ""), opts.get("awslogs-stream-prefix", ""))
+        return self.log_location if self.log_location and self.log_location[0] else None
+
+    def _put(self, path: Path, uri: str) -> None:
+        bucket, key = split_s3(uri)
+        self.s3.upload_file(str(path), bucket, key)
+
+    def _exists(self, uri: str) -> bool:
+        return storage_exists(uri, self.s3)
+
+    def _list(self, uri: str) -> list[str]:
+        """Keys under ``uri``, relative to it; any that would leave the folder are ignored."""
+        bucket, prefix = split_s3(uri)
+        out = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(prefix) + 1 :]
+                parts = PurePosixPath(rel).parts
+                if not rel or any(p in ("", ".", "..") for p in parts):
+                    continue
+                try:
+                    join(uri, rel)  # the same validation as every key we write
+                except ValueError:
+                    continue
+                out.append(rel)
+        return out
+
+    def _get(self, uri: str, dest: Path) -> None:
+        """Download atomically: readers see the old file or the whole new one."""
+        bucket, key = split_s3(uri)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        os.close(fd)
+        try:
+            self.s3.download_file(bucket, key, tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class _LaunchFailed(Exception):
+    def __init__(self, outcome: Outcome, detail: str):
+        super().__init__(detail)
+        self.outcome, self.detail = outcome, detail

@@ -1,0 +1,469 @@
+"""The ECS backend (flows/ecs.py) against a local moto server over real HTTP; no AWS.
+
+    python -m pytest -q tests/test_ecs.py            # everything (~1-2 min on 2 cores)
+    python -m pytest -q tests/test_ecs.py -m "not slow"
+
+tests/ecs_emulator.py plays the ECS agent: it runs each started task's command as the real
+``python -m autolabel.train s3://...`` and stops the task with its true exit code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from autolabel import storage
+from autolabel.options import CellOptions, ExplicitPartition, Plan, Round, SyntheticDataset
+from flows import ecs as ecs_mod
+from flows.cells import Cell, cell_dir
+from flows.ecs import EcsRunner, EcsSettings, parse_ecs_pairs
+from tests.ecs_emulator import (
+    REGION,
+    ContainerEmulator,
+    StandIn,
+    fail_placements,
+    provision,
+    start_moto,
+    throttle_run_task,
+    trainer_env,
+)
+
+PRICE = 1.006  # g5.xlarge on-demand, $/h (REFERENCE.md)
+EPOCH_ROW = re.compile(r"^\s*\d+\s+\d+\s+\d+\s+\d+\.\d+\s+\d+\s")  # a line of the trainer's epoch table
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def ecs_moto():
+    """One moto server for this module; each test gets its own names in it (see ``aws``)."""
+    server, endpoint = start_moto()
+    yield endpoint
+    server.stop()
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def aws(ecs_moto, monkeypatch) -> StandIn:
+    """A bucket, cluster, capacity provider, ... of this test's own; env pointed at moto."""
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", ecs_moto)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    storage._client.cache_clear()
+    stand_in = StandIn.named(ecs_moto, f"t{next(_names)}")
+    provision(stand_in)
+    yield stand_in
+    storage._client.cache_clear()
+
+
+@pytest.fixture
+def cache(tmp_path_factory) -> Path:
+    # One cache for the session (conftest.py sets it): the cohort is generated once.
+    return Path(os.environ.get("AUTOLABEL_CACHE") or tmp_path_factory.getbasetemp() / "autolabel-cache")
+
+
+def tiny_cell(grid_dir: Path, cid: str, epochs: int = 2, partition=0.25) -> Cell:
+    """A cell small enough to train in seconds on one CPU thread, written to its directory."""
+    options = CellOptions(device="cpu", partition=partition, batch_size=4,
+                          dataset=SyntheticDataset(subjects=16, rows=32, cols=64))
+    plan = Plan([Round(lr=0.003, bce_weight=0.5, num_epochs=epochs)])
+    cell = Cell(id=cid, label=cid, options=options, plan=plan)
+    d = cell_dir(grid_dir, cell)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "options.json").write_text(options.model_dump_json(indent=2))
+    (d / "plan.json").write_text(plan.model_dump_json(indent=2))
+    return cell
+
+
+def runner_for(aws: StandIn, grid_dir: Path, max_parallel: int = 4, **override) -> EcsRunner:
+    settings = aws.settings(poll_interval_s=0.1, **override)
+    runner = EcsRunner(grid_dir, max_parallel=max_parallel, usd_per_hour=PRICE, **settings)
+    runner.backoff_base_s = 0.01
+    return runner
+
+
+def record_calls(runner: EcsRunner, operation: str) -> list[dict]:
+    """Every request ``runner`` makes for ``operation``, as botocore sends it."""
+    seen: list[dict] = []
+    runner.ecs.meta.events.register(f"provide-client-params.ecs.{operation}",
+                                    lambda params, **_: seen.append(dict(params)))
+    return seen
+
+
+def run_in_threads(runner: EcsRunner, packs: list[list[Cell]], force: bool = False) -> tuple[list, list[str], list]:
+    attempts: list = [None] * len(packs)
+    lines: list[str] = []
+
+    def one(i: int) -> None:
+        attempts[i] = runner.run(packs[i], lines.append, force=force)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(packs))]
+    for t in threads:
+        t.start()
+    return attempts, lines, threads
+
+
+def s3_keys(aws: StandIn, prefix: str) -> set[str]:
+    pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=aws.bucket, Prefix=prefix)
+    return {o["Key"] for p in pages for o in p.get("Contents", [])}
+
+
+# ----------------------------------------------------------------------------- URIs, settings
+
+
+def test_uris_are_validated(aws, tmp_path):
+    runner = runner_for(aws, tmp_path / "demo")
+    assert runner.cell_uri("abc123") == f"s3://{aws.bucket}/demo/cells/abc123"
+    for bad in ("..", "a/b", "", "a b", "x\\..\\y"):
+        with pytest.raises(ValueError):
+            runner.cell_uri(bad)
+    for settings in ({"bucket": "Bad_Bucket"}, {"bucket": "ab"}, {"grid_prefix": "../elsewhere"},
+                     {"grid_prefix": "grids/./x"}, {"grid_prefix": "with space"}):
+        with pytest.raises(ValueError):
+            runner_for(aws, tmp_path / "demo", **settings)
+    assert runner_for(aws, tmp_path / "demo", grid_prefix="team/grids/demo").cell_uri("c1") == \
+        f"s3://{aws.bucket}/team/grids/demo/cells/c1"
+    # The stack's task role may write only under its CellsPrefix: the `prefix` setting.
+    assert runner_for(aws, tmp_path / "demo", prefix="grids").cell_uri("c1") == \
+        f"s3://{aws.bucket}/grids/demo/cells/c1"
+    with pytest.raises(ValueError):
+        runner_for(aws, tmp_path / "demo", prefix="../other")
+
+
+def test_bad_settings_are_all_reported_at_once():
+    with pytest.raises(ValueError) as e:
+        EcsSettings.parse({"clustr": "x", "bucket": "Bad_Bucket", "capacity_provider": "gpu",
+                           "task_definition": "t", "prefix": "../x", "poll_interval_s": 0})
+    lines = str(e.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == \
+        ["ecs.cluster", "ecs.bucket", "ecs.prefix", "ecs.poll_interval_s", "ecs.clustr"]
+    # The CLI's --ecs KEY=VALUE pairs give the same dict.
+    assert parse_ecs_pairs(["cluster=c", "capacity-provider=gpu", "task_definition=t", "bucket=cells",
+                            "subnets=subnet-1,subnet-2", "poll_interval_s=2"]) == {
+        "cluster": "c", "capacity_provider": "gpu", "task_definition": "t", "bucket": "cells",
+        "subnets": ["subnet-1", "subnet-2"], "poll_interval_s": 2.0}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_ecs_pairs(["cluster"])
+    # Prefect variables left empty mean "not set".
+    assert EcsSettings.parse({"cluster": "c", "capacity_provider": "gpu", "task_definition": "t",
+                              "bucket": "cells", "region": "", "prefix": ""}).prefix is None
+
+
+# ----------------------------------------------------------------------------- launching
+
+
+def test_run_task_request_and_cost(aws, tmp_path):
+    grid = tmp_path / "demo"
+    cells = [tiny_cell(grid, "c1"), tiny_cell(grid, "c2")]
+    runner = runner_for(aws, grid)
+    sent = record_calls(runner, "RunTask")
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        attempts, lines, threads = run_in_threads(runner, [cells], force=True)
+        emu.wait_for(1, "RUNNING")
+        time.sleep(0.3)  # bill a little runtime
+        emu.release(0)
+        threads[0].join(10)
+    attempt = attempts[0]
+    assert attempt.outcome == "ok" and attempt.cells == ["c1", "c2"], attempt
+    assert 0.3 <= attempt.device_seconds < 10
+    assert attempt.usd == pytest.approx(attempt.device_seconds / 3600 * PRICE)
+
+    (req,) = sent
+    assert "launchType" not in req and req["count"] == 1
+    assert req["capacityProviderStrategy"] == [{"capacityProvider": aws.capacity_provider, "weight": 1, "base": 0}]
+    assert req["overrides"]["containerOverrides"] == [{"name": "trainer", "command": [
+        f"s3://{aws.bucket}/demo/cells/c1", f"s3://{aws.bucket}/demo/cells/c2", "--force"]}]
+    assert req["startedBy"] == "autolabel-demo" and req["propagateTags"] == "TASK_DEFINITION"
+    assert {"key": "autolabel:cells", "value": "c1 c2"} in req["tags"]
+    assert "networkConfiguration" not in req
+    # Inputs went up; nothing the trainer did not write came back down.
+    assert s3_keys(aws, "demo/cells/c1/") == {"demo/cells/c1/options.json", "demo/cells/c1/plan.json"}
+    assert "ECS task" in (grid / "cells" / "c1" / "runner.log").read_text()
+
+
+def test_awsvpc_network_configuration_is_sent_when_subnets_are_given(aws, tmp_path):
+    grid = tmp_path / "demo"
+    runner = runner_for(aws, grid, subnets=["subnet-0abc"], security_groups=["sg-0abc"])
+    sent = record_calls(runner, "RunTask")
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        emu.release(0)
+        assert runner.run([tiny_cell(grid, "c1")], print).outcome == "ok"
+    assert sent[0]["networkConfiguration"] == {"awsvpcConfiguration": {
+        "subnets": ["subnet-0abc"], "securityGroups": ["sg-0abc"], "assignPublicIp": "DISABLED"}}
+
+
+@pytest.mark.slow
+def test_one_poller_batches_describe_tasks_by_100(aws, tmp_path):
+    grid = tmp_path / "demo"
+    cells = [tiny_cell(grid, f"c{i:03d}") for i in range(150)]
+    runner = runner_for(aws, grid, max_parallel=150)
+    described = record_calls(runner, "DescribeTasks")
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        attempts, _, threads = run_in_threads(runner, [[c] for c in cells])
+        emu.wait_for(150, "RUNNING", timeout=90)
+        pollers = {t.ident for t in threading.enumerate() if t.name == "ecs-poller"}
+        n = len(described)
+        deadline = time.monotonic() + 10
+        while not any(len(d["tasks"]) == 100 for d in described[n:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        emu.release(0)
+        for t in threads:
+            t.join(30)
+    sizes = [len(d["tasks"]) for d in described]
+    assert max(sizes) == 100 and all(0 < s <= 100 for s in sizes)
+    assert len(pollers) == 1, "one poller per runner, not one per task"
+    assert all(a.outcome == "ok" for a in attempts), [a for a in attempts if a is None or a.outcome != "ok"][:3]
+    # 150 tasks in flight cost two calls per poll round, not 150.
+    assert len(described) < 150
+
+
+def test_provisioning_is_bounded_by_max_parallel(aws, tmp_path):
+    grid = tmp_path / "demo"
+    cells = [tiny_cell(grid, f"c{i}") for i in range(4)]
+    runner = runner_for(aws, grid, max_parallel=2)
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        emu.hold_provisioning = True
+        attempts, _, threads = run_in_threads(runner, [[c] for c in cells])
+        emu.wait_for(2)
+        time.sleep(0.5)
+        assert len(emu.runs) == 2, "no more than max_parallel tasks wait for capacity"
+        emu.hold_provisioning = False  # capacity arrives: the two start, the next two launch
+        emu.wait_for(4, "RUNNING")
+        emu.release(0)
+        for t in threads:
+            t.join(10)
+    assert [a.outcome for a in attempts] == ["ok"] * 4
+
+
+def test_provisioning_timeout_stops_the_task_and_is_transient(aws, tmp_path):
+    grid = tmp_path / "demo"
+    runner = runner_for(aws, grid, provisioning_timeout_s=0.5)
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        emu.hold_provisioning = True
+        attempt = runner.run([tiny_cell(grid, "c1")], print)
+        (run,) = emu.wait_for(1, "STOPPED")
+    assert attempt.outcome == "transient" and "provisioning_timeout_s" in attempt.detail
+    assert attempt.device_seconds == 0 and attempt.usd == 0
+    assert run.stop_code == "UserInitiated" and "RUNNING" not in run.statuses
+
+
+def test_placement_failure_is_transient_then_runs(aws, tmp_path, monkeypatch):
+    grid = tmp_path / "demo"
+    runner = runner_for(aws, grid)
+    calls = fail_placements(monkeypatch, aws, "RESOURCE:GPU")
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        emu.release(0)
+        first = runner.run([tiny_cell(grid, "c1")], print)
+        second = runner.run([tiny_cell(grid, "c1")], print)
+    assert first.outcome == "transient" and "RESOURCE:GPU" in first.detail and first.usd == 0
+    assert second.outcome == "ok" and calls[0] == 2
+
+
+def test_throttling_is_retried_with_backoff(aws, tmp_path, monkeypatch):
+    # botocore retries once itself (2 attempts per call); our loop covers the rest.
+    monkeypatch.setattr(ecs_mod, "BOTO_RETRIES", {"mode": "standard", "max_attempts": 2})
+    grid = tmp_path / "demo"
+    runner = runner_for(aws, grid)
+    calls = throttle_run_task(monkeypatch, times=3)
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        emu.release(0)
+        attempt = runner.run([tiny_cell(grid, "c1")], print)
+        assert attempt.outcome == "ok", attempt
+        assert calls[0] == 4 and len(emu.runs) == 1
+
+        runner.launch_tries = 1
+        calls[0] = -10  # throttled for good now
+        attempt = runner.run([tiny_cell(grid, "c2")], print)
+    assert attempt.outcome == "transient" and "throttled" in attempt.detail
+
+
+@pytest.mark.parametrize("setting, says", [({"cluster": "missing"}, "no such cluster"),
+                                           ({"task_definition": "missing:7"}, "no such task definition")])
+def test_missing_cluster_or_task_definition_is_permanent(aws, tmp_path, setting, says):
+    grid = tmp_path / "demo"
+    attempt = runner_for(aws, grid, **setting).run([tiny_cell(grid, "c1")], print)
+    assert attempt.outcome == "permanent" and says in attempt.detail
+
+
+def test_pack_complete_in_s3_is_downloaded_without_a_launch(aws, tmp_path):
+    grid = tmp_path / "demo"
+    cell = tiny_cell(grid, "c1")
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=aws.bucket, Key="demo/cells/c1/metrics.json", Body=b'{"status": "complete"}')
+    s3.put_object(Bucket=aws.bucket, Key="demo/cells/c1/checkpoint.pt", Body=b"big")
+    runner = runner_for(aws, grid)
+    sent = record_calls(runner, "RunTask")
+    attempt = runner.run([cell], print)
+    assert attempt.outcome == "ok" and not sent
+    assert (cell_dir(grid, cell) / "metrics.json").is_file()
+    assert not (cell_dir(grid, cell) / "checkpoint.pt").exists()
+
+
+def test_local_checkpoint_never_replaces_newer_s3_progress(aws, tmp_path):
+    grid = tmp_path / "demo"
+    cell = tiny_cell(grid, "c1")
+    (cell_dir(grid, cell) / "checkpoint.pt").write_bytes(b"stale local")
+    s3 = aws.client("s3")
+    runner = runner_for(aws, grid)
+    runner.upload_inputs(cell_dir(grid, cell), runner.cell_uri(cell))
+    assert s3.get_object(Bucket=aws.bucket, Key="demo/cells/c1/checkpoint.pt")["Body"].read() == b"stale local"
+    s3.put_object(Bucket=aws.bucket, Key="demo/cells/c1/checkpoint.pt", Body=b"newer in S3")
+    runner.upload_inputs(cell_dir(grid, cell), runner.cell_uri(cell))
+    assert s3.get_object(Bucket=aws.bucket, Key="demo/cells/c1/checkpoint.pt")["Body"].read() == b"newer in S3"
+
+
+def test_a_rerun_adopts_the_task_an_interrupted_run_left(aws, tmp_path):
+    grid = tmp_path / "demo"
+    cell = tiny_cell(grid, "c1")
+    killed_flow = runner_for(aws, grid)
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        killed_flow.upload_inputs(cell_dir(grid, cell), killed_flow.cell_uri(cell))
+        orphan = killed_flow.launch([killed_flow.cell_uri(cell)], False, ["c1"])  # ... and the flow died
+        rerun = runner_for(aws, grid)
+        sent = record_calls(rerun, "RunTask")
+        threading.Timer(0.5, emu.release, args=(0,)).start()
+        attempt = rerun.run([cell], print)
+    assert attempt.outcome == "ok" and attempt.extra["task_arn"] == orphan
+    assert not sent and len(emu.runs) == 1, "no second trainer on the same cell"
+
+
+# ----------------------------------------------------------------------------- credentials
+
+
+def no_default_credentials(monkeypatch, tmp_path) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def test_credentials_come_from_an_aws_credentials_block(aws, tmp_path, monkeypatch, prefect_api):
+    """prefect_api (conftest.py): blocks are saved to and loaded from a real, temporary Prefect API."""
+    from prefect_aws import AwsCredentials
+
+    AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="testing-secret",
+                   region_name=REGION).save("ecs-test", overwrite=True)
+    no_default_credentials(monkeypatch, tmp_path)
+    grid = tmp_path / "demo"
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        emu.release(0)
+        without = runner_for(aws, grid, region=REGION).run([tiny_cell(grid, "c1")], print)
+        lines: list[str] = []
+        attempt = runner_for(aws, grid, aws_credentials_block="ecs-test").run([tiny_cell(grid, "c1")], lines.append)
+    assert without.outcome == "permanent" and "no AWS credentials" in without.detail
+    assert attempt.outcome == "ok", attempt
+    # The secret goes nowhere: not in the task's command, the logs or the cell folder.
+    (run,) = emu.runs.values()
+    written = [*run.command, *lines, *(p.read_text() for p in (grid / "cells" / "c1").iterdir() if p.is_file())]
+    assert not any("testing-secret" in w for w in written)
+
+
+# ----------------------------------------------------------------------------- the real trainer
+
+
+@pytest.mark.slow
+def test_invalid_cell_is_permanent_and_gets_the_log_tail(aws, tmp_path, cache):
+    grid = tmp_path / "demo"
+    bad = tiny_cell(grid, "bad", partition=ExplicitPartition(train=["s000", "s001"], validation=["nobody"]))
+    lines: list[str] = []
+    attempt = None
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, cache)):
+        attempt = runner_for(aws, grid).run([bad], lines.append)
+    assert attempt.outcome == "permanent" and attempt.exit_code == 2, attempt
+    text = "\n".join(lines)
+    assert "CloudWatch" in text and "nobody" in text, text
+    assert "failed" in (cell_dir(grid, bad) / "metrics.json").read_text()
+    for where in [text, *(p.read_text(errors="replace") for p in cell_dir(grid, bad).iterdir() if p.is_file())]:
+        assert "testing" not in where.replace("testing:", ""), "no credentials in logs or cell files"
+
+
+# ----------------------------------------------------------------------------- the flow, end to end
+
+
+def write_spec(tmp: Path, name: str, hyper: dict) -> Path:
+    """A demo-style grid: tiny synthetic cohort, 2 rounds of 1 epoch, on the CPU."""
+    import yaml
+
+    spec = {
+        "name": name,
+        "static": {"dataset": {"kind": "synthetic", "seed": 3, "subjects": 16, "rows": 32, "cols": 64},
+                   "batch_size": 4, "until": 1, "device": "cpu"},
+        "hyper": hyper,
+        "plan": [{"num_epochs": 1}, {"num_epochs": 1}],
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.slow
+def test_grid_runs_on_ecs_end_to_end_through_faults(aws, tmp_path, cache, monkeypatch, prefect_api):
+    """The real flow on backend="ecs": a Spot interruption resumes from S3, a RESOURCE:GPU placement
+    failure is retried, an invalid cell fails once and for all, and the rest complete."""
+    from flows import cells as cells_mod, grid as grid_mod, spec as spec_mod, summary
+
+    bad = {"train": ["s0000", "s0001"], "validation": ["no-such-subject"]}
+    spec = write_spec(tmp_path, "demo", {"lr": [0.003, 0.006], "partition": [0.25, bad]})
+    cells = cells_mod.expand(spec_mod.load_spec(spec))
+    valid = [c for c in cells if not hasattr(c.options.partition, "validation")]
+    invalid = [c for c in cells if hasattr(c.options.partition, "validation")]
+    placements = fail_placements(monkeypatch, aws, "RESOURCE:GPU", times=1)
+
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, cache)) as emu:
+        emu.spot_cells = {valid[0].id}
+        state = grid_mod.grid_search(
+            spec=str(spec), backend="ecs", max_parallel=2, cells_per_gpu=1, retries=3, retry_delay_s=0.2,
+            ecs=aws.settings(prefix="grids", poll_interval_s=0.2), return_state=True,
+        )
+    assert state.is_failed(), "an invalid cell fails the flow"
+    grid = tmp_path / "demo"
+    tasks = {c.id: [r for r in emu.runs.values() if any(u.endswith("/" + c.id) for u in r.command)] for c in cells}
+
+    # The valid cells complete; the Spot-interrupted one resumed from its S3 checkpoint.
+    for c in valid:
+        d = cell_dir(grid, c)
+        assert {"options.json", "plan.json", "metrics.json", "history.csv", "training.log", "model.pt",
+                "runner.log"} <= {p.name for p in d.iterdir()}
+        assert '"complete"' in (d / "metrics.json").read_text()
+    killed, resumed = tasks[valid[0].id]
+    assert killed.stop_code == "SpotInterruption" and killed.exit_code is None
+    assert any("resumed from checkpoint.pt" in line for line in resumed.lines)
+    retrained = sum(bool(EPOCH_ROW.match(line)) for line in resumed.lines)
+    assert 0 < retrained < 2, "a restart would retrain both epochs"
+    d = cell_dir(grid, valid[0])
+    assert len((d / "history.csv").read_text().splitlines()) == 1 + 2  # header + every epoch, once
+    assert not (d / "checkpoint.pt").exists(), "S3 holds progress; the checkpoint is not downloaded"
+    # The placement failure cost one extra RunTask and was retried.
+    assert placements[0] == len(emu.runs) + 1
+    # Invalid cells: exit 2, one task each, never retried; the log tail reached runner.log.
+    for c in invalid:
+        assert [r.exit_code for r in tasks[c.id]] == [2]
+        assert "no-such-subject" in (cell_dir(grid, c) / "runner.log").read_text()
+
+    # The summary has the local backend's shape: one row per cell, the same columns.
+    rows = {r["id"]: r for r in json.loads((grid / "summary.json").read_text())["rows"]}
+    assert {rows[c.id]["status"] for c in valid} == {"complete"}
+    assert all(rows[c.id]["status"].startswith("failed") for c in invalid)
+    header = (grid / "summary.csv").read_text().splitlines()[0].split(",")
+    assert header == [*summary.HEAD, "lr", "partition", *summary.STRATA, *summary.TAIL,
+                      "dice_V1", "dice_V2", "dice_V3", *summary.METRIC_TAIL]
+    assert all(rows[c.id]["cost_usd"] > 0 for c in valid), "ECS runtime is billed at the GPU price"
+    assert (grid / "summary.md").is_file() and (grid / "best" / "full-area" / "options.json").is_file()
+    # What lands in S3: each cell's folder under the grid prefix, the results, no checkpoint left.
+    keys = s3_keys(aws, "grids/demo/cells/")
+    assert f"grids/demo/cells/{valid[1].id}/metrics.json" in keys
+    assert not any(k.endswith("checkpoint.pt") for k in keys if valid[0].id in k or valid[1].id in k)
