@@ -37,18 +37,24 @@ class Ledger:
     def open(cls, grid_dir: Path, cap_usd: float | None = None) -> Ledger:
         """Load earlier spend from ``grid_dir/ledger.jsonl`` (a missing file is a new grid)."""
         ledger = cls(path=Path(grid_dir) / LEDGER_FILE, cap_usd=cap_usd)
-        if ledger.path.exists():
-            for n, line in enumerate(ledger.path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    # A line cut short by a killed run: its charge is unknown, the rest stands.
-                    continue
-                if entry.get("event") == "charge":
-                    ledger._count(entry)
+        for entry in ledger.entries("charge"):
+            ledger._count(entry)
         return ledger
+
+    def entries(self, event: str) -> list[dict[str, Any]]:
+        """Every ``event`` line on file, oldest first."""
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                # A line cut short by a killed run: its charge is unknown, the rest stands.
+                continue
+            if entry.get("event") == event:
+                out.append(entry)
+        return out
 
     def _count(self, entry: dict[str, Any]) -> None:
         self.spent_usd += float(entry["usd"])
@@ -126,15 +132,5 @@ class Ledger:
             return self.cap_usd - self.spent_usd - self.in_flight_usd
 
     def skipped(self) -> list[dict[str, Any]]:
-        """Every skip event on file, newest last (the summary explains them)."""
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if entry.get("event") == "skip":
-                out.append(entry)
-        return out
+        """Every launch the cap refused, with the numbers that refused it."""
+        return self.entries("skip")
