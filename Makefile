@@ -28,6 +28,8 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/dry_run.py
+	$(BIN)/python benchmarks/orchestration.py
+	$(BIN)/python benchmarks/summarize.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
