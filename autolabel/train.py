@@ -1,6 +1,6 @@
 """Train grid cells from their directories: the entry point of the training image.
 
-    python -m autolabel.train CELL_DIR [CELL_DIR ...] [--force] [--device cpu|cuda|mps|auto]
+    python -m autolabel.train CELL_DIR [CELL_DIR ...] [--force] [--device cpu|cuda|mps|auto] [--workers N]
 
 A cell directory (local folder or ``s3://bucket/prefix``) holds ``options.json``
 (:class:`autolabel.options.CellOptions`) and ``plan.json`` (:class:`autolabel.options.Plan`).
@@ -22,8 +22,15 @@ A remote cell (any S3-compatible endpoint; credentials from boto3's default chai
 
 Exit codes: 0 every cell complete (or skipped as complete); 1 an unexpected error in
 some cell (worth retrying: complete cells are skipped); 2 bad input (options, plan,
-dataset: fix it); 3 a cell diverged (NaN/inf loss). With several cells the worst wins,
-in the order 1, 2, 3; every cell is attempted regardless of the others.
+dataset: fix it); 3 a cell diverged (NaN/inf loss); 143 stopped by SIGTERM after
+checkpointing the epoch in progress (a rerun resumes; a second SIGTERM kills at once).
+With several cells the worst wins, in the order 143, 1, 2, 3; every cell is attempted
+regardless of the others (unless stopped).
+
+Several cells train side by side with ``--workers N`` (N worker processes, one cell each,
+each a solo run; see autolabel/pack.py); the default is min(cells, 16) on CUDA and 1
+(one after another, in this process) elsewhere. A worker killed by a signal makes the
+pack exit 128+signal, so a retry resumes it.
 
 The method is the published one (Benson, Song et al. 2025; REFERENCE.md): Adam,
 StepLR once per epoch, loss w*BCE + (1-w)*Dice; each round continues from the
@@ -41,8 +48,10 @@ import csv
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -71,6 +80,7 @@ from autolabel.options import (
 )
 
 EXIT_ERROR = 1  # unexpected: a bug or the infrastructure; the traceback is printed
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a kill by SIGTERM reports: the runners retry it
 OPTIONS, PLAN, METRICS = "options.json", "plan.json", "metrics.json"
 CHECKPOINT, HISTORY, LOG, MODEL = "checkpoint.pt", "history.csv", "training.log", "model.pt"
 CHECKPOINT_FORMAT = 1
@@ -88,6 +98,15 @@ class BadInput(Exception):
 
 class Diverged(Exception):
     """A NaN or infinite loss: the cell ends with status diverged."""
+
+
+class Stopped(Exception):
+    """SIGTERM arrived: the epoch in progress was finished and checkpointed, then training stopped."""
+
+
+# Set by the SIGTERM handler (see main); read between epochs. ECS sends SIGTERM, then SIGKILL
+# 30 s later (a spot notice gives 2 minutes): time enough to finish a GPU epoch of one cell.
+stop_requested = False
 
 
 @dataclass
@@ -330,14 +349,24 @@ def train_one_epoch(
     sums = torch.zeros(3, device=data.x_train.device)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        with autocast(data.x_train.device):
-            logits = model(data.x_train[idx])
-        loss, bce, dice = combined_loss(logits, data.y_train[idx], bce_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        sums += torch.stack([bce, dice, loss]).detach() * len(idx)
+        sums += train_step(model, optimizer, data.x_train[idx], data.y_train[idx], bce_weight) * len(idx)
     return sums / n
+
+
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, bce_weight: float
+) -> torch.Tensor:
+    """One optimizer step on one batch; its (bce, dice, loss) as a tensor, never read here.
+
+    benchmarks/gpu_throughput.py times exactly this step.
+    """
+    with autocast(x.device):
+        logits = model(x)
+    loss, bce, dice = combined_loss(logits, y, bce_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return torch.stack([bce, dice, loss]).detach()
 
 
 @torch.no_grad()
@@ -592,8 +621,9 @@ def train_cell(
 ) -> CellMetrics:
     """Train one cell in ``cell.work`` (resuming from its checkpoint) and return its metrics.
 
-    Raises BadInput before any training for unusable inputs, and Diverged (with the
-    metrics so far already written) when a loss becomes NaN or infinite.
+    Raises BadInput before any training for unusable inputs, Diverged (with the
+    metrics so far already written) when a loss becomes NaN or infinite, and Stopped
+    after the checkpoint of the epoch in progress when SIGTERM asked (see request_stop).
     """
     # 1. Inputs, device, pretrained weights: everything that can be wrong fails here, before any work.
     options, plan = load_cell(cell)
@@ -644,6 +674,9 @@ def train_cell(
         save_checkpoint(cell, model, optimizer, scheduler, progress, options, plan)
         write_history(cell, progress)
         push(cell, [CHECKPOINT, HISTORY, LOG])
+        if stop_requested and progress.repeat < options.until:
+            raise Stopped(f"stopped by SIGTERM after repeat {progress.repeat} round {progress.round} "
+                          f"epoch {progress.epoch}; {CHECKPOINT} is saved, rerun to resume")  # fmt: skip
 
     # 4. Results: model.pt, then metrics.json last.
     best = progress.best
@@ -766,6 +799,9 @@ def run_cell(uri: str, force: bool = False, device: str | None = None, say: Call
             except Diverged as e:
                 print(f"{cell.uri}: diverged: {e}", file=sys.stderr, flush=True)
                 return EXIT_DIVERGED
+            except Stopped as e:
+                print(f"{cell.uri}: {e}", file=sys.stderr, flush=True)
+                return EXIT_TERMINATED
     except storage.StorageError as e:
         print(e, file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
@@ -777,24 +813,32 @@ def run_cell(uri: str, force: bool = False, device: str | None = None, say: Call
 
 
 def worst(codes: list[int]) -> int:
-    """The exit code of a multi-cell run: 1 (retry helps) before 2 (fix input) before 3 (diverged)."""
-    for code in (EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DIVERGED):
+    """The exit code of a multi-cell run: 143 (stopped), 1 (retry helps), 2 (fix input), 3 (diverged)."""
+    for code in (EXIT_TERMINATED, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DIVERGED):
         if code in codes:
             return code
     return EXIT_OK
 
 
-def train_cells(cells: list[str], force: bool = False, device: str | None = None) -> int:
-    """Train cells one after another, each independent of the others' outcome; the worst exit code.
+def train_cells(cells: list[str], force: bool = False, device: str | None = None, workers: int | None = None) -> int:
+    """Train cells, each independent of the others' outcome; the worst exit code.
 
-    With several cells every printed line starts with the cell's name, so one
-    stream can be followed per cell.
+    ``workers`` > 1 runs them in that many worker processes at once (autolabel.pack);
+    otherwise one after another in this process. With several cells every printed line
+    starts with the cell's name, so one stream can be followed per cell.
     """
+    from autolabel import pack
+
+    workers = min(len(cells), workers or pack.default_workers(len(cells), device))
+    if workers > 1:
+        return pack.train_packed(cells, workers, force, device)
     codes = []
     for uri in cells:
+        if stop_requested:
+            break  # the cells not started yet wait for the rerun
         prefix = f"[{uri.rstrip('/').rsplit('/', 1)[-1]}] " if len(cells) > 1 else ""
         codes.append(run_cell(uri, force, device, say=lambda line, p=prefix: print(p + line, flush=True)))
-    return worst(codes)
+    return worst(codes + ([EXIT_TERMINATED] if stop_requested else []))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -802,8 +846,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("cells", nargs="+", metavar="CELL_DIR", help="cell folder or s3://bucket/prefix")
     parser.add_argument("--force", action="store_true", help="retrain complete cells, ignoring checkpoints")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="override options.json device")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="cells trained at once, one process each (default: min(cells, 16) on CUDA, 1 on CPU)")
     args = parser.parse_args(argv)
-    return train_cells(args.cells, args.force, args.device)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers: must be at least 1, got {args.workers}")
+    global stop_requested
+    stop_requested = False
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return train_cells(args.cells, args.force, args.device, args.workers)
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        return train_cells(args.cells, args.force, args.device, args.workers)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def request_stop(signum: int, frame: Any) -> None:
+    """SIGTERM handler: stop after the epoch in progress is checkpointed; a second SIGTERM kills."""
+    global stop_requested
+    stop_requested = True
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,98 @@
+"""The GPU benchmark's --smoke mode on CPU: both strategies measured, a file the cost model reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows import cost
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_throughput.py"
+
+
+def figure(pattern: str, text: str) -> float:
+    match = re.search(pattern, text)
+    assert match, f"{pattern!r} not in the output:\n{text}"
+    return float(match.group(1))
+
+
+@pytest.mark.slow
+def test_smoke_prints_every_figure_and_writes_the_throughput_file(tmp_path):
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", f"{tmp_path}/"],
+                          capture_output=True, text=True, env=env, timeout=170)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    base = figure(r"baseline images/s ([\d.]+)", out)
+    packed = figure(r"packed images/s\s+([\d.]+)", out)
+    assert base > 0 and packed > 0
+    assert figure(r"ratio packed/baseline ([\d.]+)x", out) == pytest.approx(packed / base, rel=0.01)
+    assert "MFU n/a" in out  # no peak FLOP/s for a CPU
+    solo_h = figure(r"\(1800 cells\) solo\s+\(1 per GPU\): ([\d.]+) GPU-hours", out)
+    packed_h = figure(r"\(1800 cells\) packed \(2 per GPU\): ([\d.]+) GPU-hours", out)
+    assert solo_h > 0 and packed_h > 0
+    assert figure(r"solo .* \$([\d.]+) on-demand", out) == pytest.approx(
+        solo_h * cost.hourly_price("p5.48xlarge"), rel=0.01)  # fmt: skip
+
+    files = list(tmp_path.glob("cpu-*.json"))
+    assert len(files) == 1
+    doc = json.loads(files[0].read_text())
+    assert doc["gpu"] == "cpu" and re.fullmatch(r"\d{4}-\d{2}-\d{2}", doc["date"])
+    # Both base models, solo (one cell at a time) and packed (2 processes), as the cost model reads them.
+    figs = cost.load_throughput(files[0])
+    assert {(f.base_model, f.batch_size, f.cells_per_gpu) for f in figs} == {
+        ("resnet18", 4, 1), ("resnet34", 2, 1), ("resnet18", 4, 2), ("resnet34", 2, 2)
+    }  # fmt: skip
+    assert all(f.images_per_second > 0 and f.gpu == "cpu" for f in figs)
+
+
+def test_without_a_gpu_the_full_run_says_what_to_do():
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "use --smoke on CPU" in done.stdout and "Traceback" not in done.stderr
+
+
+def load_benchmark():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_figures_and_grid_projection_from_gpu_like_results(tmp_path):
+    # What a GPU run's workers report, made up: solo cells at ~13 ms a step, a pack of 4 at 4x.
+    bench = load_benchmark()
+
+    def result(model: str, batch: int, seconds: float) -> dict:
+        return {"base_model": model, "batch_size": batch, "images": 100.0 * batch, "start": 10.0, "end": 10 + seconds}
+
+    baseline = [result("resnet18", 4, 1.3), result("resnet34", 2, 1.9)]
+    pack = [result("resnet18", 4, 1.3), result("resnet34", 2, 1.9)] * 2
+    assert bench.aggregate(baseline, concurrent=False) == pytest.approx(600 / 3.2)
+    assert bench.aggregate(pack, concurrent=True) == pytest.approx(1200 / 1.9)
+    rows = bench.figures(baseline, {4: pack}, "processes")
+    assert [(r["base_model"], r["batch_size"], r["cells_per_gpu"]) for r in rows] == [
+        ("resnet18", 4, 1), ("resnet34", 2, 1), ("resnet18", 4, 4), ("resnet34", 2, 4)
+    ]  # fmt: skip
+    assert rows[2]["images_per_second"] == pytest.approx(4 * 400 / 1.3)  # the kind's per-cell rate x 4
+
+    grid = bench.project_grid(rows, "H100", 4)
+    assert grid["cells"] == 1800 and grid["priced_as"] == "p5.48xlarge"
+    assert grid["packed"]["gpu_hours"] < grid["solo"]["gpu_hours"]
+    assert grid["packed"]["usd_on_demand"] == pytest.approx(grid["packed"]["gpu_hours"] * 55.04 / 8)
+    assert 0.2 < grid["floor_gpu_hours"] < 0.5  # ~1240 PFLOP at 989 TFLOP/s (REFERENCE: ~0.43 h at 790)
+
+    path = bench.write_out(f"{tmp_path}/", "H100", "NVIDIA H100 80GB HBM3", "test", rows)
+    assert path.name.startswith("H100-") and len(cost.load_throughput(path)) == 4

@@ -1,0 +1,170 @@
+"""Packed training on tiny CPU cells: same results as solo runs, independent failures, kill and resume."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autolabel import pack, train
+from autolabel.options import CellMetrics
+from tests.conftest import tiny_options, tiny_plan
+
+# 8 subjects at 32x32 (6 train / 2 validation), as in test_train: an epoch takes well under a second.
+SMALL = {"kind": "synthetic", "subjects": 8, "rows": 32, "cols": 32}
+# Adam at lr 10 with BCE and Dice mixed blows the validation loss up to NaN in the first epoch.
+DIVERGING_PLAN = [{"lr": 10, "bce_weight": 0.5, "num_epochs": 3, "batch_size": 6}]
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    # Two shared cores: one thread per process, and the same arithmetic in workers and in solo runs.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def options(seed: int = 0) -> dict:
+    return tiny_options(dataset=SMALL, seed=seed)
+
+
+def metrics_of(cell: Path) -> CellMetrics:
+    return CellMetrics.model_validate_json((cell / "metrics.json").read_text())
+
+
+def history_keys(cell: Path) -> list[tuple[str, str, str]]:
+    with open(cell / "history.csv", newline="") as f:
+        return [(r["repeat"], r["round"], r["epoch"]) for r in csv.DictReader(f)]
+
+
+def start_pack(*cells: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "autolabel.train", *map(str, cells), "--workers", str(len(cells))]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(condition, proc: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+# ----------------------------------------------------------------------------- plain functions
+
+
+def test_exit_code_rules():
+    assert pack.exit_code(-signal.SIGKILL) == 137 and pack.exit_code(3) == 3
+    assert pack.pack_exit([0, 3, 137, 2]) == 137  # a killed worker: retry (complete cells are skipped)
+    assert pack.pack_exit([0, 3, 2]) == 2 and pack.pack_exit([0, 0]) == 0
+
+
+def test_cpu_defaults_to_one_worker_and_splits_threads(monkeypatch):
+    assert pack.default_workers(5, "cpu") == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert pack.worker_env(3)["OMP_NUM_THREADS"] == "2"
+    assert pack.worker_env(16)["OMP_NUM_THREADS"] == "1"
+
+
+def test_a_stop_request_checkpoints_the_epoch_and_starts_no_more_cells(make_cell, monkeypatch, capsys):
+    # What SIGTERM does (train.request_stop), without the signal: the request arrives during epoch 1.
+    cell, waiting = make_cell(options(), tiny_plan(epochs=3), "cell"), make_cell(options(), tiny_plan(), "waiting")
+
+    def say(line: str) -> None:
+        if line.startswith("repeat round epoch"):  # printed just before the first epoch starts
+            monkeypatch.setattr(train, "stop_requested", True)
+
+    assert train.run_cell(str(cell), say=say) == train.EXIT_TERMINATED == 143
+    assert history_keys(cell) == [("0", "0", "1")] and (cell / "checkpoint.pt").exists()
+    assert not (cell / "metrics.json").exists()
+    assert "stopped by SIGTERM after repeat 0 round 0 epoch 1" in capsys.readouterr().err
+    assert train.train_cells([str(waiting)], workers=1) == 143 and not (waiting / "history.csv").exists()
+
+
+# ----------------------------------------------------------------------------- through the CLI
+
+
+@pytest.mark.slow
+def test_packed_cells_match_solo_runs_and_one_diverges_alone(make_cell, capsys):
+    cells = [make_cell(options(1), tiny_plan(epochs=2), "a"), make_cell(options(2), tiny_plan(epochs=2), "b")]
+    diverging = make_cell(options(), DIVERGING_PLAN, "diverging")
+    proc = start_pack(*cells, diverging)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err  # diverged, the worst of the three
+    assert [metrics_of(c).status for c in (*cells, diverging)] == ["complete", "complete", "diverged"]
+    assert "[diverging] " in err and "diverged" in err
+    lines = out.splitlines()
+    assert all(line.startswith(("[a] ", "[b] ", "[diverging] ")) for line in lines)
+    assert any(line.startswith("[b] repeat round epoch") for line in lines)
+
+    # A packed cell trained alone in this process: same seed, one thread, the same numbers.
+    packed = cells[1]
+    solo = make_cell((packed / "options.json").read_text(), (packed / "plan.json").read_text(), "solo")
+    assert train.main([str(solo)]) == 0
+    assert metrics_of(solo).dice == pytest.approx(metrics_of(packed).dice, abs=1e-6)
+    assert metrics_of(solo).best_val_dice_loss == pytest.approx(metrics_of(packed).best_val_dice_loss, abs=1e-6)
+    # Different seeds really differ, so a mix-up of cells would show.
+    assert metrics_of(cells[0]).best_val_dice_loss != metrics_of(cells[1]).best_val_dice_loss
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigkill_reach_the_workers_and_a_rerun_resumes(make_cell):
+    cells = [make_cell(options(1), tiny_plan(rounds=3, epochs=2), n) for n in ("a", "b")]
+    want = [("0", str(r), str(e)) for r in range(3) for e in (1, 2)]
+
+    # 1. SIGTERM: forwarded; each worker finishes its epoch in progress, checkpoints it and exits.
+    proc = start_pack(*cells)
+    try:
+        wait_for(lambda: all((c / "history.csv").exists() for c in cells), proc)
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err  # terminated: transient, a retry resumes
+    assert not any(alive(w) for w in workers)
+    for c in cells:
+        assert (c / "checkpoint.pt").exists() and not (c / "metrics.json").exists()
+        assert f"[{c.name}] " in err and "stopped by SIGTERM after repeat 0" in err
+    rows = {c: len(history_keys(c)) for c in cells}
+
+    # 2. SIGKILL of the parent: PR_SET_PDEATHSIG kills the workers, no orphan keeps writing.
+    proc = start_pack(*cells)
+    try:
+        wait_for(lambda: all(len(history_keys(c)) > rows[c] for c in cells), proc)  # one more epoch each
+        workers = children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert workers and not any(alive(w) for w in workers)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert not any((c / "metrics.json").exists() for c in cells)
+
+    # 3. The rerun resumes both cells from their checkpoints and completes them.
+    rerun = start_pack(*cells)
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    for c in cells:
+        assert history_keys(c) == want  # no duplicated or missing epochs
+        assert metrics_of(c).status == "complete" and metrics_of(c).epochs == 6
+        assert f"[{c.name}] resumed from checkpoint.pt" in out
