@@ -11,7 +11,6 @@ and report an :class:`Attempt`. What happened is classified in one place
 
 from __future__ import annotations
 
-import ctypes
 import os
 import queue
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Literal, Protocol
 
 from autolabel.options import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_OK, CellMetrics
+from autolabel.pack import die_with_parent  # the trainer dies with the thread that launched it
 
 from flows.cells import Cell, cell_dir
 
@@ -103,15 +103,6 @@ def detect_gpus() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def _die_with_parent() -> None:
-    # Linux: the trainer gets SIGKILL if the thread that launched it dies (flow killed),
-    # so a rerun never races an orphan writing to the same cell.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class LocalRunner:
     """Runs packs as subprocesses on this machine: one pack per GPU, or CPU cores shared."""
 
@@ -181,7 +172,7 @@ class LocalRunner:
                 f.flush()
             proc = subprocess.Popen(
                 cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                bufsize=1, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                bufsize=1, preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
             assert proc.stdout is not None
             for line in proc.stdout:
