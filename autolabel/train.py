@@ -21,7 +21,7 @@ A remote cell (any S3-compatible endpoint; credentials from boto3's default chai
     AWS_ENDPOINT_URL=http://localhost:5000 python -m autolabel.train s3://bucket/grid/cell-0001
 
 Exit codes: 0 every cell complete (or skipped as complete); 1 an unexpected error in
-some cell (worth retrying: complete cells are skipped); 2 bad input (options, plan,
+some cell (traceback printed; the flow does not retry it, a rerun skips complete cells); 2 bad input (options, plan,
 dataset: fix it); 3 a cell diverged (NaN/inf loss); 143 stopped by SIGTERM after
 checkpointing the epoch in progress (a rerun resumes; a second SIGTERM kills at once).
 With several cells the worst wins, in the order 143, 1, 2, 3; every cell is attempted
