@@ -334,7 +334,15 @@ def test_a_rerun_adopts_the_task_an_interrupted_run_left(aws, tmp_path):
         orphan = killed_flow.launch([killed_flow.cell_uri(cell)], False, ["c1"])  # ... and the flow died
         rerun = runner_for(aws, grid)
         sent = record_calls(rerun, "RunTask")
-        threading.Timer(0.5, emu.release, args=(0,)).start()
+
+        def release_once_adopted() -> None:
+            # Not on a timer: under load the rerun may look for orphans only after a fixed delay.
+            deadline = time.monotonic() + 60
+            while orphan not in rerun._watches and time.monotonic() < deadline:
+                time.sleep(0.02)
+            emu.release(0)
+
+        threading.Thread(target=release_once_adopted, daemon=True).start()
         attempt = rerun.run([cell], print)
     assert attempt.outcome == "ok" and attempt.extra["task_arn"] == orphan
     assert not sent and len(emu.runs) == 1, "no second trainer on the same cell"
