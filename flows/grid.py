@@ -53,10 +53,10 @@ OnCap = Literal["refuse", "subset"]
 
 
 @task(name="plan-grid", cache_policy=NO_CACHE)
-def plan_grid(spec: str, out_dir: str | None) -> tuple[Any, list[Cell], Path]:
+def plan_grid(spec: str, out_dir: str | None) -> tuple[list[Cell], Path]:
     """Validate the spec and expand it into cells (fails fast, launches nothing)."""
     grid = spec_mod.load_spec(Path(spec))
-    return grid, cells_mod.expand(grid), cells_mod.grid_dir(grid, Path(spec), out_dir)
+    return cells_mod.expand(grid), cells_mod.grid_dir(grid, Path(spec), out_dir)
 
 
 @task(name="write-cells", cache_policy=NO_CACHE)
@@ -155,13 +155,13 @@ def grid_search(
         ecs: ECS settings (cluster, capacity_provider, task_definition, bucket, ...).
     """
     log = get_run_logger()
-    grid, cells, grid_dir = plan_grid(spec, out_dir)
+    cells, grid_dir = plan_grid(spec, out_dir)
     try:  # bad backend settings fail here, before anything is written or launched
         runner = make_runner(backend, grid_dir, max_parallel, instance_type, spot, local_usd_per_hour, ecs)
     except ValueError as e:
         return Failed(message=str(e))
     per_gpu = cells_per_gpu or cost.default_cells_per_gpu(instance_type)
-    todo = [c for c in cells if force or not cells_mod.is_complete(cells_mod.cell_dir(grid_dir, c))]
+    todo = pending = [c for c in cells if force or not cells_mod.is_complete(cells_mod.cell_dir(grid_dir, c))]
 
     # 1. Cost pre-flight on what is left to train: refuse, or keep a covering subset that fits.
     ledger = Ledger.open(grid_dir, max_cost_usd)
@@ -188,8 +188,7 @@ def grid_search(
 
     # 3. Launch packs, at most max_parallel at once, each only if it fits under the cap.
     chosen = {c.id for c in todo}
-    outcomes = {c.id: "skipped: cost cap" for c in cells if c.id not in chosen and not
-                cells_mod.is_complete(cells_mod.cell_dir(grid_dir, c))}
+    outcomes = {c.id: "skipped: cost cap" for c in pending if c.id not in chosen}
     outcomes |= launch_packs(grid_dir, cost.make_packs(todo, per_gpu), runner, ledger, max_parallel,
                             instance_type, spot, per_gpu, retries, retry_delay_s, force)
 
@@ -271,9 +270,10 @@ EXIT_CELLS_FAILED = 4  # some cells failed or diverged; the others are complete
 def run_grid(spec: str | Path, *, out_dir: str | Path | None = None, **params: Any) -> int:
     """Run the flow from the CLI, print the summary table, and map the outcome to an exit code."""
     state = grid_search(spec=str(spec), out_dir=str(out_dir) if out_dir else None, return_state=True, **params)
-    result = state.data if isinstance(getattr(state, "data", None), summary.Summary) else None
-    if result is None and state.is_completed():
+    try:  # the Summary, also when the flow ended Failed; nothing when it refused to start
         result = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - a state without data has no table to print
+        result = None
     if isinstance(result, summary.Summary):
         print(summary.console_table(result.rows, grid_dir=result.grid_dir))
     if state.is_completed():

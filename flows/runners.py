@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Protocol
 
-from autolabel.options import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_OK, CellMetrics
+from autolabel.options import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_OK
 from autolabel.pack import die_with_parent  # the trainer dies with the thread that launched it
 
 from flows.cells import Cell, cell_dir
+from flows.summary import read_metrics
 
 Outcome = Literal["ok", "transient", "permanent"]
 Log = Callable[[str], None]
@@ -76,14 +77,6 @@ def classify_exit(code: int | None) -> tuple[Outcome, str]:
     if code == EXIT_DIVERGED:
         return "permanent", "exit 3: training diverged"
     return "permanent", f"exit {code}: trainer error"
-
-
-def read_metrics(path: Path) -> CellMetrics | None:
-    """A cell's metrics.json, or None when it is missing or unreadable (not finished)."""
-    try:
-        return CellMetrics.model_validate_json(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def detect_gpus() -> list[str]:
@@ -191,7 +184,9 @@ def pack_outcomes(grid_dir: Path, cells: list[Cell], otherwise: str) -> dict[str
     out = {}
     for c in cells:
         m = read_metrics(cell_dir(grid_dir, c) / "metrics.json")
-        if m is not None:
+        if isinstance(m, str):  # unreadable: the message says which file and what to do
+            out[c.id] = f"failed: {m}"
+        elif m is not None:
             out[c.id] = m.status if m.status == "complete" else f"{m.status}: {m.message}".rstrip(": ")
         else:
             out[c.id] = otherwise

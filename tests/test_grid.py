@@ -150,7 +150,7 @@ def test_transient_kill_is_retried_and_resumes(prefect_api, tmp_path, monkeypatc
     monkeypatch.setattr(grid_mod, "make_runner", real)
 
 
-def test_invalid_cell_fails_without_retry_others_complete(prefect_api, tmp_path):
+def test_invalid_cell_fails_without_retry_others_complete(prefect_api, tmp_path, capsys):
     bad = {"train": ["s0000", "s0001"], "validation": ["no-such-subject"]}
     spec = write_spec(tmp_path, "mixed", {"lr": [0.003], "partition": [0.25, bad]})
     state = run_flow(spec)
@@ -161,6 +161,12 @@ def test_invalid_cell_fails_without_retry_others_complete(prefect_api, tmp_path)
     bad_dir = next(d for d in (tmp_path / "mixed" / "cells").iterdir()
                    if "no-such-subject" in (d / "options.json").read_text())
     assert launches(bad_dir) == 1  # permanent: never retried
+
+    # From the CLI, a grid with failed cells still prints its table and exits 4.
+    code = grid_mod.run_grid(spec, max_parallel=2, retry_delay_s=0.5)
+    out = capsys.readouterr().out
+    assert code == grid_mod.EXIT_CELLS_FAILED
+    assert "complete" in out and "failed" in out and "summary.md" in out
 
 
 def test_cost_cap_stops_launches_and_ledger_says_why(prefect_api, tmp_path):
