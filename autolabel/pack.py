@@ -1,14 +1,25 @@
-"""Several cells at once on one device: one worker process per cell, each a solo run of the trainer.
+"""Several cells at once on one device: threads in one process, worker processes, or both.
 
-    python -m autolabel.train CELL_A CELL_B CELL_C --workers 3      # three cells side by side
-    python -m autolabel.train CELL_DIR ... --workers 16             # the default on CUDA: min(cells, 16)
+    python -m autolabel.train CELL_DIR ...                          # CUDA default: one process, 16 threads
+    python -m autolabel.train CELL_A CELL_B CELL_C --workers 3      # one process per cell
+    python -m autolabel.train CELL_DIR ... --workers 2 --threads 8  # two processes of 8 threads
 
-Why processes: one eager cell of the published grid (U-Net, 128x256, batch 2-6) is bound by
-kernel launches (~13 ms a step on an H200 whatever the batch), so the GPU is mostly idle.
-Concurrent processes fill it: 16 reach ~1530 images/s against ~305 for one (REFERENCE.md,
-"GPU measurements"). A worker is ``python -m autolabel.train ONE_CELL``, so each cell keeps
-the meaning of a solo run (its plan, schedules, data order, metrics, checkpoints, resume),
-and a crash, divergence or out-of-memory kill in one cell leaves the others running.
+Why: one eager cell of the published grid (U-Net, 128x256, batch 2-6) is bound by kernel
+launches (~13 ms a step on an H200 whatever the batch), so the GPU is mostly idle. On
+CUDA each cell's step is replayed from a CUDA graph (autolabel/step.py), and cells in
+threads of one process run on their own CUDA streams, so their kernels share the GPU at
+once; processes only take turns on it. Measured on one H200 with 16 mixed cells
+(benchmarks/gpu_throughput.py; README "Packing"): 1450 images/s in threads, 807 in 16
+processes with graphs, 684 in 16 eager processes, 217-254 one eager cell at a time.
+
+Every cell keeps the meaning of a solo run (its plan, schedules, data order, metrics,
+checkpoints, resume); a divergence, bad input or Python error in one cell leaves the
+others running. A CUDA fault or an out-of-memory kill ends the process it happens in, so
+every cell of it: the exit code (1 or 137) says so, and a rerun skips complete cells.
+
+Threads (:func:`train_threaded`): cells reading the same data share its tensors; a cell
+that records its CUDA graph does so alone (autolabel.step.GATE); SIGTERM stops each
+running cell after its epoch's checkpoint.
 
 Worker management:
 - at most ``workers`` at once; the next cell starts when one finishes;
@@ -38,15 +49,50 @@ from typing import IO
 # 16 processes gave the best aggregate images/s measured on one H200 (REFERENCE.md); more
 # only add memory (each process holds its own CUDA context and dataset copy).
 MAX_CUDA_WORKERS = 16
+# Cells trained at once in one process on CUDA, a thread and stream each. On one H200
+# (benchmarks/throughput/H200-2026-11-27*.log) 16 mixed cells reached 1450 images/s this
+# way, against 684 as 16 eager processes, 807 as 16 processes with CUDA graphs and 1207 as
+# 4 processes of 4 threads; 8 cells in threads reached 1421.
+CUDA_THREADS = 16
+EXIT_TERMINATED = 128 + signal.SIGTERM
 POLL_S = 0.1  # how often the parent looks for finished workers
 
 
 def default_workers(cells: int, device: str | None) -> int:
-    """min(cells, 16) on CUDA; 1 elsewhere (a CPU cell already uses every core by itself)."""
+    """Worker processes when only --threads is given: min(cells, 16) on CUDA; 1 elsewhere.
+
+    With neither option, CUDA runs every cell in one process (default_threads): measured
+    faster than processes (README, "Packing").
+    """
     import torch
 
     cuda = device == "cuda" or (device in (None, "auto") and torch.cuda.is_available())
     return min(cells, MAX_CUDA_WORKERS) if cuda else 1
+
+
+def default_threads(cells: int, device: str | None) -> int:
+    """Cells per process on CUDA (threads on streams, each replaying CUDA graphs); 1 elsewhere."""
+    import torch
+
+    cuda = device == "cuda" or (device in (None, "auto") and torch.cuda.is_available())
+    return min(cells, CUDA_THREADS) if cuda else 1
+
+
+def layout(cells: int, device: str | None, workers: int | None, threads: int | None) -> tuple[int, int]:
+    """(processes, cells per process) for ``cells`` cells and the --workers/--threads given (or None).
+
+    Neither: on CUDA one process training min(cells, 16) at a time in threads, elsewhere one
+    cell after another. --workers alone: one cell per process, as many processes. --threads
+    alone: processes of that many threads, min(groups, 16) of them on CUDA.
+    """
+    chose_threads = threads is not None
+    if threads is None:
+        threads = 1 if workers else default_threads(cells, device)
+    threads = max(1, min(cells, threads))
+    groups = -(-cells // threads)
+    if workers is None:
+        workers = default_workers(groups, device) if chose_threads or threads == 1 else 1
+    return min(groups, workers), threads
 
 
 def cell_label(uri: str) -> str:
@@ -82,14 +128,16 @@ class Pack:
         self.lock = threading.Lock()
         self.stop_signal: int | None = None
 
-    def start(self, uri: str, args: list[str], env: dict[str, str]) -> None:
-        cmd = [sys.executable, "-m", "autolabel.train", uri, *args]
+    def start(self, uris: list[str], args: list[str], env: dict[str, str]) -> None:
+        """One worker for ``uris``; several cells in one worker train in its threads."""
+        cmd = [sys.executable, "-m", "autolabel.train", *uris, *args]
         proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
             preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )  # fmt: skip
-        self.running[uri] = proc
-        prefix = f"[{cell_label(uri)}] "
+        self.running[" ".join(uris)] = proc
+        # A worker with several cells names them itself on every line.
+        prefix = f"[{cell_label(uris[0])}] " if len(uris) == 1 else ""
         for source, sink in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr)):
             t = threading.Thread(target=self.relay, args=(source, sink, prefix), daemon=True)
             t.start()
@@ -123,14 +171,19 @@ def pack_exit(codes: list[int]) -> int:
     return killed[0] if killed else worst(codes)
 
 
-def train_packed(cells: list[str], workers: int, force: bool = False, device: str | None = None) -> int:
-    """Train ``cells`` in worker processes, ``workers`` at a time; the pack's exit code."""
+def train_packed(
+    cells: list[str], workers: int, force: bool = False, device: str | None = None, threads: int = 1
+) -> int:
+    """Train ``cells`` in worker processes, ``workers`` at a time, ``threads`` cells each; the exit code."""
     from autolabel import train
 
     args = (["--force"] if force else []) + (["--device", device] if device else [])
+    args += ["--workers", "1", "--threads", str(threads)] + ([] if train.use_graphs else ["--eager"])
     env = worker_env(workers)
     pack = Pack()
-    pending, codes = list(dict.fromkeys(cells)), []  # a cell named twice must not train twice at once
+    unique = list(dict.fromkeys(cells))  # a cell named twice must not train twice at once
+    pending = [unique[i : i + threads] for i in range(0, len(unique), threads)]
+    codes: list[int] = []
     main = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
     previous = {s: signal.signal(s, pack.forward) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
     if train.stop_requested:  # SIGTERM came while this process was starting: start nothing
@@ -140,10 +193,10 @@ def train_packed(cells: list[str], workers: int, force: bool = False, device: st
             while pending and len(pack.running) < workers and pack.stop_signal is None:
                 pack.start(pending.pop(0), args, env)
             time.sleep(POLL_S)
-            for uri, proc in list(pack.running.items()):
+            for key, proc in list(pack.running.items()):
                 if proc.poll() is not None:
                     codes.append(exit_code(proc.returncode))
-                    del pack.running[uri]
+                    del pack.running[key]
             if pack.stop_signal is not None and not pack.running:
                 break
     finally:
@@ -154,3 +207,56 @@ def train_packed(cells: list[str], workers: int, force: bool = False, device: st
     if pack.stop_signal is not None:
         return 128 + pack.stop_signal
     return pack_exit(codes)
+
+
+def train_threaded(cells: list[str], threads: int, force: bool = False, device: str | None = None) -> int:
+    """Train ``cells`` in this process, ``threads`` at a time, each in a thread of its own.
+
+    On CUDA each thread has its own stream and replays its steps from CUDA graphs
+    (autolabel/step.py), so the GPU runs several cells' kernels side by side with almost
+    no CPU in between. Cells reading the same data share its tensors (train.shared_data).
+    A cell's outcome is its own (divergence, bad input, a Python error); a CUDA fault
+    would end the process, and so every cell in it (exit 1; complete cells are skipped
+    by a rerun). SIGTERM stops each running cell after its epoch's checkpoint.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    import torch
+
+    from autolabel import train
+    from autolabel.step import GATE
+
+    lock = threading.Lock()
+    cuda = torch.cuda.is_available() and device != "cpu"
+
+    def run(uri: str) -> int | None:
+        if train.stop_requested:
+            return None  # not started: it waits for the rerun
+        with GATE.member():  # a graph capture in one cell waits until the others stand still
+            return run_cell(uri)
+
+    def run_cell(uri: str) -> int:
+        def say(line: str) -> None:
+            with lock:
+                sys.stdout.write(f"[{cell_label(uri)}] {line}\n")
+                sys.stdout.flush()
+
+        if not cuda:
+            return train.run_cell(uri, force, device, say)
+        with torch.cuda.stream(torch.cuda.Stream()):
+            code = train.run_cell(uri, force, device, say)
+            torch.cuda.current_stream().synchronize()
+            return code
+
+    train.shared_data = {}
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cell") as pool:
+            futures = [pool.submit(run, uri) for uri in dict.fromkeys(cells)]
+            waiting = set(futures)
+            while waiting:  # in short waits, so that SIGTERM's handler runs in this thread
+                _, waiting = wait(waiting, timeout=POLL_S, return_when=FIRST_COMPLETED)
+    finally:
+        train.shared_data = None
+    codes = [f.result() for f in futures]
+    unstarted = [EXIT_TERMINATED] if None in codes else []
+    return train.worst([c for c in codes if c is not None] + unstarted)

@@ -230,11 +230,15 @@ class Table:
 
 
 def throughput_table(paths: list[Path] | None = None) -> Table:
-    """Seeds, then every benchmark file by date; a later figure replaces an earlier one."""
-    figs = seed_figures()
+    """Seeds, then every benchmark file by date; a later figure replaces an earlier one.
+
+    A GPU with a benchmark file loses its seed figures: those timed an older trainer
+    (eager steps, one process per cell), and a curve must come from one trainer.
+    """
     files = sorted(BENCH_DIR.glob("*.json")) if paths is None else paths
-    for path in files:
-        figs += load_throughput(path)
+    measured = [f for path in files for f in load_throughput(path)]
+    covered = {f.gpu for f in measured}
+    figs = [f for f in seed_figures() if f.gpu not in covered] + measured
     latest: dict[tuple, Figure] = {}
     for f in sorted(figs, key=lambda f: f.date):
         latest[(f.gpu, f.base_model, f.batch_size, f.cells_per_gpu)] = f
@@ -262,7 +266,7 @@ def nearest_batch(figs: list[Figure], batch_size: int) -> int:
 
 
 def solo_ips(gpu: str, base_model: str, batch_size: int, table: Table) -> tuple[float, str]:
-    """(images/s, source) of one eager cell alone on the GPU."""
+    """(images/s, source) of one cell alone on the GPU (as the trainer runs it: graphed on CUDA)."""
     figs = table.of(gpu, packed=False)
     mine = [f for f in figs if f.base_model == base_model]
     if mine:
@@ -285,8 +289,11 @@ def solo_ips(gpu: str, base_model: str, batch_size: int, table: Table) -> tuple[
     ref = reference_gpu(table, gpu)
     ips, _ = solo_ips(ref, base_model, batch_size, table)
     cap = max_ips(gpu, base_model, table)
-    if ips <= cap:  # launch-bound on any GPU: the step costs what it costs on the reference
-        return ips, f"estimate: {ref}'s solo figure (kernel-launch bound, not GPU bound)"
+    # The reference's solo figure, capped by this GPU's scaled capacity. An eager step is launch
+    # bound, so it costs the same on any GPU; a graphed one is not, so for a GPU slower than the
+    # reference this is an upper bound (optimistic) until a benchmark file measures it.
+    if ips <= cap:
+        return ips, f"estimate: {ref}'s solo figure, at most this GPU's scaled capacity"
     return cap, packed_points(gpu, base_model, batch_size, table)[1]
 
 

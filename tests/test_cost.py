@@ -22,6 +22,14 @@ EQUIVALENT = TRAIN + VAL / 3  # 9420 forward+backward-equivalent images
 A10G_PACKED = 1530 * 70 / 989  # H200's 16-process figure scaled by bf16 peak: 108.29 images/s
 
 
+@pytest.fixture(autouse=True)
+def seed_table(monkeypatch):
+    # The hand-checked numbers below use the seed figures (REFERENCE.md); the measured file in
+    # benchmarks/throughput/ is checked on its own (test_the_committed_h200_file_replaces_its_seeds).
+    seeds = cost.throughput_table([])
+    monkeypatch.setattr(cost, "default_table", lambda: seeds)
+
+
 def cells_of(hyper: dict, **static) -> list:
     return expand(check_spec({"name": "t", "static": {"until": 2, **static}, "hyper": hyper}))
 
@@ -91,6 +99,20 @@ def test_prices_per_gpu():
     assert all(p.date == "2026-06" and p.source for p in cost.PRICES.values())
     with pytest.raises(cost.CostError, match=r"unknown instance type 'x1.large'; priced: g4dn.xlarge, g5.xlarge"):
         cost.hourly_price("x1.large")
+
+
+def test_the_committed_h200_file_replaces_its_seeds():
+    files = sorted((ROOT / "benchmarks" / "throughput").glob("H200-*.json"))
+    assert files, "benchmarks/throughput/ holds the H200 measurement the cost model uses"
+    table = cost.throughput_table(files)
+    h200 = [f for f in table.figures if f.gpu == "H200"]
+    assert h200 and all("REFERENCE" not in f.source for f in h200)  # no seed left for a measured GPU
+    assert {f.cells_per_gpu for f in h200} >= {1, 8, 16}
+    measured = {(f.base_model, f.batch_size, f.cells_per_gpu): f.images_per_second for f in cost.load_throughput(files[-1])}
+    assert cost.throughput("H200", "resnet34", 6, 16, table)[0] == pytest.approx(measured["resnet34", 6, 16])
+    assert cost.throughput("H200", "resnet18", 4, 1, table)[0] == pytest.approx(measured["resnet18", 4, 1])
+    # A GPU with no file keeps being scaled from the nearest measured one.
+    assert "estimate" in cost.throughput("A10G", "resnet18", 4, 16, table)[1]
 
 
 def test_default_cells_per_gpu_follows_the_table():

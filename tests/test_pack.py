@@ -41,8 +41,9 @@ def history_keys(cell: Path) -> list[tuple[str, str, str]]:
         return [(r["repeat"], r["round"], r["epoch"]) for r in csv.DictReader(f)]
 
 
-def start_pack(*cells: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "autolabel.train", *map(str, cells), "--workers", str(len(cells))]
+def start_pack(*cells: Path, layout: tuple[str, ...] | None = None) -> subprocess.Popen:
+    layout = layout or ("--workers", str(len(cells)))
+    cmd = [sys.executable, "-m", "autolabel.train", *map(str, cells), *layout]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -74,6 +75,16 @@ def test_exit_code_rules():
     assert pack.pack_exit([0, 3, 2]) == 2 and pack.pack_exit([0, 0]) == 0
 
 
+def test_layout_defaults_threads_on_cuda_one_by_one_elsewhere():
+    assert pack.layout(5, "cpu", None, None) == (1, 1)  # one after another
+    assert pack.layout(20, "cuda", None, None) == (1, 16)  # one process, 16 threads at a time
+    assert pack.layout(3, "cuda", None, None) == (1, 3)
+    assert pack.layout(1, "cuda", None, None) == (1, 1)
+    assert pack.layout(6, "cuda", 3, None) == (3, 1)  # --workers alone: a cell per process
+    assert pack.layout(40, "cuda", None, 8) == (5, 8)  # --threads alone: processes of 8 threads
+    assert pack.layout(5, "cpu", 2, 2) == (2, 2) and pack.layout(3, "cpu", 4, 2) == (2, 2)
+
+
 def test_cpu_defaults_to_one_worker_and_splits_threads(monkeypatch):
     assert pack.default_workers(5, "cpu") == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
@@ -100,14 +111,19 @@ def test_a_stop_request_checkpoints_the_epoch_and_starts_no_more_cells(make_cell
 
 
 @pytest.mark.slow
-def test_packed_cells_match_solo_runs_and_one_diverges_alone(make_cell, capsys):
+@pytest.mark.parametrize(
+    "layout",
+    [("--threads", "3"), ("--workers", "2", "--threads", "2")],
+    ids=["three-threads-one-process", "two-processes-of-two-threads"],
+)
+def test_packed_cells_match_solo_runs_and_one_diverges_alone(make_cell, capsys, layout):
     cells = [make_cell(options(1), tiny_plan(epochs=2), "a"), make_cell(options(2), tiny_plan(epochs=2), "b")]
     diverging = make_cell(options(), DIVERGING_PLAN, "diverging")
-    proc = start_pack(*cells, diverging)
+    proc = start_pack(*cells, diverging, layout=layout)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err  # diverged, the worst of the three
     assert [metrics_of(c).status for c in (*cells, diverging)] == ["complete", "complete", "diverged"]
-    assert "[diverging] " in err and "diverged" in err
+    assert "diverging: diverged" in err or "[diverging] " in err and "diverged" in err
     lines = out.splitlines()
     assert all(line.startswith(("[a] ", "[b] ", "[diverging] ")) for line in lines)
     assert any(line.startswith("[b] repeat round epoch") for line in lines)

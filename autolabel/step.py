@@ -1,0 +1,180 @@
+"""One cell's optimizer step, replayed from a CUDA graph once it is warm.
+
+An eager step of the published U-Net at batch 2-6 costs ~13 ms on an H200, nearly all of
+it the CPU launching ~1000 small kernels (REFERENCE.md, "GPU measurements"). A CUDA graph
+records those launches once and replays them with one call, so the step costs what its
+kernels cost. :class:`TrainStep` records the whole step: the gather of the batch from the
+training set on the device, autocast forward, loss, backward and the fused Adam update,
+plus the sum of the losses for the epoch's mean. The learning rate is a device tensor
+(StepLR fills it in place), so one graph serves every epoch of a round; the BCE weight is
+fixed for a round, and a round gets a new optimizer, hence a new TrainStep.
+
+The numbers are those of the eager step: the same kernels on the same tensors. Each batch
+size is run eagerly ``WARMUP_STEPS`` times first (Adam creates its state, cuDNN picks its
+algorithms), then captured; the last, smaller batch of an epoch gets its own graph.
+Elsewhere (CPU, MPS, or ``graphs=False``) every step runs eagerly.
+
+A cell records its graphs once for the whole run: rounds and repeats reuse the same
+model, optimizer and BCE-weight tensors, reset in place (autolabel/train.py).
+
+Cells in threads of one process (autolabel.pack.train_threaded) record one at a time and
+alone: :data:`GATE` stops the other threads at their next step while one records, since
+a CUDA call from another thread can invalidate a capture in progress (seen on an H200:
+cudaErrorStreamCaptureInvalidated with three cells; the benchmark's threads, which do
+nothing but steps, never hit it). Work the others already queued keeps running on the GPU.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from autolabel.losses import combined_loss
+
+WARMUP_STEPS = 1  # eager steps of a batch size before its capture
+
+
+class Gate:
+    """Lets one thread at a time work alone: the others wait at their next :meth:`safepoint`.
+
+    Threads that use the GPU :meth:`join` it for the time they do; a thread that calls
+    :meth:`exclusive` waits until every other joined thread waits at a safepoint (or in
+    its own :meth:`exclusive`, queued), runs, then releases them. A process with no joined
+    threads (a solo run) passes straight through.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.joined = 0
+        self.waiting = 0  # joined threads stopped at a safepoint or queued for exclusive
+        self.owner: threading.Thread | None = None
+
+    @contextmanager
+    def member(self) -> Iterator[None]:
+        with self.cond:
+            self.joined += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.joined -= 1
+                self.cond.notify_all()
+
+    def wait_while_owned(self) -> None:
+        """Under ``cond``: count this thread as waiting until no other thread owns the gate."""
+        self.waiting += 1
+        self.cond.notify_all()
+        while self.owner is not None:
+            self.cond.wait()
+        self.waiting -= 1
+
+    def safepoint(self) -> None:
+        if self.owner is None:  # the common case: no lock taken
+            return
+        with self.cond:
+            if self.owner is not threading.current_thread():
+                self.wait_while_owned()
+
+    @contextmanager
+    def idle(self) -> Iterator[None]:
+        """A stretch with no CUDA call (a file transfer): counts as waiting; waits at its end if owned."""
+        with self.cond:
+            self.waiting += 1
+            self.cond.notify_all()
+        try:
+            yield
+        finally:
+            with self.cond:
+                while self.owner is not None and self.owner is not threading.current_thread():
+                    self.cond.wait()
+                self.waiting -= 1
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        me = threading.current_thread()
+        with self.cond:
+            while self.owner is not None:
+                self.wait_while_owned()
+            self.owner = me
+            # Joined threads other than this one (this one counts only if it joined).
+            while self.waiting < self.joined - (1 if self.joined else 0):
+                self.cond.wait()
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.owner = None
+                self.cond.notify_all()
+
+
+GATE = Gate()
+
+# The Adam of a CUDA cell is built capturable (its lr and step live on the device) and also
+# runs eagerly for the warm-up steps: that is intended, not worth a warning per cell.
+warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA only: it halves activation traffic there and is slower on CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, bce_weight: float
+) -> torch.Tensor:
+    """One optimizer step on one batch; its (bce, dice, loss) as a tensor, never read here."""
+    with autocast(x.device):
+        logits = model(x)
+    loss, bce, dice = combined_loss(logits, y, bce_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return torch.stack([bce, dice, loss]).detach()
+
+
+class TrainStep:
+    """``step(idx)`` trains on ``x[idx], y[idx]`` and adds len(idx) x (bce, dice, loss) to ``sums``."""
+
+    def __init__(self, model, optimizer, x: torch.Tensor, y: torch.Tensor, bce_weight: float, graphs: bool = True):
+        self.model, self.optimizer, self.x, self.y = model, optimizer, x, y
+        self.graphs = graphs and x.device.type == "cuda"
+        self.sums = torch.zeros(3, device=x.device)
+        self.bce_weight = torch.tensor(float(bce_weight), device=x.device)  # set_bce_weight fills it
+        self.eager_runs: dict[int, int] = {}  # batch size -> eager steps so far
+        self.captured: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # size -> (graph, its idx)
+
+    def set_bce_weight(self, bce_weight: float) -> None:
+        self.bce_weight.fill_(float(bce_weight))
+
+    def __call__(self, idx: torch.Tensor) -> None:
+        GATE.safepoint()
+        n = len(idx)
+        if n in self.captured:
+            graph, static_idx = self.captured[n]
+            static_idx.copy_(idx)
+            graph.replay()
+        elif not self.graphs or self.eager_runs.get(n, 0) < WARMUP_STEPS:
+            self.eager_runs[n] = self.eager_runs.get(n, 0) + 1
+            self.run(idx)
+        else:
+            self.capture(idx).replay()  # recording runs nothing: this replay is the step
+
+    def run(self, idx: torch.Tensor) -> None:
+        self.sums.add_(train_step(self.model, self.optimizer, self.x[idx], self.y[idx], self.bce_weight) * len(idx))
+
+    def capture(self, idx: torch.Tensor) -> torch.cuda.CUDAGraph:
+        static_idx = idx.clone()
+        graph = torch.cuda.CUDAGraph()
+        with GATE.exclusive(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            self.run(static_idx)
+        self.captured[len(idx)] = (graph, static_idx)
+        return graph
+
+    @property
+    def replaying(self) -> bool:
+        """Whether any batch size runs from a graph yet."""
+        return bool(self.captured)
