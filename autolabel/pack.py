@@ -18,14 +18,15 @@ others running. A CUDA fault or an out-of-memory kill ends the process it happen
 every cell of it: the exit code (1 or 137) says so, and a rerun skips complete cells.
 
 Threads (:func:`train_threaded`): cells reading the same data share its tensors; a cell
-that records its CUDA graph does so alone (autolabel.step.GATE); SIGTERM stops each
-running cell after its epoch's checkpoint.
+that records its CUDA graph does so alone (autolabel.step.GATE); SIGTERM or Ctrl-C stops
+each running cell after checkpointing the epoch in progress, and starts no more (exit 143,
+or 130).
 
 Worker management:
 - at most ``workers`` at once; the next cell starts when one finishes;
 - every output line is streamed with the cell's name in front (stdout to stdout, stderr to stderr);
-- SIGTERM or SIGINT to this process is forwarded to the running workers (each keeps its last
-  epoch's checkpoint), no new worker starts, and the run exits 143 (or 130) once they are gone;
+- SIGTERM or SIGINT to this process is forwarded to the running workers (each checkpoints the
+  epoch in progress and stops), no new worker starts, and the run exits 143 (or 130) once they are gone;
 - a worker gets SIGKILL when this process dies, even by SIGKILL (Linux PR_SET_PDEATHSIG),
   so a rerun never races an orphan writing into the same cell;
 - on CPU each worker gets an equal share of the threads (OMP_NUM_THREADS).
@@ -179,6 +180,8 @@ def train_packed(
 
     args = (["--force"] if force else []) + (["--device", device] if device else [])
     args += ["--workers", "1", "--threads", str(threads)] + ([] if train.use_graphs else ["--eager"])
+    if train.checkpoint_every_s is not None:
+        args += ["--checkpoint-every", str(train.checkpoint_every_s)]
     env = worker_env(workers)
     pack = Pack()
     unique = list(dict.fromkeys(cells))  # a cell named twice must not train twice at once
@@ -248,15 +251,24 @@ def train_threaded(cells: list[str], threads: int, force: bool = False, device: 
             torch.cuda.current_stream().synchronize()
             return code
 
+    interrupted = False
     train.shared_data = {}
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cell") as pool:
             futures = [pool.submit(run, uri) for uri in dict.fromkeys(cells)]
             waiting = set(futures)
             while waiting:  # in short waits, so that SIGTERM's handler runs in this thread
-                _, waiting = wait(waiting, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                try:
+                    _, waiting = wait(waiting, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:  # Ctrl-C: as SIGTERM, every cell checkpoints and stops
+                    train.stop_requested = interrupted = True
+                    train.stop_reason = "Ctrl-C"
+                    if threading.current_thread() is threading.main_thread():
+                        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C kills at once
     finally:
         train.shared_data = None
     codes = [f.result() for f in futures]
+    if interrupted:
+        return 128 + signal.SIGINT
     unstarted = [EXIT_TERMINATED] if None in codes else []
     return train.worst([c for c in codes if c is not None] + unstarted)

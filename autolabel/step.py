@@ -5,11 +5,13 @@ it the CPU launching ~1000 small kernels (REFERENCE.md, "GPU measurements"). A C
 records those launches once and replays them with one call, so the step costs what its
 kernels cost. :class:`TrainStep` records the whole step: the gather of the batch from the
 training set on the device, autocast forward, loss, backward and the fused Adam update,
-plus the sum of the losses for the epoch's mean. The learning rate is a device tensor
-(StepLR fills it in place), so one graph serves every epoch of a round; the BCE weight is
-fixed for a round, and a round gets a new optimizer, hence a new TrainStep.
+plus the sum of the losses for the epoch's mean. The learning rate and the BCE weight are
+device tensors filled in place (StepLR each epoch, the trainer each round), so one graph
+serves every epoch.
 
-The numbers are those of the eager step: the same kernels on the same tensors. Each batch
+The numbers are those of the trainer's eager step (``--eager``): the same kernels on the
+same tensors (not bit for bit those of trainers before the lr and BCE weight became float32
+tensors: a few ulps apart). Each batch
 size is run eagerly ``WARMUP_STEPS`` times first (Adam creates its state, cuDNN picks its
 algorithms), then captured; the last, smaller batch of an epoch gets its own graph.
 Elsewhere (CPU, MPS, or ``graphs=False``) every step runs eagerly.
@@ -56,6 +58,8 @@ class Gate:
     @contextmanager
     def member(self) -> Iterator[None]:
         with self.cond:
+            while self.owner is not None:  # a recording counted the members it waits for: not this one
+                self.cond.wait()
             self.joined += 1
         try:
             yield

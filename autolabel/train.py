@@ -5,8 +5,10 @@
 
 A cell directory (local folder or ``s3://bucket/prefix``) holds ``options.json``
 (:class:`autolabel.options.CellOptions`) and ``plan.json`` (:class:`autolabel.options.Plan`).
-Training writes into it: ``checkpoint.pt`` after every epoch, ``history.csv``,
-``training.log``, ``model.pt`` and, last and atomically, ``metrics.json``.
+Training writes into it: ``history.csv`` and ``training.log`` after every epoch,
+``checkpoint.pt`` after an epoch once ``--checkpoint-every`` seconds (default 60; 0: every
+epoch; or $AUTOLABEL_CHECKPOINT_EVERY_S) have passed and whenever SIGTERM stops training,
+then ``model.pt`` and, last and atomically, ``metrics.json``.
 A cell whose metrics.json says ``complete`` is skipped unless ``--force``; any
 other cell resumes from its checkpoint exactly (same epoch, optimizer, scheduler, RNG).
 
@@ -112,8 +114,16 @@ class Stopped(Exception):
 # Set by the SIGTERM handler (see main); read between epochs. ECS sends SIGTERM, then SIGKILL
 # 30 s later (a spot notice gives 2 minutes): time enough to finish a GPU epoch of one cell.
 stop_requested = False
+stop_reason = "SIGTERM"  # what asked: named in the message of a stopped cell
 # CUDA graphs for the training step on CUDA (autolabel/step.py); --eager turns them off.
 use_graphs = True
+# Seconds between checkpoints, 0 for after every epoch: --checkpoint-every, else the variable
+# below, else the default. A graphed GPU epoch takes about a second and a checkpoint holds
+# 200-450 MB (weights, Adam moments, best weights), so one per epoch would cost more than the
+# training; SIGTERM (ECS stop, spot notice) always checkpoints the epoch in progress first.
+checkpoint_every_s: float | None = None
+CHECKPOINT_ENV = "AUTOLABEL_CHECKPOINT_EVERY_S"
+DEFAULT_CHECKPOINT_EVERY_S = 60.0
 # Model initialisation seeds the process-wide RNG: cells in threads take turns (autolabel/pack.py).
 INIT_LOCK = threading.Lock()
 
@@ -168,6 +178,25 @@ class Progress:
 
 
 # ----------------------------------------------------------------------------- loading the cell
+
+
+def parse_seconds(raw: str, shown: str) -> float:
+    """A non-negative finite number of seconds, or BadInput naming where it came from."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or value < 0:
+        raise BadInput(f"{shown}: expected seconds >= 0, got {raw!r}")
+    return value
+
+
+def checkpoint_interval() -> float:
+    """Seconds between checkpoints for this run (see ``checkpoint_every_s``)."""
+    if checkpoint_every_s is not None:
+        return checkpoint_every_s
+    raw = os.environ.get(CHECKPOINT_ENV, "")
+    return parse_seconds(raw, f"${CHECKPOINT_ENV}") if raw else DEFAULT_CHECKPOINT_EVERY_S
 
 
 def read_json_file(path: Path, shown: str) -> Any:
@@ -393,9 +422,15 @@ def match_device(optimizer: torch.optim.Adam, device: torch.device) -> None:
         group["lr"] = torch.tensor(lr, device=device) if cuda else lr
         group["fused"] = group["capturable"] = cuda
         group["foreach"] = None
-    for state in optimizer.state.values():
-        if "step" in state:
-            state["step"] = state["step"].to(device if cuda else "cpu", torch.float32)
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            if "step" in state:
+                state["step"] = state["step"].to(device if cuda else "cpu", torch.float32)
+            # Moments laid out like their parameter (channels_last on CUDA): fused Adam requires it,
+            # and a state saved on CPU comes back contiguous.
+            for key, value in state.items():
+                if key != "step" and isinstance(value, torch.Tensor) and value.shape == param.shape:
+                    state[key] = torch.empty_like(param).copy_(value)
 
 
 def train_one_epoch(step: TrainStep, n: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -697,7 +732,9 @@ def train_cell(
         for line in describe_run(cell, options, plan, data, device):
             log(line)
 
-    # 3. Repeats x rounds x epochs, a checkpoint after every epoch.
+    # 3. Repeats x rounds x epochs; a checkpoint after an epoch once `interval` seconds have
+    # passed since the last one (0: every epoch), and always when SIGTERM asked to stop.
+    interval, last_checkpoint = checkpoint_interval(), time.monotonic()
     while progress.repeat < options.until:
         rnd = plan[progress.round]
         # A new repeat's weights and a new round's optimizer go into the same tensors in place,
@@ -728,11 +765,15 @@ def train_cell(
         if progress.epoch == rnd.num_epochs:
             finish_round(model, progress, plan)
         progress.wall_seconds = wall_before + time.perf_counter() - started
-        save_checkpoint(cell, model, optimizer, scheduler, progress, options, plan)
+        due = stop_requested or time.monotonic() - last_checkpoint >= interval
+        if due:  # before history.csv: with a checkpoint every epoch, a row on disk is a saved epoch
+            save_checkpoint(cell, model, optimizer, scheduler, progress, options, plan)
+            last_checkpoint = time.monotonic()
         write_history(cell, progress)
-        push(cell, [CHECKPOINT, HISTORY, LOG])
+        if due:
+            push(cell, [CHECKPOINT, HISTORY, LOG])
         if stop_requested and progress.repeat < options.until:
-            raise Stopped(f"stopped by SIGTERM after repeat {progress.repeat} round {progress.round} "
+            raise Stopped(f"stopped by {stop_reason} after repeat {progress.repeat} round {progress.round} "
                           f"epoch {progress.epoch}; {CHECKPOINT} is saved, rerun to resume")  # fmt: skip
 
     # 4. Results: model.pt, then metrics.json last.
@@ -763,9 +804,10 @@ def restore(ckpt: dict, options: CellOptions, plan: Plan, data: Data, device: to
         optimizer.load_state_dict(ckpt["optimizer"])
         match_device(optimizer, device)
         scheduler.load_state_dict(ckpt["scheduler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if ckpt["rng"]["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    with INIT_LOCK:  # the process-wide RNG: not while another cell's thread seeds its model
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if ckpt["rng"]["cuda"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     return model, optimizer, scheduler
 
 
@@ -785,7 +827,7 @@ def describe_run(cell: Cell, options: CellOptions, plan: Plan, data: Data, devic
 def end_diverged(cell: Cell, progress: Progress, row: dict, data: Data, device: torch.device, log: Callable) -> None:
     """Record the diverged epoch in history, training.log and metrics.json, then raise Diverged.
 
-    The checkpoint keeps the last finite epoch: a rerun repeats only that one epoch.
+    The checkpoint keeps the last epoch it saved, never the diverged one: a rerun resumes there.
     """
     message = (f"loss became {row['train_loss']} (train) / {row['val_loss']} (validation) at repeat "
                f"{progress.repeat} round {progress.round} epoch {progress.epoch + 1}; lower the lr")  # fmt: skip
@@ -888,7 +930,8 @@ def train_cells(
     ``threads`` > 1 trains that many cells at once in one process, a thread (and CUDA
     stream) each; ``workers`` > 1 runs that many such processes at once (autolabel.pack);
     otherwise one after another in this process (defaults: autolabel.pack.layout). With
-    several cells every printed line starts with the cell's name.
+    several cells every line of progress starts with the cell's name (errors on stderr name
+    the cell's folder).
     """
     from autolabel import pack
 
@@ -917,12 +960,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="cells trained at once in each process, a thread and CUDA stream each "
                              "(default: see autolabel/pack.py; 1 on CPU)")
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs: every step launched from Python")
+    parser.add_argument("--checkpoint-every", metavar="SECONDS",
+                        help=f"seconds between checkpoints, 0 for every epoch (default ${CHECKPOINT_ENV} or "
+                             f"{DEFAULT_CHECKPOINT_EVERY_S:g}); SIGTERM always checkpoints")  # fmt: skip
     args = parser.parse_args(argv)
+    global checkpoint_every_s
+    try:
+        checkpoint_every_s = None
+        if args.checkpoint_every is not None:
+            checkpoint_every_s = parse_seconds(args.checkpoint_every, "--checkpoint-every")
+        checkpoint_interval()  # a bad $AUTOLABEL_CHECKPOINT_EVERY_S fails here, before any cell
+    except BadInput as e:
+        parser.error(str(e))
     for name in ("workers", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name}: must be at least 1, got {getattr(args, name)}")
-    global stop_requested, use_graphs
-    stop_requested, use_graphs = False, not args.eager
+    global stop_requested, stop_reason, use_graphs
+    stop_requested, stop_reason, use_graphs = False, "SIGTERM", not args.eager
     run = (args.cells, args.force, args.device, args.workers, args.threads)
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         return train_cells(*run)
@@ -935,10 +989,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def request_stop(signum: int, frame: Any) -> None:
     """SIGTERM handler: stop after the epoch in progress is checkpointed; a second SIGTERM kills."""
-    global stop_requested
-    stop_requested = True
+    global stop_requested, stop_reason
+    stop_requested, stop_reason = True, "SIGTERM"
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as a script this file is the module __main__, and autolabel.pack imports a second
+    # copy as autolabel.train: run that copy's main, so that the flags and the SIGTERM
+    # request are set where the cells (threads, worker options) read them.
+    from autolabel.train import main as imported_main
+
+    sys.exit(imported_main())

@@ -15,6 +15,9 @@ def autolabel_cache(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("autolabel-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AUTOLABEL_CACHE", str(path))
+        # Tiny cells' epochs take well under a second: checkpoint after every one, so that the
+        # kill-and-resume tests resume from the last epoch (test_train tests the interval itself).
+        mp.setenv("AUTOLABEL_CHECKPOINT_EVERY_S", "0")
         yield path
 
 

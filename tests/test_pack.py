@@ -184,3 +184,34 @@ def test_sigterm_and_sigkill_reach_the_workers_and_a_rerun_resumes(make_cell):
         assert history_keys(c) == want  # no duplicated or missing epochs
         assert metrics_of(c).status == "complete" and metrics_of(c).epochs == 6
         assert f"[{c.name}] resumed from checkpoint.pt" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "signum, code, name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")], ids=["SIGTERM", "Ctrl-C"]
+)
+def test_a_stop_reaches_every_thread_and_starts_no_more_cells(make_cell, signum, code, name, monkeypatch):
+    # An hour between checkpoints: only the stop writes one. Run as the image runs it, `-m autolabel.train`.
+    monkeypatch.setenv("AUTOLABEL_CHECKPOINT_EVERY_S", "3600")
+    running = [make_cell(options(1), tiny_plan(rounds=3, epochs=2), n) for n in ("a", "b")]
+    queued = make_cell(options(2), tiny_plan(), "queued")
+    proc = start_pack(*running, queued, layout=("--threads", "2"))
+    try:
+        wait_for(lambda: all((c / "history.csv").exists() for c in running), proc)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    for c in running:
+        assert (c / "checkpoint.pt").exists() and not (c / "metrics.json").exists()
+        assert f"{c}: stopped by {name} after repeat 0" in err  # the epoch in progress was saved
+        assert len(history_keys(c)) < 6
+    assert not (queued / "history.csv").exists()  # never started: it waits for the rerun
+    assert "Traceback" not in err
+
+    rerun = start_pack(*running, queued, layout=("--threads", "2"))
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    assert all(metrics_of(c).status == "complete" for c in (*running, queued))
+    assert all(f"[{c.name}] resumed from checkpoint.pt" in out for c in running)

@@ -142,6 +142,49 @@ def test_idle_members_and_queued_recorders_do_not_block_a_recording():
     assert order[-1] == "transfer done"
 
 
+def test_a_thread_joining_during_a_recording_waits_for_its_end():
+    gate, events = Gate(), []
+    recording, finish = threading.Event(), threading.Event()
+
+    def recorder() -> None:
+        with gate.member(), gate.exclusive():
+            recording.set()
+            finish.wait(5)
+            events.append("recorded")
+
+    def late() -> None:
+        recording.wait(5)
+        with gate.member():  # a new cell starting: its data and model would be CUDA work
+            events.append("late cell starts")
+
+    threads = [threading.Thread(target=recorder), threading.Thread(target=late)]
+    for t in threads:
+        t.start()
+    recording.wait(5)
+    time.sleep(0.1)
+    assert events == []
+    finish.set()
+    for t in threads:
+        t.join(5)
+    assert events == ["recorded", "late cell starts"]
+
+
+def test_a_checkpoint_saved_contiguous_resumes_with_moments_laid_out_like_the_weights():
+    model = tiny_model().to(memory_format=torch.channels_last)  # as on CUDA
+    plain = tiny_model()
+    optimizer, _ = train.new_optimizer(plain, Round(lr=0.003, bce_weight=0.75, num_epochs=1))
+    train_step(plain, optimizer, *batch(), 0.75)  # a state saved by a contiguous run (CPU)
+    again, _ = train.new_optimizer(model, Round(lr=0.003, bce_weight=0.75, num_epochs=1))
+    again.load_state_dict(optimizer.state_dict())
+    train.match_device(again, torch.device("cpu"))
+    conv = next(p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    assert not conv.is_contiguous() and conv.is_contiguous(memory_format=torch.channels_last)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert again.state[conv][key].stride() == conv.stride()
+        assert torch.equal(again.state[conv][key], optimizer.state[next(iter(
+            p for p, q in zip(plain.parameters(), model.parameters()) if q is conv))][key])
+
+
 def test_a_lone_thread_passes_straight_through():
     gate = Gate()
     with gate.exclusive():

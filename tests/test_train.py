@@ -339,3 +339,51 @@ def test_s3_cell_with_bad_options_records_failure(s3_bucket, capsys):
     assert train.main([uri]) == 2
     assert f"{uri}/options.json: inputs:" in capsys.readouterr().err
     assert storage.read_json(f"{uri}/metrics.json")["status"] == "failed"
+
+
+def test_checkpoints_follow_the_interval_and_a_stop_always_saves(make_cell, monkeypatch):
+    saves: list[str] = []
+    real_save = train.save_checkpoint
+
+    def counting_save(cell, *args) -> None:  # counts, then saves for real
+        saves.append(cell.work.name)
+        real_save(cell, *args)
+
+    monkeypatch.setattr(train, "save_checkpoint", counting_save)
+    # An hour between checkpoints: a 3-epoch cell finishes before the first one is due.
+    monkeypatch.setenv(train.CHECKPOINT_ENV, "3600")
+    hourly = make_cell(small_options(), tiny_plan(epochs=3), "hourly")
+    assert train.run_cell(str(hourly)) == 0 and saves == [] and metrics_of(hourly).epochs == 3
+    # 0: after every epoch.
+    monkeypatch.setenv(train.CHECKPOINT_ENV, "0")
+    every = make_cell(small_options(), tiny_plan(epochs=3), "every")
+    assert train.run_cell(str(every)) == 0 and saves == ["every"] * 3
+
+    # An hour again, but SIGTERM's request during epoch 1 still checkpoints it; the rerun resumes there.
+    saves.clear()
+    monkeypatch.setenv(train.CHECKPOINT_ENV, "3600")
+    stopped = make_cell(small_options(), tiny_plan(epochs=3), "stopped")
+
+    def say(line: str) -> None:
+        if line.split()[:3] == ["0", "0", "1"]:
+            monkeypatch.setattr(train, "stop_requested", True)
+
+    assert train.run_cell(str(stopped), say=say) == train.EXIT_TERMINATED
+    assert saves == ["stopped"] and (stopped / "checkpoint.pt").exists()
+    monkeypatch.setattr(train, "stop_requested", False)
+    lines: list[str] = []
+    assert train.run_cell(str(stopped), say=lines.append) == 0
+    assert "resumed from checkpoint.pt at repeat 0 round 0 epoch 2" in lines
+    assert epoch_keys(read_history(stopped)) == [("0", "0", "1"), ("0", "0", "2"), ("0", "0", "3")]
+
+
+@pytest.mark.parametrize(
+    "args, env, shown",
+    [(["--checkpoint-every", "-1"], {}, "--checkpoint-every: expected seconds >= 0, got '-1'"),
+     ([], {train.CHECKPOINT_ENV: "soon"}, "$AUTOLABEL_CHECKPOINT_EVERY_S: expected seconds >= 0, got 'soon'")],
+)  # fmt: skip
+def test_a_bad_checkpoint_interval_is_refused_before_any_cell(make_cell, args, env, shown):
+    cell = make_cell(small_options(), tiny_plan())
+    done = cli(str(cell), *args, env=os.environ | env)
+    assert done.returncode == 2 and shown in done.stderr and "Traceback" not in done.stderr
+    assert not (cell / "history.csv").exists()
