@@ -55,8 +55,14 @@ MAX_CUDA_WORKERS = 16
 # way, against 684 as 16 eager processes, 807 as 16 processes with CUDA graphs and 1207 as
 # 4 processes of 4 threads; 8 cells in threads reached 1421.
 CUDA_THREADS = 16
-EXIT_TERMINATED = 128 + signal.SIGTERM
 POLL_S = 0.1  # how often the parent looks for finished workers
+
+
+def on_cuda(device: str | None) -> bool:
+    """Whether the cells will train on CUDA: asked for, or available under auto."""
+    import torch
+
+    return device == "cuda" or (device in (None, "auto") and torch.cuda.is_available())
 
 
 def default_workers(cells: int, device: str | None) -> int:
@@ -65,18 +71,12 @@ def default_workers(cells: int, device: str | None) -> int:
     With neither option, CUDA runs every cell in one process (default_threads): measured
     faster than processes (README, "Packing").
     """
-    import torch
-
-    cuda = device == "cuda" or (device in (None, "auto") and torch.cuda.is_available())
-    return min(cells, MAX_CUDA_WORKERS) if cuda else 1
+    return min(cells, MAX_CUDA_WORKERS) if on_cuda(device) else 1
 
 
 def default_threads(cells: int, device: str | None) -> int:
     """Cells per process on CUDA (threads on streams, each replaying CUDA graphs); 1 elsewhere."""
-    import torch
-
-    cuda = device == "cuda" or (device in (None, "auto") and torch.cuda.is_available())
-    return min(cells, CUDA_THREADS) if cuda else 1
+    return min(cells, CUDA_THREADS) if on_cuda(device) else 1
 
 
 def layout(cells: int, device: str | None, workers: int | None, threads: int | None) -> tuple[int, int]:
@@ -213,15 +213,9 @@ def train_packed(
 
 
 def train_threaded(cells: list[str], threads: int, force: bool = False, device: str | None = None) -> int:
-    """Train ``cells`` in this process, ``threads`` at a time, each in a thread of its own.
-
-    On CUDA each thread has its own stream and replays its steps from CUDA graphs
-    (autolabel/step.py), so the GPU runs several cells' kernels side by side with almost
-    no CPU in between. Cells reading the same data share its tensors (train.shared_data).
-    A cell's outcome is its own (divergence, bad input, a Python error); a CUDA fault
-    would end the process, and so every cell in it (exit 1; complete cells are skipped
-    by a rerun). SIGTERM stops each running cell after its epoch's checkpoint.
-    """
+    """Train ``cells`` in this process, ``threads`` at a time, each in a thread (and CUDA stream)
+    of its own; the worst exit code, 143 if a cell was left unstarted, 130 after Ctrl-C.
+    See the module's docstring for what the threads share and how they stop."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     import torch
@@ -270,5 +264,5 @@ def train_threaded(cells: list[str], threads: int, force: bool = False, device: 
     codes = [f.result() for f in futures]
     if interrupted:
         return 128 + signal.SIGINT
-    unstarted = [EXIT_TERMINATED] if None in codes else []
+    unstarted = [train.EXIT_TERMINATED] if None in codes else []
     return train.worst([c for c in codes if c is not None] + unstarted)

@@ -43,69 +43,70 @@ WARMUP_STEPS = 1  # eager steps of a batch size before its capture
 class Gate:
     """Lets one thread at a time work alone: the others wait at their next :meth:`safepoint`.
 
-    Threads that use the GPU :meth:`join` it for the time they do; a thread that calls
-    :meth:`exclusive` waits until every other joined thread waits at a safepoint (or in
-    its own :meth:`exclusive`, queued), runs, then releases them. A process with no joined
-    threads (a solo run) passes straight through.
+    Threads that use the GPU are members for the time they do (:meth:`member`). A member that
+    enters :meth:`exclusive` waits until every other member stands still: at a safepoint, in
+    an :meth:`idle` stretch, or queued for its own turn. Then it runs, then releases them. A
+    thread that joins while another runs alone waits for the end of that turn first. With no
+    other members (a solo run) everything passes straight through.
     """
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
-        self.joined = 0
-        self.waiting = 0  # joined threads stopped at a safepoint or queued for exclusive
-        self.owner: threading.Thread | None = None
+        self.members: set[int] = set()  # thread idents
+        self.standing: set[int] = set()  # members that make no CUDA call until the owner is done
+        self.owner: int | None = None
 
     @contextmanager
     def member(self) -> Iterator[None]:
+        me = threading.get_ident()
         with self.cond:
-            while self.owner is not None:  # a recording counted the members it waits for: not this one
+            while self.owner is not None:  # the owner counted the members it waits for: not this one
                 self.cond.wait()
-            self.joined += 1
+            self.members.add(me)
         try:
             yield
         finally:
             with self.cond:
-                self.joined -= 1
+                self.members.discard(me)
                 self.cond.notify_all()
 
-    def wait_while_owned(self) -> None:
-        """Under ``cond``: count this thread as waiting until no other thread owns the gate."""
-        self.waiting += 1
+    def stand(self, me: int) -> None:
+        """Under ``cond``: stand still until no other thread owns the gate."""
+        self.standing.add(me)
         self.cond.notify_all()
-        while self.owner is not None:
+        while self.owner not in (None, me):
             self.cond.wait()
-        self.waiting -= 1
+        self.standing.discard(me)
 
     def safepoint(self) -> None:
         if self.owner is None:  # the common case: no lock taken
             return
         with self.cond:
-            if self.owner is not threading.current_thread():
-                self.wait_while_owned()
+            self.stand(threading.get_ident())
 
     @contextmanager
     def idle(self) -> Iterator[None]:
-        """A stretch with no CUDA call (a file transfer): counts as waiting; waits at its end if owned."""
+        """A stretch with no CUDA call (a file transfer): counts as standing; waits at its end if owned."""
+        me = threading.get_ident()
         with self.cond:
-            self.waiting += 1
+            self.standing.add(me)
             self.cond.notify_all()
         try:
             yield
         finally:
             with self.cond:
-                while self.owner is not None and self.owner is not threading.current_thread():
+                while self.owner not in (None, me):
                     self.cond.wait()
-                self.waiting -= 1
+                self.standing.discard(me)
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
-        me = threading.current_thread()
+        me = threading.get_ident()
         with self.cond:
             while self.owner is not None:
-                self.wait_while_owned()
+                self.stand(me)
             self.owner = me
-            # Joined threads other than this one (this one counts only if it joined).
-            while self.waiting < self.joined - (1 if self.joined else 0):
+            while self.members - self.standing - {me}:
                 self.cond.wait()
         try:
             yield
@@ -177,8 +178,3 @@ class TrainStep:
             self.run(static_idx)
         self.captured[len(idx)] = (graph, static_idx)
         return graph
-
-    @property
-    def replaying(self) -> bool:
-        """Whether any batch size runs from a graph yet."""
-        return bool(self.captured)

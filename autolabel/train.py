@@ -433,13 +433,14 @@ def match_device(optimizer: torch.optim.Adam, device: torch.device) -> None:
                     state[key] = torch.empty_like(param).copy_(value)
 
 
-def train_one_epoch(step: TrainStep, n: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    """One pass over the ``n`` training images in seeded random order; mean (bce, dice, loss) as a tensor.
+def train_one_epoch(step: TrainStep, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """One pass over the training images in seeded random order; mean (bce, dice, loss) as a tensor.
 
     Losses are summed on the device and never read inside the loop: reading one
     would make the CPU wait for the GPU at every step.
     """
     step.model.train()
+    n = len(step.x)
     order = torch.randperm(n, generator=generator).to(step.x.device)
     step.sums.zero_()
     for start in range(0, n, batch_size):
@@ -472,7 +473,7 @@ def run_epoch(step: TrainStep, scheduler, data: Data, options: CellOptions, rnd:
     generator = torch.Generator().manual_seed(seed_for(options.seed, progress.repeat, progress.round, progress.epoch))
     lr = float(scheduler.get_last_lr()[0])  # a device tensor on CUDA (see new_optimizer)
     # Two CPU-GPU sync points per epoch (reading the losses), none inside a step.
-    train = train_one_epoch(step, len(data.x_train), batch_size, generator).tolist()
+    train = train_one_epoch(step, batch_size, generator).tolist()
     train_done = time.perf_counter()
     val, dice = evaluate(step.model, data, rnd.bce_weight)
     values = train + torch.cat([val, dice]).tolist()
