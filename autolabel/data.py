@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from autolabel.options import SUBJECT_ID, ExplicitPartition, PathDataset, SyntheticDataset
-from autolabel.storage import StorageError, download_prefix, split_s3, write_json_atomic
+from autolabel.celldir import write_json_atomic
+from autolabel.storage import StorageError, download_prefix, split_s3
 
 # Channel order of the published method (Benson, Song et al. 2025): T1, T2, diffusion, functional.
 T1 = ("x", "y", "z", "curvature", "convexity", "thickness", "surface_area")

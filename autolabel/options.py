@@ -179,7 +179,7 @@ class RepeatResult(BaseModel):
 class CellMetrics(BaseModel):
     """``metrics.json``, written atomically and last: status complete means done."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     status: CellStatus
     message: str = ""
@@ -188,15 +188,14 @@ class CellMetrics(BaseModel):
     mean_dice: float | None = None
     rounds: list[RoundResult] = Field(default_factory=list)
     repeats: list[RepeatResult] = Field(default_factory=list)
-    best_repeat: int | None = None
+    best_repeat: int | None = Field(None, description="0-based repeat of the best result")
+    best_round: int | None = Field(None, description="0-based round of the best result within its repeat")
+    best_epoch: int | None = Field(None, description="1-based epoch of the best result within its round")
     epochs: int = Field(0, description="epochs trained in total, all repeats and rounds")
     wall_seconds: float = 0.0
     device: str = ""
     train_images: int = Field(0, description="training images processed (forward+backward)")
     train_images_per_second: float = 0.0
+    train_subjects: int = Field(0, description="subjects in the training set")
+    validation_subjects: int = Field(0, description="subjects in the validation set")
 
-
-# Exit codes of ``python -m autolabel.train``; the runners classify outcomes by them.
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2  # permanent: fix options.json / plan.json / the dataset
-EXIT_DIVERGED = 3  # permanent: NaN loss

@@ -166,7 +166,7 @@ def exit_code(code: int) -> int:
 
 def pack_exit(codes: list[int]) -> int:
     """Killed workers first (a retry helps and skips the complete cells), then train.worst."""
-    from autolabel.train import worst
+    from autolabel.errors import worst
 
     killed = [c for c in codes if c > 128]
     return killed[0] if killed else worst(codes)

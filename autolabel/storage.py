@@ -7,13 +7,10 @@ it at a local moto server. Nothing here writes credentials anywhere.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 # S3 bucket naming rules (3-63 chars, lowercase, digits, dots, hyphens).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -105,14 +102,6 @@ def upload_file(path: Path, uri: str) -> None:
     s3_client().upload_file(str(path), bucket, key)
 
 
-def upload_dir(src: Path, uri: str, names: list[str] | None = None) -> None:
-    """Upload the files of ``src`` (or only ``names``) under ``uri``."""
-    files = [src / n for n in names] if names else [p for p in src.rglob("*") if p.is_file()]
-    for p in files:
-        if p.is_file():
-            upload_file(p, join(uri, p.relative_to(src).as_posix()))
-
-
 def delete(uri: str | Path) -> None:
     """Remove one object (s3) or file (local); a missing one is fine."""
     if is_s3(str(uri)):
@@ -121,27 +110,3 @@ def delete(uri: str | Path) -> None:
     else:
         Path(uri).unlink(missing_ok=True)
 
-
-def read_json(uri: str | Path) -> Any:
-    """Read a JSON document from a local path or an s3 URI."""
-    if is_s3(str(uri)):
-        bucket, key = split_s3(str(uri))
-        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        return json.loads(body)
-    return json.loads(Path(uri).read_text())
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so that readers see either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

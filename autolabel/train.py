@@ -70,13 +70,33 @@ import torch
 from pydantic import ValidationError
 
 from autolabel import storage
+from autolabel.celldir import (
+    CHECKPOINT,
+    HISTORY,
+    LOG,
+    METRICS,
+    MODEL,
+    OPTIONS,
+    PLAN,
+    is_complete,
+    write_atomic,
+    write_json_atomic,
+)
 from autolabel.data import INPUT_SETS, LABELS, DatasetError, open_dataset, split_subjects
 from autolabel.losses import combined_loss, dice_counts, dice_score
 from autolabel.model import ModelError, build_model, count_parameters, find_weights
-from autolabel.options import (
+from autolabel.errors import (
     EXIT_BAD_INPUT,
     EXIT_DIVERGED,
+    EXIT_ERROR,
     EXIT_OK,
+    EXIT_TERMINATED,
+    BadInput,
+    Diverged,
+    Stopped,
+    worst,
+)
+from autolabel.options import (
     CellMetrics,
     CellOptions,
     Plan,
@@ -86,10 +106,6 @@ from autolabel.options import (
 )
 from autolabel.step import GATE, TrainStep, autocast
 
-EXIT_ERROR = 1  # unexpected: a bug or the infrastructure; the traceback is printed
-EXIT_TERMINATED = 128 + signal.SIGTERM  # what a kill by SIGTERM reports: the runners retry it
-OPTIONS, PLAN, METRICS = "options.json", "plan.json", "metrics.json"
-CHECKPOINT, HISTORY, LOG, MODEL = "checkpoint.pt", "history.csv", "training.log", "model.pt"
 CHECKPOINT_FORMAT = 1
 HISTORY_COLUMNS = (
     "repeat", "round", "epoch", "lr", "batch_size", "train_bce", "train_dice", "train_loss",
@@ -97,18 +113,6 @@ HISTORY_COLUMNS = (
 )  # fmt: skip
 # Validation runs without gradients, so bigger batches are cheap; the Dice loss is per image either way.
 EVAL_BATCH = 32
-
-
-class BadInput(Exception):
-    """Options, plan or dataset that cannot train; the message names the file and field."""
-
-
-class Diverged(Exception):
-    """A NaN or infinite loss: the cell ends with status diverged."""
-
-
-class Stopped(Exception):
-    """SIGTERM arrived: the epoch in progress was finished and checkpointed, then training stopped."""
 
 
 # Set by the SIGTERM handler (see main); read between epochs. ECS sends SIGTERM, then SIGKILL
@@ -532,13 +536,6 @@ def finish_repeat(progress: Progress) -> None:
 # ----------------------------------------------------------------------------- files
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temp file and rename, so a kill leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(
     cell: Cell, model, optimizer, scheduler, progress: Progress, options: CellOptions, plan: Plan
 ) -> None:
@@ -633,7 +630,7 @@ def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module
 
 def write_metrics(cell: Cell, metrics: CellMetrics) -> None:
     """metrics.json, atomically and last (uploaded last for a remote cell): its presence means done."""
-    storage.write_json_atomic(cell.work / METRICS, metrics.model_dump(mode="json"))
+    write_json_atomic(cell.work / METRICS, metrics.model_dump(mode="json"))
     if cell.remote:
         storage.upload_file(cell.work / METRICS, cell.name(METRICS))
 
@@ -863,14 +860,6 @@ def open_cell(uri: str, force: bool) -> Iterator[Cell]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def already_complete(cell: Cell) -> bool:
-    path = cell.work / METRICS
-    try:
-        return path.is_file() and json.loads(path.read_text()).get("status") == "complete"
-    except (OSError, ValueError):
-        return False
-
-
 def fail_cell(cell: Cell, status: str, message: str, metrics: CellMetrics | None = None) -> None:
     """Record a failed or diverged cell in metrics.json (only for a cell that exists)."""
     if not (cell.work / OPTIONS).is_file():
@@ -883,7 +872,7 @@ def run_cell(uri: str, force: bool = False, device: str | None = None, say: Call
     """Train one cell and turn the outcome into an exit code; never raises."""
     try:
         with open_cell(uri, force) as cell:
-            if already_complete(cell) and not force:
+            if is_complete(cell.work) and not force:
                 say(f"{cell.uri}: complete, skipped (rerun with --force to train again)")
                 return EXIT_OK
             # A stale failed/diverged result must not outlive this run.
@@ -912,14 +901,6 @@ def run_cell(uri: str, force: bool = False, device: str | None = None, say: Call
         traceback.print_exc()
         sys.stderr.flush()
         return EXIT_ERROR
-
-
-def worst(codes: list[int]) -> int:
-    """The exit code of a multi-cell run: 143 (stopped), 1 (retry helps), 2 (fix input), 3 (diverged)."""
-    for code in (EXIT_TERMINATED, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DIVERGED):
-        if code in codes:
-            return code
-    return EXIT_OK
 
 
 def train_cells(

@@ -13,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autolabel.options import CellOptions, Plan
-from autolabel.storage import write_json_atomic
+from autolabel import celldir
+from autolabel.celldir import write_json_atomic
 from flows.spec import GridSpec, split_values
 
 ID_HEX = 16  # 64 bits of sha256: a collision among a million cells has odds ~1e-8
@@ -150,7 +150,7 @@ def cell_record(cell: Cell) -> dict[str, Any]:
 def write_cell(grid_dir: Path, cell: Cell) -> Path:
     """Write the cell's options.json and plan.json (atomically, and only if they differ); its dir."""
     d = cell_dir(grid_dir, cell)
-    for name, model in (("options.json", cell.options), ("plan.json", cell.plan)):
+    for name, model in ((celldir.OPTIONS, cell.options), (celldir.PLAN, cell.plan)):
         obj = model.model_dump(mode="json")
         if read_json_or_none(d / name) != obj:
             write_json_atomic(d / name, obj)
@@ -164,16 +164,6 @@ def read_json_or_none(path: Path) -> Any:
         return None
 
 
-def is_complete(cell_dir: Path) -> bool:
-    """True if the cell's metrics.json says complete (it is written last and atomically)."""
-    metrics = read_json_or_none(Path(cell_dir) / "metrics.json")
-    return isinstance(metrics, dict) and metrics.get("status") == "complete"
-
-
 def complete_ids(grid_dir: Path) -> set[str]:
-    """Ids of the complete cells under ``grid_dir/cells/`` (one directory scan)."""
-    try:
-        entries = list(os.scandir(Path(grid_dir) / "cells"))
-    except OSError:
-        return set()
-    return {e.name for e in entries if e.is_dir() and is_complete(Path(e.path))}
+    """Ids of the complete cells under ``grid_dir/cells/``."""
+    return celldir.complete_ids(Path(grid_dir) / "cells")

@@ -52,6 +52,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from autolabel.celldir import CHECKPOINT, INPUTS, METRICS, MODEL
 from autolabel.storage import exists as storage_exists, join, split_s3
 
 from flows.cells import Cell, cell_dir
@@ -202,8 +203,6 @@ def is_throttling(exc: BaseException) -> bool:
 # around run_task (EcsRunner.launch_tries) covers the throttling that outlasts it.
 BOTO_RETRIES: dict[str, Any] = {"mode": "adaptive", "max_attempts": 8}
 
-INPUTS = ("options.json", "plan.json")
-CHECKPOINT, METRICS, MODEL = "checkpoint.pt", "metrics.json", "model.pt"
 
 
 def aws_session(credentials_block: str | None = None):

@@ -32,6 +32,7 @@ from prefect.runtime import task_run  # noqa: E402
 from prefect.states import Completed, Failed  # noqa: E402
 from prefect.utilities.annotations import quote  # noqa: E402
 
+from autolabel.celldir import is_complete  # noqa: E402
 from flows import cells as cells_mod  # noqa: E402
 from flows import cost, spec as spec_mod, summary  # noqa: E402
 from flows.cells import Cell  # noqa: E402
@@ -161,7 +162,7 @@ def grid_search(
     except ValueError as e:
         return Failed(message=str(e))
     per_gpu = cells_per_gpu or cost.default_cells_per_gpu(instance_type)
-    todo = pending = [c for c in cells if force or not cells_mod.is_complete(cells_mod.cell_dir(grid_dir, c))]
+    todo = pending = [c for c in cells if force or not is_complete(cells_mod.cell_dir(grid_dir, c))]
 
     # 1. Cost pre-flight on what is left to train: refuse, or keep a covering subset that fits.
     ledger = Ledger.open(grid_dir, max_cost_usd)

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Protocol
 
-from autolabel.options import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_OK
+from autolabel.celldir import RUNNER_LOG, read_metrics
+from autolabel.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_OK
 from autolabel.pack import die_with_parent  # the trainer dies with the thread that launched it
 
 from flows.cells import Cell, cell_dir
-from flows.summary import read_metrics
 
 Outcome = Literal["ok", "transient", "permanent"]
 Log = Callable[[str], None]
@@ -158,7 +158,7 @@ class LocalRunner:
     def _spawn(self, dirs: list[Path], env: dict[str, str], log: Log, force: bool) -> int:
         """Run the trainer, teeing its output to each cell's runner.log and to ``log``."""
         cmd = [self.python, "-m", "autolabel.train", *map(str, dirs), *(["--force"] if force else [])]
-        logs = [open(d / "runner.log", "a") for d in dirs]
+        logs = [open(d / RUNNER_LOG, "a") for d in dirs]
         try:
             for f in logs:
                 f.write(f"$ {' '.join(cmd)}\n")
@@ -183,7 +183,7 @@ def pack_outcomes(grid_dir: Path, cells: list[Cell], otherwise: str) -> dict[str
     """Each cell's status after an attempt: its metrics.json if written, else ``otherwise``."""
     out = {}
     for c in cells:
-        m = read_metrics(cell_dir(grid_dir, c) / "metrics.json")
+        m = read_metrics(cell_dir(grid_dir, c))
         if isinstance(m, str):  # unreadable: the message says which file and what to do
             out[c.id] = f"failed: {m}"
         elif m is not None:

@@ -26,7 +26,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -36,10 +35,10 @@ from typing import Any, Literal
 from uuid import UUID
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from autolabel.options import CellMetrics
-from autolabel.storage import write_json_atomic
+from autolabel.celldir import read_metrics, write_json_atomic, write_text_atomic
 from flows.cells import Cell, cell_dir
 
 # The two factors that change the task itself: Dice is compared only within one of their
@@ -133,7 +132,7 @@ def collect_rows(
     """
     outcomes, costs = outcomes or {}, costs or {}
     factors = _factor_names(cells)
-    metrics = [read_metrics(cell_dir(grid_dir, c) / "metrics.json") for c in cells]
+    metrics = [read_metrics(cell_dir(grid_dir, c)) for c in cells]
     labels = list(dict.fromkeys(k for m in metrics if isinstance(m, CellMetrics) for k in m.dice))
     rows = []
     for cell, m in zip(cells, metrics):
@@ -153,19 +152,6 @@ def collect_rows(
         row["message"] = message
         rows.append(row)
     return rows
-
-
-def read_metrics(path: Path) -> CellMetrics | str | None:
-    """The cell's metrics; None if absent; a one-line error if the file is unreadable."""
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        return CellMetrics.model_validate_json(text)
-    except ValidationError as e:
-        first = str(e.errors()[0].get("msg", e)).splitlines()[0]
-        return f"{path}: unreadable metrics.json ({first}); delete it and rerun the cell"
 
 
 def _factor_names(cells: list[Cell]) -> list[str]:
@@ -542,9 +528,9 @@ def write_summary(
         plots=write_plots(grid_dir, rows) if plots else [],
     )
     summary.markdown = render_markdown(summary, alpha)
-    _write_text_atomic(grid_dir / "summary.csv", _csv_text(rows, cols))
+    write_text_atomic(grid_dir / "summary.csv", _csv_text(rows, cols))
     write_json_atomic(grid_dir / "summary.json", summary.model_dump(mode="json"))
-    _write_text_atomic(grid_dir / "summary.md", summary.markdown)
+    write_text_atomic(grid_dir / "summary.md", summary.markdown)
     return summary
 
 
@@ -567,17 +553,6 @@ def _csv_value(v: Any) -> Any:
     if v is None:
         return ""
     return json.dumps(v) if isinstance(v, (list, dict, tuple)) else v
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _safe_name(text: str) -> str:

@@ -50,6 +50,22 @@ def make_cell(tmp_path) -> Callable[..., Path]:
     return make
 
 
+def s3_read_json(uri: str) -> Any:
+    """A JSON object from S3 (what a test reads back from a remote cell)."""
+    from autolabel import storage
+
+    bucket, key = storage.split_s3(uri)
+    return json.loads(storage.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def s3_upload_dir(src: Path, uri: str) -> None:
+    """Upload every file under ``src`` to ``uri``, keeping relative paths."""
+    from autolabel import storage
+
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        storage.upload_file(path, storage.join(uri, path.relative_to(src).as_posix()))
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> str:
     """A moto S3 server on a free local port for the whole session (real HTTP, no AWS)."""

@@ -11,7 +11,8 @@ import yaml
 
 from autolabel import storage
 from autolabel.options import CellOptions, Plan
-from flows.cells import cell_dir, cell_id, complete_ids, expand, grid_dir, is_complete, write_cell
+from autolabel.celldir import is_complete
+from flows.cells import cell_dir, cell_id, complete_ids, expand, grid_dir, write_cell
 from flows.spec import check_spec, load_spec, round_sig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,6 +24,7 @@ from autolabel.data import (
 )
 from autolabel.options import ExplicitPartition, PathDataset, SyntheticDataset
 from autolabel.synthetic import GENERATOR_VERSION
+from tests.conftest import s3_upload_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -318,7 +319,7 @@ def test_concurrent_open_dataset_makes_one_cache(tmp_path):
 
 def test_s3_dataset_is_downloaded_once(s3_bucket, tiny, tmp_path):
     root, subjects = tiny
-    storage.upload_dir(root, f"s3://{s3_bucket}/labs/flatmaps")
+    s3_upload_dir(root, f"s3://{s3_bucket}/labs/flatmaps")
     spec = PathDataset(path=f"s3://{s3_bucket}/labs/flatmaps")
     cohort = open_dataset(spec, cache_dir=tmp_path)
     assert cohort.root == tmp_path / "s3" / s3_bucket / "labs" / "flatmaps"

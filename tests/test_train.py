@@ -16,7 +16,7 @@ import torch
 
 from autolabel import storage, train
 from autolabel.options import CellMetrics
-from tests.conftest import tiny_options, tiny_plan
+from tests.conftest import s3_read_json, tiny_options, tiny_plan
 
 # 8 subjects at 32x32 (6 train / 2 validation): an epoch takes well under a second on one core.
 SMALL = {"kind": "synthetic", "subjects": 8, "rows": 32, "cols": 32}
@@ -324,7 +324,7 @@ def test_s3_cell_trains_uploads_and_resumes(s3_bucket, capsys):
     assert keys(s3_bucket, "grid/cell-1") == [
         "history.csv", "metrics.json", "model.pt", "options.json", "plan.json", "training.log"
     ]  # fmt: skip
-    metrics = CellMetrics.model_validate(storage.read_json(f"{uri}/metrics.json"))
+    metrics = CellMetrics.model_validate(s3_read_json(f"{uri}/metrics.json"))
     assert metrics.status == "complete" and metrics.epochs == 2
     body = storage.s3_client().get_object(Bucket=s3_bucket, Key="grid/cell-1/training.log")["Body"].read().decode()
     assert "resumed from checkpoint.pt at repeat 0 round 1 epoch 1" in body
@@ -338,7 +338,7 @@ def test_s3_cell_with_bad_options_records_failure(s3_bucket, capsys):
     uri = put_cell(s3_bucket, "grid/bad", small_options(inputs="everything"), tiny_plan())
     assert train.main([uri]) == 2
     assert f"{uri}/options.json: inputs:" in capsys.readouterr().err
-    assert storage.read_json(f"{uri}/metrics.json")["status"] == "failed"
+    assert s3_read_json(f"{uri}/metrics.json")["status"] == "failed"
 
 
 def test_checkpoints_follow_the_interval_and_a_stop_always_saves(make_cell, monkeypatch):

@@ -1,0 +1,42 @@
+"""What can go wrong in a cell, and the exit codes that say so.
+
+The trainer (``python -m autolabel.train``) and the runners that start it (flows/runners.py,
+flows/ecs.py) read the same codes from here, so a retry means the same thing everywhere:
+
+- 0 every cell complete (or skipped as complete);
+- 1 an unexpected error (a bug or the infrastructure; the traceback is printed; not retried);
+- 2 bad input: options, plan or dataset (permanent: fix it);
+- 3 a loss became NaN or infinite (permanent: lower the lr);
+- 130 stopped by Ctrl-C, 143 stopped by SIGTERM, both after checkpointing (transient: a rerun resumes).
+"""
+
+from __future__ import annotations
+
+import signal
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, what a shell reports for Ctrl-C
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, what a kill by SIGTERM reports
+
+
+class BadInput(Exception):
+    """Options, plan or dataset that cannot train; the message names the file and field."""
+
+
+class Diverged(Exception):
+    """A NaN or infinite loss: the cell ends with status diverged."""
+
+
+class Stopped(Exception):
+    """A stop was asked for: the epoch in progress was finished and checkpointed, then training stopped."""
+
+
+def worst(codes: list[int]) -> int:
+    """The exit code of a multi-cell run: stopped (130, 143) first, then 1 (retry helps), 2 (fix input), 3."""
+    for code in (EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DIVERGED):
+        if code in codes:
+            return code
+    return EXIT_OK
