@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autolabel.options import SUBJECT_ID, ExplicitPartition, PathDataset, SyntheticDataset
+from autolabel.options import SUBJECT_ID, ExplicitPartition, PathDataset, SyntheticDataset, split_counts
 from autolabel.celldir import write_json_atomic
 from autolabel.storage import StorageError, download_prefix, split_s3
 
@@ -431,7 +431,7 @@ def split_subjects(subjects: list[str], partition: float | ExplicitPartition) ->
         raise DatasetError(f"partition: validation fraction {frac} must be between 0 and 1")
     if len(subjects) < 2:
         raise DatasetError(f"partition: {len(subjects)} subject(s) cannot be split; a dataset needs at least 2")
-    n_val = min(max(1, round(frac * len(subjects))), len(subjects) - 1)
+    _, n_val = split_counts(frac, len(subjects))
     by_hash = sorted(subjects, key=lambda s: hashlib.sha256(s.encode()).hexdigest())
     val = set(by_hash[:n_val])
     return [s for s in subjects if s not in val], [s for s in subjects if s in val]

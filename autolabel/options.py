@@ -97,6 +97,19 @@ class ExplicitPartition(_Strict):
         return self
 
 
+
+def split_counts(partition: float | ExplicitPartition, n_subjects: int) -> tuple[int, int]:
+    """(training, validation) subject counts of a partition of ``n_subjects``.
+
+    A fraction sends round(fraction x n) subjects to validation, at least one and leaving
+    at least one for training; autolabel.data.split_subjects picks which by id hash, and
+    the cost model counts the same numbers without opening the dataset.
+    """
+    if isinstance(partition, ExplicitPartition):
+        return len(partition.train), len(partition.validation)
+    n_val = min(max(1, round(float(partition) * n_subjects)), n_subjects - 1)
+    return n_subjects - n_val, n_val
+
 class CellOptions(_Strict):
     """Everything about one training run except its plan (``options.json``)."""
 

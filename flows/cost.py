@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autolabel.options import BaseModelName, ExplicitPartition, SyntheticDataset
+from autolabel.options import BaseModelName, SyntheticDataset, split_counts
 
 if TYPE_CHECKING:
     from flows.cells import Cell
@@ -398,11 +398,8 @@ class Work:
 
 def split_sizes(options: Any) -> tuple[int, int]:
     """(training, validation) subjects, as autolabel.data.split_subjects divides them."""
-    if isinstance(options.partition, ExplicitPartition):
-        return len(options.partition.train), len(options.partition.validation)
     n = options.dataset.subjects if isinstance(options.dataset, SyntheticDataset) else HCP_SUBJECTS
-    n_val = min(max(1, round(options.partition * n)), n - 1)
-    return n - n_val, n_val
+    return split_counts(options.partition, n)
 
 
 def image_pixels(options: Any) -> int:
