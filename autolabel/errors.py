@@ -7,6 +7,7 @@ flows/ecs.py) read the same codes from here, so a retry means the same thing eve
 - 1 an unexpected error (a bug or the infrastructure; the traceback is printed; not retried);
 - 2 bad input: options, plan or dataset (permanent: fix it);
 - 3 a loss became NaN or infinite (permanent: lower the lr);
+- 75 the cell is busy: another trainer holds its lock (transient: retry once that one is done);
 - 130 stopped by Ctrl-C, 143 stopped by SIGTERM, both after checkpointing (transient: a rerun resumes).
 """
 
@@ -18,6 +19,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_BUSY = 75  # BSD sysexits' EX_TEMPFAIL: try again later
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, what a shell reports for Ctrl-C
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, what a kill by SIGTERM reports
 
