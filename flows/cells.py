@@ -15,6 +15,7 @@ import itertools
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ ID_HEX = 16  # 64 bits of sha256: a collision among a million cells has odds ~1e
 LABEL_ORDER = ("base_model", "lr", "gamma", "bce_weight", "batch_size", "inputs", "prediction")
 LABEL_PREFIX = {"lr": "lr", "gamma": "g", "bce_weight": "bce", "batch_size": "b", "num_epochs": "e", "until": "u"}
 BARE = ("base_model", "inputs", "prediction", "device")  # values that read alone: resnet18, full, area
+SHORT_DIGITS = 6  # significant digits of a number in a label (what ``:g`` prints), unless levels need more
 
 
 @dataclass(frozen=True)
@@ -108,19 +110,52 @@ def cell_id(options: CellOptions, plan: Plan) -> str:
 
 
 def make_label(spec: GridSpec, index: dict[str, int]) -> str:
-    """``resnet18-lr0.0025-g0.9-bce0.67-b4-full-area`` from the factors with several levels."""
+    """``resnet18-lr0.0025-g0.9-bce0.67-b4-full-area`` from the factors with several levels.
+
+    Each part is distinct among its factor's levels and holds no ``-``, so two cells
+    never share a label.
+    """
     varying = [k for k in LABEL_ORDER if k in spec.factors] + [k for k in spec.factors if k not in LABEL_ORDER]
-    parts = [label_part(k, spec.hyper[k][index[k]], index[k]) for k in varying]
+    parts = [factor_parts(k, spec.hyper[k])[index[k]] for k in varying]
     return "-".join(parts) or spec.name
 
 
-def label_part(key: str, value: Any, level: int) -> str:
-    """One factor's part of a label; a structured value (a dataset, a partition) shows its level number."""
+def factor_parts(key: str, levels: list[Any]) -> list[str]:
+    """Every level's label part; scalar levels are cached (1800 cells share 22 levels)."""
+    if all(isinstance(v, (bool, int, float, str)) for v in levels):
+        return list(_scalar_parts(key, tuple(levels)))
+    return distinct_parts(key, levels)
+
+
+@lru_cache(maxsize=256)
+def _scalar_parts(key: str, levels: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(distinct_parts(key, list(levels)))
+
+
+def distinct_parts(key: str, levels: list[Any]) -> list[str]:
+    """Label parts that tell levels apart: ``:g``'s 6 digits, more where two levels agree on those.
+
+    0.0037500001 and 0.00375 both print as 0.00375 with 6 digits; the factor then gets as
+    many digits as separate them, and as a last resort each level's number.
+    """
+    for digits in (*range(SHORT_DIGITS, 17), None):  # 17 digits print 0.3 as 0.29999999999999999: repr then
+        parts = [label_part(key, v, i, digits) for i, v in enumerate(levels)]
+        if len(set(parts)) == len(parts):
+            return parts
+    prefix = LABEL_PREFIX.get(key, key)  # e.g. strings that differ only in characters a label drops
+    return [f"{prefix or key}{i}" for i in range(len(levels))]
+
+
+def label_part(key: str, value: Any, level: int, digits: int | None = SHORT_DIGITS) -> str:
+    """One factor's part of a label; a structured value (a dataset, a partition) shows its level number.
+
+    Numbers get ``digits`` significant digits (None: the shortest text that reads back exactly).
+    """
     prefix = LABEL_PREFIX.get(key, "" if key in BARE else key)
     if isinstance(value, bool):
         text = f"{prefix}{int(value)}"
     elif isinstance(value, (int, float)):
-        text = f"{prefix}{value:g}"
+        text = f"{prefix}{value:.{digits}g}" if digits else f"{prefix}{value!r}"
     elif isinstance(value, str):
         text = f"{prefix}{value}"
     else:
