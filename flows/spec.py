@@ -33,9 +33,10 @@ import difflib
 import json
 import math
 import re
+import types
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
@@ -150,13 +151,26 @@ def default_name(path: Path) -> str:
 
 
 class _UniqueKeyLoader(yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader):  # type: ignore[misc]
-    """YAML that refuses a key given twice (PyYAML would silently keep the last one)."""
+    """YAML that refuses a key given twice (PyYAML would silently keep the last one).
+
+    A key merged in by ``<<: *base`` is no duplicate: the mapping's own value overrides it,
+    as YAML's merge key defines. A key must be a plain value (a list cannot name a field).
+    """
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a name or a number, not a {type(key).__name__} ({short(key)})",
+                    key_node.start_mark,
+                ) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice (lines {seen[key]} and {line})", key_node.start_mark
@@ -202,11 +216,12 @@ def check_spec(raw: Any, source: str = "<spec>", default_name: str = "grid") -> 
             notes.append(f"legacy grid-params.json: ignored {', '.join(dropped)} (settings of the original machines)")
 
     # 1. Shape; on errors keep checking whatever parts are usable.
-    lines: list[str] = []
+    lines: list[str] = [f"{p.lstrip('.')}: {m}" for p, m in type_problems(SpecFile, raw, "")]
+    flagged = {line.split(": ", 1)[0] for line in lines}
     try:
         spec = SpecFile.model_validate(raw)
     except ValidationError as e:
-        lines += shape_errors(e, raw)
+        lines += [line for line in shape_errors(e, raw) if line.split(": ", 1)[0] not in flagged]
         spec = salvage(raw)
     # 2.-3. Names, cross-field rules, values.
     static, hyper = check_keys(spec, lines)
@@ -360,6 +375,74 @@ def check_values(
     return norm_static, norm_hyper
 
 
+def type_problems(tp: Any, value: Any, path: str) -> list[tuple[str, str]]:
+    """Values Pydantic's lax mode would take wrongly, as (path, problem).
+
+    A boolean where a number is expected (``lr: [true]`` would train at 1.0), and a NaN or
+    infinity, which would otherwise be reported as a bound it fails ("should be <= 10").
+    """
+    tp = unwrap(tp)
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        branches = [unwrap(a) for a in get_args(tp) if a is not type(None)]
+        if isinstance(value, bool) and any(b in (bool, Any) for b in branches):
+            return []
+        fitting = [b for b in branches if fits(b, value)]
+        return type_problems(fitting[0], value, path) if fitting else []
+    if tp in (int, float):
+        if isinstance(value, bool):
+            return [(path, f"expected {'a whole number' if tp is int else 'a number'}, got {json.dumps(value)}")]
+        if not_finite(value):
+            return [(path, f"must be a finite number, got {value}")]
+        return []
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(value, dict):
+        fields = tp.model_fields
+        return [p for k, v in value.items() if k in fields for p in type_problems(fields[k].annotation, v, f"{path}.{k}")]
+    if origin in (list, tuple) and isinstance(value, list):
+        args = get_args(tp)
+        uniform = origin is list or (len(args) == 2 and args[1] is Ellipsis)
+        return [
+            p
+            for i, v in enumerate(value)
+            if uniform or i < len(args)
+            for p in type_problems(args[0] if uniform else args[i], v, f"{path}[{i}]")
+        ]
+    if origin is dict and isinstance(value, dict):
+        return [p for k, v in value.items() for p in type_problems(get_args(tp)[1], v, f"{path}.{k}")]
+    return []
+
+
+def unwrap(tp: Any) -> Any:
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    return tp
+
+
+def fits(tp: Any, value: Any) -> bool:
+    """Which branch of a union a value is meant for (a dict for a model with its keys, ...)."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return isinstance(value, dict) and set(value) <= set(tp.model_fields)
+    if tp in (int, float):
+        return isinstance(value, (int, float, str))
+    return isinstance(value, list) and get_origin(tp) in (list, tuple)
+
+
+def not_finite(value: Any) -> bool:
+    """NaN or infinity, also as text (``.nan`` is YAML's NaN; ``nan`` is a string Pydantic parses)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def field_type(key: str) -> Any:
+    """The annotation of a static/hyper key (batch_size: the cell's)."""
+    field = CellOptions.model_fields.get(key) or Round.model_fields.get(key)
+    return field.annotation if field else Any
+
+
 def probe_cell(plan: list[dict], values: dict[str, Any], scale: dict[str, list[float]]) -> tuple[dict, dict]:
     """Validate one cell's options and plan: (problem lines by key, normalized values by key).
 
@@ -368,7 +451,17 @@ def probe_cell(plan: list[dict], values: dict[str, Any], scale: dict[str, list[f
     """
     problems: dict[str, list[str]] = {}
     parsed: dict[str, Any] = {}
-    for key in [k for k in values if k in ROUND_KEYS]:
+    for key, value in values.items():
+        found = type_problems(field_type(key), value, key)
+        if found:
+            problems[key] = [f"{p}: {m}" for p, m in found]
+    flagged = set()  # plan fields already reported as a boolean or non-finite number
+    for r, rnd in enumerate(plan):
+        for k, v in rnd.items():
+            for p, m in type_problems(Round.model_fields[k].annotation if k in Round.model_fields else Any, v, k):
+                problems.setdefault("plan", []).append(f"plan[{r}].{p}: {m}")
+                flagged.add(f"plan[{r}].{p}")
+    for key in [k for k in values if k in ROUND_KEYS and k not in problems]:
         try:  # types first (YAML reads 1e-3 as a string), so that scaling multiplies numbers
             parsed[key] = round_type(key).validate_python(values[key])
         except ValidationError as e:
@@ -393,7 +486,8 @@ def probe_cell(plan: list[dict], values: dict[str, Any], scale: dict[str, list[f
                     via = f"round {r + 1}: {short(numbers[key])} x {factor:g} = {short(rnd[key])}: "
                     problems.setdefault(key, []).append(f"{key}: {via if factor != 1 else ''}{msg}")
                 elif key in plan[r]:
-                    problems.setdefault("plan", []).append(f"plan[{r}].{path}: {msg}")
+                    if f"plan[{r}].{path}" not in flagged:
+                        problems.setdefault("plan", []).append(f"plan[{r}].{path}: {msg}")
                 else:
                     problems.setdefault("plan_scale", []).append(
                         f"plan_scale.{key}[{r}]: gives {key} = {short(rnd.get(key))} in round {r + 1}: {msg}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -110,6 +112,20 @@ RULES = [
     ({"hyper": {"lr": [0.001, 0.002, 0.003], "seed": [0, 1, 2, 3]}, "max_cells": 10},
      "hyper: 3 lr x 4 seed = 12 cells, over max_cells 10; drop levels or raise max_cells"),
     ({"max_cells": 0}, "max_cells: Input should be greater than or equal to 1 (got 0)"),
+    # Pydantic's lax mode would read true as 1 and report NaN by the bound it fails.
+    ({"hyper": {"lr": [True]}}, "hyper.lr[0]: expected a number, got true"),
+    ({"static": {"batch_size": True}}, "static.batch_size: expected a whole number, got true"),
+    ({"static": {"partition": False}}, "static.partition: expected a number, got false"),
+    ({"static": {"dataset": {"kind": "synthetic", "subjects": True}}},
+     "static.dataset.subjects: expected a whole number, got true"),
+    ({"plan": [{"num_epochs": True}]}, "plan[0].num_epochs: expected a whole number, got true"),
+    ({"plan_scale": {"lr": [1, True, 1]}}, "plan_scale.lr[1]: expected a number, got true"),
+    ({"max_cells": True}, "max_cells: expected a whole number, got true"),
+    ({"hyper": {"lr": [0.001, float("nan")]}}, "hyper.lr[1]: must be a finite number, got nan"),
+    ({"hyper": {"lr": ["inf"]}}, "hyper.lr[0]: must be a finite number, got inf"),
+    ({"static": {"gamma": float("-inf")}}, "static.gamma: must be a finite number, got -inf"),
+    ({"plan": [{"gamma": float("nan")}]}, "plan[0].gamma: must be a finite number, got nan"),
+    ({"plan_scale": {"lr": [1, float("nan"), 1]}}, "plan_scale.lr[1]: must be a finite number, got nan"),
 ]
 
 
@@ -126,6 +142,10 @@ def test_each_rule_has_its_message(tmp_path, spec, expected):
          "line 4, column 6: YAML syntax error: did not find expected ',' or ']'"),
         ("name: g\nhyper:\n  lr: [0.1]\n  lr: [0.2]\n",
          "line 4, column 3: YAML syntax error: key 'lr' is given twice (lines 3 and 4)"),
+        ("name: g\nhyper:\n  ? [a, b]\n  : 1\n",
+         "line 3, column 5: YAML syntax error: a key must be a name or a number, not a list ([\"a\", \"b\"])"),
+        ("plan:\n  - &r {num_epochs: 1}\n  - {<<: *r, num_epochs: 2, num_epochs: 3}\n",
+         "line 3, column 29: YAML syntax error: key 'num_epochs' is given twice (lines 3 and 3)"),
         ("", "(top level): the file is empty; a spec is a mapping with name, static, hyper and plan"),
         ("- 1\n- 2\n", "(top level): a spec is a mapping with name, static, hyper and plan"),
     ],
@@ -175,3 +195,41 @@ def test_spec_error_carries_lines():
     assert err.value.lines == ["hyper.gamma: empty list; give at least one level"]
     assert str(err.value) == "x.yaml: hyper.gamma: empty list; give at least one level"
     assert isinstance(err.value, ValueError)
+
+
+def test_a_bad_value_is_one_line_and_counts_once(tmp_path):
+    found = problems(tmp_path, {"hyper": {"lr": [float("nan"), True], "gamma": [0.9, 0.8]}})
+    assert found == ["hyper.lr[0]: must be a finite number, got nan", "hyper.lr[1]: expected a number, got true"]
+
+
+def test_yaml_merge_keys_are_accepted(tmp_path):
+    text = (
+        "name: merged\n"
+        "static: &shared {until: 1, seed: 3}\n"
+        "plan:\n"
+        "  - &round {num_epochs: 2, gamma: 0.9}\n"
+        "  - {<<: *round, gamma: 0.8}        # its own gamma overrides the merged one\n"
+        "  - <<: [*round, {batch_size: 2}]\n"
+    )
+    spec = load_spec(write(tmp_path, text))
+    assert spec.static == {"until": 1, "seed": 3}
+    assert spec.plan == [{"num_epochs": 2, "gamma": 0.9}, {"num_epochs": 2, "gamma": 0.8},
+                         {"num_epochs": 2, "gamma": 0.9, "batch_size": 2}]
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("name: g\nhyper:\n  ? [a, b]\n  : 1\n", "line 3, column 5: YAML syntax error: a key must be a name"),
+        ("name: g\nhyper:\n  lr: [true]\n", "hyper.lr[0]: expected a number, got true"),
+        ("name: g\nhyper:\n  lr: [.nan, 0.1]\n", "hyper.lr[0]: must be a finite number, got nan"),
+        ("name: g\nstatic:\n  batch_size: true\n", "static.batch_size: expected a whole number, got true"),
+    ],
+)
+def test_the_dry_run_reports_bad_input_in_one_line(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    run = subprocess.run([sys.executable, "-m", "flows.grid", str(path), "--dry-run"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stderr.startswith(f"{path}: {expected}")
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr and run.stdout == ""
