@@ -18,7 +18,7 @@ cap together: each sees the other's charges and open reservations. Each append i
 
 When a reservation closes: at its release; or when its holder is known to be gone, which a
 reader can tell only for a process on its own host (pid no longer running, or reused by a
-process that started later). A reservation from another host stays counted until its
+process that started later; in the reader's own process, a ledger object no longer alive). A reservation from another host stays counted until its
 release, since no reader here can see that host's processes; the skip line lists it.
 
 A line that cannot be read (cut short by a crash, edited by hand) is never counted as zero:
@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +47,10 @@ from autolabel.lock import holder_alive, process_start
 LEDGER_FILE = "ledger.jsonl"
 EVENTS = ("charge", "reserve", "release", "skip")
 SLACK_USD = 1e-12  # float sums of the same numbers in another order
+
+# The ledgers alive in this process, by run: a reservation made here by a ledger that is gone
+# (an earlier flow run in the same process) has nothing in flight any more.
+_live_runs: weakref.WeakValueDictionary[str, Ledger] = weakref.WeakValueDictionary()
 
 
 class LedgerError(ValueError):
@@ -68,6 +73,7 @@ class Ledger:
         self._per_cell: dict[str, float] = {}
         self._open: dict[tuple[str, str], dict[str, Any]] = {}  # (run, key) -> reserve entry
         self._problems: dict[int, str] = {}  # line number -> what is wrong with it
+        _live_runs[self.run] = self
 
     @classmethod
     def open(cls, grid_dir: Path, cap_usd: float | None = None) -> Ledger:
@@ -176,7 +182,7 @@ class Ledger:
         """Open reservations of live holders (and of other hosts): their sum and the others' entries."""
         total, others, dead = 0.0, [], []
         for k, r in self._open.items():
-            if r["run"] != self.run and holder_alive(r["pid"], r["host"], r.get("start")) is False:
+            if r["run"] != self.run and not self._holder_alive(r):
                 dead.append(k)  # its process is gone: nothing of it is in flight any more
                 continue
             total += r["usd"]
@@ -185,6 +191,12 @@ class Ledger:
         for k in dead:
             del self._open[k]
         return total, others
+
+    def _holder_alive(self, r: dict[str, Any]) -> bool:
+        """False only when the reservation's holder is known to be gone; another host's counts as alive."""
+        if (r["pid"], r["host"], r.get("start")) == (self._me["pid"], self._me["host"], self._me["start"]):
+            return r["run"] in _live_runs
+        return holder_alive(r["pid"], r["host"], r.get("start")) is not False
 
     # ------------------------------------------------------------------ writing
 

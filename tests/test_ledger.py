@@ -3,6 +3,7 @@ and the file shared by real processes: no interleaved lines, no cap passed toget
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import signal
@@ -162,3 +163,13 @@ def test_two_processes_cannot_pass_the_cap_together(tmp_path):
             p.wait()
     # Its holder gone, nothing of the second process is in flight either.
     assert Ledger.open(tmp_path, cap_usd=1.0).reserve("last", ["c"], 1.0 - 0.15 * won[0])
+
+
+def test_a_reservation_of_a_ledger_gone_from_this_process_is_closed(tmp_path):
+    first = Ledger.open(tmp_path, cap_usd=1.0)
+    assert first.reserve("a", ["c1"], 0.8)  # never released: its flow run ended abnormally
+    second = Ledger.open(tmp_path, cap_usd=1.0)
+    assert not second.reserve("b", ["c2"], 0.5)  # the first ledger still exists: its 0.8 is in flight
+    del first
+    gc.collect()
+    assert second.reserve("b", ["c2"], 0.5)
