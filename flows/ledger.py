@@ -119,8 +119,11 @@ class Ledger:
             if shared and not self.path.exists():
                 yield None
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if shared:  # read-only, so a dry run can read a ledger it may not write
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
                 self._catch_up(fd)
