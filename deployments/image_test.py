@@ -11,8 +11,8 @@
    (--from replaces the Dockerfile's FROM, whose production tag stays as it is).
 4. checks, inside the image as its own user with no network: not root, no Prefect, no
    flows/, no credentials in the environment or on disk, and only a loopback interface.
-5. two runs of the image's ENTRYPOINT on a tiny CPU cell: a mounted cell folder with
-   `--network none`, then an s3:// cell against a moto server this script starts on
+5. two runs of the image's ENTRYPOINT on a tiny CPU cell: a mounted cell folder with no
+   network (a new, empty network namespace: `unshare --net buildah run ...`), then an s3:// cell against a moto server this script starts on
    127.0.0.1. That run needs the host's network namespace (the server listens on the
    host's loopback); the only endpoint it is given is that server, with throwaway keys.
 6. the image's size and each stage's time.
@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -110,7 +111,9 @@ def local_paths(settings: dict[str, str]) -> list[str]:
     found = []
     for key in PIP_PATH_KEYS:
         for token in settings.get(key, "").split():
-            path = token.removeprefix("file://")
+            path = token.removeprefix("file://").rstrip("/")
+            if key.endswith("index-url") and path.startswith("/"):
+                path = os.path.dirname(path)  # a file index's pages link to files beside it (../../files/)
             if path.startswith("/") and os.path.exists(path) and path not in found:
                 found.append(path)
     return found
@@ -172,7 +175,7 @@ def build_base(tag: str, pins: list[str], volumes: list[str]) -> None:
         say(f"installing {' '.join(pins)} into {VENV}")
         run = ["buildah", "run", "--isolation", "chroot", *volumes, ctr, "--"]
         sh([*run, "python3", "-m", "venv", VENV], quiet=True)
-        sh([*run, f"{VENV}/bin/pip", "install", "--no-cache-dir", "-q", *pins])
+        sh([*run, f"{VENV}/bin/pip", "install", "--no-cache-dir", "-q", *pins], quiet=True)
         path = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         sh(["buildah", "config", "--env", f"PATH={path}", "--cmd", "python3", ctr], quiet=True)
         sh(["buildah", "commit", "--rm", ctr, tag], quiet=True)
@@ -215,14 +218,21 @@ def container(image: str, name: str) -> Iterator[str]:
         subprocess.run(["buildah", "rm", ctr], capture_output=True)
 
 
-def run_in(ctr: str, argv: list[str], *, network: str, volumes: tuple[str, ...] = (), env: tuple[str, ...] = ()) -> str:
-    """``argv`` in the container as the image's USER (buildah run's default)."""
-    flags = ["--isolation", "chroot", "--network", network]
+def run_in(ctr: str, argv: list[str], *, network: bool, volumes: tuple[str, ...] = (), env: tuple[str, ...] = (),
+           user: str | None = None) -> str:
+    """``argv`` in the container, as ``user`` or else the image's USER (buildah run's default).
+
+    A chroot container shares buildah's network namespace (buildah 1.28 refuses any --network
+    but host with --isolation chroot), so with network=False buildah itself starts in a new,
+    empty one (unshare --net): the container sees only a loopback that is down.
+    """
+    flags = ["--isolation", "chroot", *(["--user", user] if user else [])]
     for v in volumes:
         flags += ["-v", v]
     for e in env:
         flags += ["-e", e]
-    return sh(["buildah", "run", *flags, ctr, "--", *argv], quiet=True)
+    prefix = [] if network else ["unshare", "--net", "--"]
+    return sh([*prefix, "buildah", "run", *flags, ctr, "--", *argv], quiet=True)
 
 
 INSIDE_CHECK = r"""
@@ -230,7 +240,7 @@ import importlib.util, os, re, socket, sys
 port, want_uid = int(sys.argv[1]), int(sys.argv[2])
 names, problems = set(sys.argv[3].split(",")), []
 if os.getuid() != want_uid:
-    problems.append(f"runs as uid {os.getuid()}, not the image's USER {want_uid}")
+    problems.append(f"runs as uid {os.getuid()}, not {want_uid}")
 for module in ("prefect", "flows", "prefect_aws"):
     if importlib.util.find_spec(module):
         problems.append(f"{module} is importable")
@@ -261,14 +271,16 @@ print("\n".join(problems) or "ok: not root, no prefect/flows, no credentials, no
 
 
 def check_inside(image: str, moto_port: int) -> None:
-    """The image's contents as its user sees them, with no network (the moto port must be unreachable)."""
-    uid = image_config(image).get("User", "0").split(":")[0]
+    """The image's contents with no network (the moto port must be unreachable): as the image's
+    USER, and again as root, who can read every folder a credentials file could hide in."""
+    user = image_config(image).get("User") or "0"
     with container(image, "check") as ctr:
-        out = run_in(ctr, ["python", "-c", INSIDE_CHECK, str(moto_port), uid, ",".join(CREDENTIAL_FILES)],
-                     network="none").strip()  # fmt: skip
-    if not out.startswith("ok:"):
-        raise StageFailed("the image fails its checks:\n" + out)
-    say(out)
+        for who in dict.fromkeys((user, "0:0")):
+            out = run_in(ctr, ["python", "-c", INSIDE_CHECK, str(moto_port), who.split(":")[0],
+                               ",".join(CREDENTIAL_FILES)], network=False, user=who).strip()  # fmt: skip
+            if not out.startswith("ok:"):
+                raise StageFailed(f"the image fails its checks as user {who}:\n{out}")
+    say(out + f" (as user {user} and as root)")
 
 
 def write_tiny_cell(cell: Path) -> None:
@@ -295,7 +307,7 @@ def run_folder_cell(image: str, work: Path) -> str:
     os.chown(cell, int(uid), int(gid or uid))
     entry = image_config(image)["Entrypoint"]
     with container(image, "folder") as ctr:
-        out = run_in(ctr, [*entry, "/cells/tiny"], network="none", volumes=(f"{cell}:/cells/tiny",))
+        out = run_in(ctr, [*entry, "/cells/tiny"], network=False, volumes=(f"{cell}:/cells/tiny",))
     print("    " + out.strip().splitlines()[-1], flush=True)
     return metrics_line(cell)
 
@@ -316,6 +328,7 @@ def moto_server(port: int) -> Iterator[dict[str, str]]:
     """A moto S3 server on 127.0.0.1:port; yields the environment that points boto3 at it."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not one line per S3 request
     env = MOTO_ENV | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     saved = {k: os.environ.get(k) for k in env}
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
@@ -339,7 +352,7 @@ def run_s3_cell(image: str, work: Path, env: dict[str, str]) -> str:
     s3.put_object(Bucket="image-test", Key="cells/tiny/plan.json", Body=json.dumps(TINY_PLAN))
     entry = image_config(image)["Entrypoint"]
     with container(image, "s3") as ctr:
-        out = run_in(ctr, [*entry, "s3://image-test/cells/tiny"], network="host", env=tuple(f"{k}={v}" for k, v in env.items()))
+        out = run_in(ctr, [*entry, "s3://image-test/cells/tiny"], network=True, env=tuple(f"{k}={v}" for k, v in env.items()))
     print("    " + out.strip().splitlines()[-1], flush=True)
     back = work / "s3-cell"
     back.mkdir()
@@ -385,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             with moto_server(port) as env:
                 timed(times, "checks (no network)", check_inside, IMAGE, port)
-                say("folder cell, --network none: " + timed(times, "folder run", run_folder_cell, IMAGE, work))
+                say("folder cell, no network: " + timed(times, "folder run", run_folder_cell, IMAGE, work))
                 line = timed(times, "s3 run", run_s3_cell, IMAGE, work, env)
                 say(f"s3 cell, moto at {env['AWS_ENDPOINT_URL']}, host network: {line}")
     except StageFailed as e:

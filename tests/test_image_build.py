@@ -32,17 +32,18 @@ def test_the_base_tag_follows_its_inputs():
 def test_pip_volumes_carry_the_hosts_settings_and_the_folders_they_name(tmp_path, monkeypatch):
     wheels, index = tmp_path / "wheels", tmp_path / "index"
     wheels.mkdir()
-    index.mkdir()
+    (index / "simple").mkdir(parents=True)
     monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
-    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", f"file://{index} https://example.invalid/simple")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", f"file://{index}/simple https://example.invalid/simple")
     work = tmp_path / "work"
     work.mkdir()
     volumes = image_test.pip_volumes(work)
     conf = (work / "pip.conf").read_text()
-    assert f"find-links = {wheels}\n" in conf and f"extra-index-url = file://{index} " in conf
+    assert f"find-links = {wheels}\n" in conf and f"extra-index-url = file://{index}/simple " in conf
     assert all(flag == "-v" for flag in volumes[::2])
     mounts = volumes[1::2]
     assert f"{work / 'pip.conf'}:/etc/pip.conf:ro" in mounts
+    # a file index is mounted with the folder above it: its pages link to ../../files/
     assert f"{wheels}:{wheels}:ro" in mounts and f"{index}:{index}:ro" in mounts
     assert not any("example.invalid" in m for m in mounts), "a remote index is not a mount"
 
