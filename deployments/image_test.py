@@ -164,6 +164,7 @@ def drop_stale_bases(keep: str) -> None:
 
 def build_base(tag: str, pins: list[str], volumes: list[str]) -> None:
     """Debian root (debootstrap) + a venv with the torch pins, committed as ``tag``."""
+    subprocess.run(["buildah", "rm", CONTAINER_PREFIX + "base"], capture_output=True)  # a killed build's leftover
     ctr = sh(["buildah", "from", "--name", CONTAINER_PREFIX + "base", "scratch"], quiet=True).strip()
     try:
         root = sh(["buildah", "mount", ctr], quiet=True).strip()
