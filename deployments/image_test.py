@@ -12,8 +12,8 @@
 4. checks, inside the image as its own user with no network: not root, no Prefect, no
    flows/, no credentials in the environment or on disk, and only a loopback interface.
 5. two runs of the image's ENTRYPOINT on a tiny CPU cell: a mounted cell folder with no
-   network (a new, empty network namespace: `unshare --net buildah run ...`), then an s3:// cell against a moto server this script starts on
-   127.0.0.1. That run needs the host's network namespace (the server listens on the
+   network (a new, empty network namespace: `unshare --net buildah run ...`), then an
+   s3:// cell against a moto server this script starts on 127.0.0.1. That run needs the host's network namespace (the server listens on the
    host's loopback); the only endpoint it is given is that server, with throwaway keys.
 6. the image's size and each stage's time.
 
@@ -66,9 +66,9 @@ def say(line: str) -> None:
     print(f"image-test: {line}", flush=True)
 
 
-def sh(argv: list[str], *, quiet: bool = False, stdin: str | None = None) -> str:
+def sh(argv: list[str], *, quiet: bool = False) -> str:
     """Run a command at the lowest CPU priority (the machine is shared); its stdout, or StageFailed."""
-    run = subprocess.run(["nice", "-n", "19", *argv], input=stdin, text=True,
+    run = subprocess.run(["nice", "-n", "19", *argv], text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     if run.returncode != 0:
         tail = "\n".join(run.stdout.splitlines()[-40:])
@@ -195,15 +195,9 @@ def image_config(name: str) -> dict:
     return json.loads(sh(["buildah", "inspect", "--type", "image", name], quiet=True))["OCIv1"]["config"]
 
 
-def image_size(name: str) -> int:
-    """Bytes of the image's layers, as the local store counts them."""
-    listed = json.loads(sh(["buildah", "images", "--json", name], quiet=True))
-    return int(listed[0]["size"]) if isinstance(listed[0]["size"], (int, float)) else parse_size(listed[0]["size"])
-
-
-def parse_size(text: str) -> int:
-    number, unit = text.replace("B", "").split()
-    return int(float(number) * {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}[unit])
+def image_size(name: str) -> str:
+    """The image's size as buildah reports it (decimal units, three digits: "6.01 GB")."""
+    return json.loads(sh(["buildah", "images", "--json", name], quiet=True))[0]["size"]
 
 
 # ----------------------------------------------------------------------------- running the image
@@ -275,6 +269,8 @@ def check_inside(image: str, moto_port: int) -> None:
     """The image's contents with no network (the moto port must be unreachable): as the image's
     USER, and again as root, who can read every folder a credentials file could hide in."""
     user = image_config(image).get("User") or "0"
+    if user.split(":")[0] in ("0", "root"):
+        raise StageFailed(f"the image's USER is {user}: the Dockerfile must end with a non-root USER")
     with container(image, "check") as ctr:
         for who in dict.fromkeys((user, "0:0")):
             out = run_in(ctr, ["python", "-c", INSIDE_CHECK, str(moto_port), who.split(":")[0],
@@ -405,9 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     except StageFailed as e:
         print(f"image-test: FAILED: {e}", file=sys.stderr)
         return 1
-    size = image_size(IMAGE)
-    base_size = image_size(base)
-    say(f"image size {size / 1e9:.2f} GB ({(size - base_size) / 1e6:.0f} MB on top of the base, {base_size / 1e9:.2f} GB)")
+    say(f"image size {image_size(IMAGE)} (its base {base}: {image_size(base)})")
     say("times: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()) + f"; total {time.monotonic() - start:.1f} s")
     say("passed")
     return 0

@@ -48,11 +48,6 @@ def test_pip_volumes_carry_the_hosts_settings_and_the_folders_they_name(tmp_path
     assert not any("example.invalid" in m for m in mounts), "a remote index is not a mount"
 
 
-def test_sizes_in_buildahs_words_become_bytes():
-    assert image_test.parse_size("6.12 GB") == 6_120_000_000
-    assert image_test.parse_size("512 kB") == 512_000
-
-
 def test_the_tiny_cell_is_valid_for_the_trainer(tmp_path):
     from autolabel.options import CellOptions, Plan
 
