@@ -4,6 +4,11 @@
 #   docker build --platform linux/amd64 --build-arg BAKE_WEIGHTS=true -t autolabel-train .
 #   docker run --rm --gpus all autolabel-train s3://BUCKET/grids/GRID/cells/CELL_ID
 #
+# Without a Docker daemon (buildah; `make image-test` builds and runs it that way):
+#   buildah bud --isolation chroot --layers --format docker -t autolabel-train .
+#   buildah bud ... --from BASE_IMAGE ...   # another base for this build only; the FROM below stays
+# --format docker keeps the SHELL line (the OCI format drops it).
+#
 # It holds the training package (autolabel/) and its pinned dependencies only: no Prefect,
 # no flows/, no credentials. Inside ECS the task role gives S3 access; outside, pass
 # credentials at run time (`-e AWS_PROFILE -v ~/.aws:/home/autolabel/.aws:ro`), never at build time.

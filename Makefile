@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test dry-run bench clean
+.PHONY: setup run test dry-run bench image-test clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,12 @@ bench: setup
 	$(BIN)/python benchmarks/dry_run.py
 	$(BIN)/python benchmarks/orchestration.py
 	$(BIN)/python benchmarks/summarize.py
+
+# Builds the training image with buildah (no Docker daemon) and trains a tiny cell in it;
+# see README "Building and testing the image without Docker". BASE_IMAGE=... replaces the
+# stand-in base built from Debian packages and the pinned wheels.
+image-test: setup
+	$(BIN)/python -m deployments.image_test
 
 clean:
 	rm -rf $(VENV) .pytest_cache
