@@ -32,9 +32,9 @@ LABELS = {"area": ("V1", "V2", "V3"), "ring": ("E0", "E1", "E2", "E3", "E4")}
 KILLED = "stand-in-killed"  # marker: this cell was killed once already
 
 
-def dice_of(options_text: str, labels: tuple[str, ...]) -> dict[str, float]:
-    """Scores in [0.5, 0.9) that depend only on the cell's options: reruns give the same."""
-    digest = hashlib.sha256(options_text.encode()).digest()
+def dice_of(content: str, labels: tuple[str, ...]) -> dict[str, float]:
+    """Scores in [0.5, 0.9) that depend only on the cell's options and plan: reruns give the same."""
+    digest = hashlib.sha256(content.encode()).digest()
     return {name: round(0.5 + 0.4 * digest[i] / 256, 4) for i, name in enumerate(labels)}
 
 
@@ -46,7 +46,8 @@ def train(cell: Path, fault: str, force: bool, epoch_s: float) -> int:
         return EXIT_OK
     text = (cell / celldir.OPTIONS).read_text()
     options = CellOptions.model_validate_json(text)
-    plan = Plan.model_validate_json((cell / celldir.PLAN).read_text())
+    plan_text = (cell / celldir.PLAN).read_text()
+    plan = Plan.model_validate_json(plan_text)
     if fault == "fail":
         print(f"{cell.name}: invalid options (stand-in fault)", flush=True)
         celldir.write_json_atomic(metrics, CellMetrics(status="failed", message="invalid options").model_dump())
@@ -71,7 +72,7 @@ def train(cell: Path, fault: str, force: bool, epoch_s: float) -> int:
         if fault == "kill-once" and not (cell / KILLED).exists():
             (cell / KILLED).touch()
             os.kill(os.getpid(), signal.SIGKILL)
-    dice = dice_of(text, LABELS[options.prediction])
+    dice = dice_of(text + plan_text, LABELS[options.prediction])
     result = CellMetrics(status="complete", dice=dice, mean_dice=round(sum(dice.values()) / len(dice), 6),
                          best_val_dice_loss=round(1 - min(dice.values()), 6), epochs=total, device="stand-in")
     ckpt.unlink(missing_ok=True)
