@@ -61,6 +61,15 @@ def plan_grid(spec: str, out_dir: str | None) -> tuple[list[Cell], Path]:
     return cells_mod.expand(grid), cells_mod.grid_dir(grid, Path(spec), out_dir)
 
 
+@task(name="cost-preflight", cache_policy=NO_CACHE)
+def preflight(cells: list[Cell], pricing: Pricing, max_cost_usd: float | None, spent_usd: float,
+              on_cap: OnCap) -> plan.Decision:
+    """The dry run's own decision (flows.plan.plan_run): the estimate, the cap verdict, the subset."""
+    decision = plan.plan_run(cells, pricing, max_cost_usd, spent_usd, on_cap)
+    get_run_logger().info("cost pre-flight: %s", plan.verdict(decision))
+    return decision
+
+
 @task(name="write-cells", cache_policy=NO_CACHE)
 def write_cells(grid_dir: Path, cells: list[Cell]) -> None:
     """Materialize each cell's options.json and plan.json (no rewrite when unchanged)."""
@@ -173,8 +182,7 @@ def grid_search(
 
     # 1. Cost pre-flight on what is left to train: the dry run's own decision (flows.plan).
     ledger = Ledger.open(grid_dir, max_cost_usd)
-    decision = plan.plan_run(pending, pricing, max_cost_usd, ledger.spent_usd, on_cap)
-    log.info("cost pre-flight: %s", plan.verdict(decision))
+    decision = preflight(quote(pending), pricing, max_cost_usd, ledger.spent_usd, on_cap)
     if not decision.runs:
         return Failed(message=decision.message())
     todo = pending if decision.fits else decision.subset
