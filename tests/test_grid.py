@@ -58,12 +58,16 @@ def faults(monkeypatch, **by_cell: str) -> None:
 def test_tiny_grid_trains_for_real_and_publishes_artifacts(prefect_api, tmp_path):
     """The one flow test with the real trainer: python -m autolabel.train on tiny CPU cells."""
     spec = write_grid_spec(tmp_path, "tiny", {"lr": [0.003, 0.006], "inputs": ["full", "anat"]})
-    state = run_flow(spec, trainer=None)
+    # Two cells a pack (same inputs): two trainer processes instead of four, and packs in the flow.
+    state = run_flow(spec, trainer=None, cells_per_gpu=2)
     assert state.is_completed(), state.message
     grid_dir = tmp_path / "tiny"
     metrics = metrics_of(grid_dir)
     assert len(metrics) == 4 and all(m["status"] == "complete" for m in metrics.values())
     assert all(m["device"].startswith("cpu") for m in metrics.values())  # the real trainer ran
+    assert sorted(launches(d) for d in (grid_dir / "cells").iterdir()) == [1, 1, 1, 1]
+    charges = [json.loads(x) for x in (grid_dir / "ledger.jsonl").read_text().splitlines()]
+    assert sorted(len(e["cells"]) for e in charges if e["event"] == "charge") == [2, 2]
 
     # The summary's numbers are the cells' own.
     rows = json.loads((grid_dir / "summary.json").read_text())["rows"]
@@ -201,10 +205,15 @@ def test_dry_run_and_run_reach_the_same_verdict_and_dollars(prefect_api, tmp_pat
     assert {("local", 0, False), ("local", 0, True), ("local", 3, True), ("ecs", 3, True)} <= seen
 
 
-def test_killed_flow_rerun_trains_only_missing_cells(tmp_path):
+def test_killed_flow_rerun_trains_only_missing_cells(prefect_api, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
     spec = write_grid_spec(tmp_path, "resume", {"lr": [0.002, 0.003, 0.004, 0.005]}, epochs=2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # a fresh ephemeral API, as on a new machine
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    # The session's API server: both processes skip starting an ephemeral one (seconds each); the
+    # killed run's flow run is left Running there, as a server would show it.
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     env["STAND_IN_EPOCH_S"] = "0.5"  # 4 epochs: 2 s a cell, so the kill lands mid-grid
     env["CUDA_VISIBLE_DEVICES"] = ""
     # run_grid is what `python -m flows.grid SPEC --max-parallel 1` calls (test_cli checks the hand-over).
