@@ -3,12 +3,15 @@
     python -m flows.grid grid-search/demo.yaml --dry-run                 # validate, count, price this run
     python -m flows.grid grid-search/demo.yaml                           # run it (local backend)
     python -m flows.grid grid-search/benson2025.yaml --dry-run --json    # the same, plus every cell
-    python -m flows.grid grid-search/benson2025.yaml --backend ecs --max-cost 50 --on-cap subset --ecs ...
+    ECS="--backend ecs --ecs cluster=autolabel --ecs capacity_provider=autolabel-gpu \
+         --ecs task_definition=autolabel-train --ecs bucket=my-autolabel-cells"   # the stack's outputs
+    python -m flows.grid grid-search/benson2025.yaml $ECS --max-cost 50 --on-cap subset --dry-run   # then without
 
-``--dry-run`` prices exactly the run that the same flags start (flows.plan.plan_run, the
-flow's own pre-flight), and refuses what that run would refuse. It writes nothing and
-launches nothing, and imports neither Prefect nor torch: a real run imports flows.grid
-only after the spec, the flags and the prices have validated.
+``python -m flows.cli`` is the same command. ``--dry-run`` prices exactly the run that the
+same flags start (flows.plan.plan_run, the flow's own pre-flight), and refuses what that
+run would refuse. It writes nothing and launches nothing, and imports neither Prefect nor
+torch: a real run imports flows.grid only after the spec, the flags and the prices have
+validated.
 
 Exit codes: 0 valid and within --max-cost (or --on-cap subset found a subset that is) and,
 for a run, every cell complete; 2 invalid spec or flag; 3 over the cap (refused, or cells

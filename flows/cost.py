@@ -1,7 +1,7 @@
 """What cells cost: the work each cell implies, its GPU-seconds, and a whole run's estimate.
 
-    python -m flows.grid grid-search/benson2025.yaml --dry-run --backend ecs            # g5.xlarge, 8 at once
-    python -m flows.grid grid-search/benson2025.yaml --dry-run --backend ecs --instance-type p5.48xlarge --spot
+    python -m flows.grid grid-search/benson2025.yaml --dry-run $ECS      # g5.xlarge, 8 at once ($ECS: flows/cli.py)
+    python -m flows.grid grid-search/benson2025.yaml --dry-run $ECS --instance-type p5.48xlarge --spot
 
 Pure functions: no torch, no Prefect, no I/O (prices: flows/prices.py; images/s:
 flows/throughput.py; the cap and the subset that fits it: flows/plan.py). The model:

@@ -2,7 +2,7 @@
 
     python -m flows.grid grid-search/demo.yaml --dry-run   # validate, count, price; launches nothing
     python -m flows.grid grid-search/demo.yaml             # run here, Prefect's ephemeral API, no server
-    python -m flows.grid grid-search/benson2025.yaml --backend ecs --max-cost 50 ...
+    python -m flows.grid grid-search/benson2025.yaml --backend ecs --max-cost 50 --ecs ...   # see flows/cli.py
     prefect deploy --all                                   # the `grid-search` deployment (prefect.yaml)
 
 This file only wires the stages; each lives in its own module (spec, cells, plan/cost,

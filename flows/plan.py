@@ -1,6 +1,6 @@
 """The cost pre-flight: price the cells left to train, check the cap, pick the subset that fits.
 
-    python -m flows.grid grid-search/benson2025.yaml --dry-run --backend ecs --max-cost 20 --on-cap subset
+    python -m flows.grid grid-search/benson2025.yaml --dry-run $ECS --max-cost 20 --on-cap subset  # ($ECS: flows/cli.py)
 
 One decision for the dry run and the flow alike: both build a :class:`~flows.cost.Pricing`
 from their flags with :func:`make_pricing` and call :func:`plan_run`, so the dry run prices

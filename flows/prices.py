@@ -1,7 +1,8 @@
 """What an hour of a GPU instance costs: the dated price table and its refresh from AWS.
 
-    python -m flows.grid grid-search/benson2025.yaml --dry-run --instance-type p5.48xlarge --spot
-    python -m flows.grid grid-search/benson2025.yaml --dry-run --refresh-prices   # on-demand/spot from AWS
+    python -m flows.grid grid-search/benson2025.yaml --dry-run $ECS --instance-type p5.48xlarge --spot
+    python -m flows.grid grid-search/benson2025.yaml --dry-run $ECS --refresh-prices   # on-demand/spot from AWS
+    ($ECS: the --backend ecs settings, see flows/cli.py)
 
 Pure except for :func:`refresh_prices`, which asks AWS's price APIs only when called.
 """
