@@ -29,7 +29,7 @@ from typing import Any
 
 from flows import plan
 from flows.cells import Cell, cell_record, complete_ids, expand, grid_dir
-from flows.cost import Pricing
+from flows.cost import Estimate, Pricing
 from flows.prices import PRICES, CostError, Price, refresh_prices
 from flows.spec import GridSpec, SpecError, load_spec
 
@@ -213,7 +213,7 @@ class DryRun:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def estimate(self):
+    def estimate(self) -> Estimate:
         return self.decision.estimate
 
     @property
@@ -325,7 +325,7 @@ def render(r: DryRun) -> str:
     return "\n".join(lines)
 
 
-def cost_text(e) -> str:
+def cost_text(e: Estimate) -> str:
     """Dollars at the instance type's rates, and what this run pays (its ledger's rate)."""
     rates = f"${e.usd_on_demand:,.2f} on-demand, ${e.usd_spot:,.2f} spot"
     if e.backend == "ecs":

@@ -132,7 +132,7 @@ def summarize(grid_dir: Path, cells: list[Cell], outcomes: dict[str, str], ledge
 def grid_search(
     spec: str,
     backend: Backend = "local",
-    max_parallel: int = 2,
+    max_parallel: int = plan.LOCAL_MAX_PARALLEL,
     max_cost_usd: float | None = None,
     instance_type: str = "g5.xlarge",
     spot: bool = False,

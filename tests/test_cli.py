@@ -189,10 +189,12 @@ def test_a_real_run_hands_every_option_to_run_grid(monkeypatch, demo):
     assert calls[-1][1]["local_usd_per_hour"] == 0.5
 
 
-def test_module_entry_point_imports_neither_torch_nor_prefect():
+@pytest.mark.parametrize("backend", [[], ECS], ids=["local", "ecs"])
+def test_module_entry_point_imports_neither_torch_nor_prefect(backend):
     """``python -m flows.grid`` as a user types it, with Python's import log."""
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "flows.grid", str(BENSON), "--dry-run", "--max-cost", "1000"],
+        [sys.executable, "-X", "importtime", "-m", "flows.grid", str(BENSON), "--dry-run", "--max-cost", "1000",
+         *backend],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
