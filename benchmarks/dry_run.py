@@ -23,13 +23,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "grid-search/benson2025.yaml"
 GOAL_S = 2.0
+GOAL_RUN = "dry run --backend ecs"  # the goal is about pricing the cloud run
 
+# A cloud run's flags: the dry run prices the run its flags start, and refuses ECS without its settings.
+ECS = ["--backend", "ecs", "--ecs", "cluster=c", "--ecs", "capacity_provider=cp", "--ecs", "task_definition=td",
+       "--ecs", "bucket=my-bucket"]
 COMMANDS = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "import pydantic, yaml": [sys.executable, "-c", "import pydantic, yaml"],
-    "dry run": [sys.executable, "-m", "flows.grid", SPEC, "--dry-run"],
-    "dry run --json (all cells)": [sys.executable, "-m", "flows.grid", SPEC, "--dry-run", "--json"],
-    "dry run --max-cost 20 (subset)": [sys.executable, "-m", "flows.grid", SPEC, "--dry-run", "--max-cost", "20"],
+    "dry run (local)": [sys.executable, "-m", "flows.grid", SPEC, "--dry-run"],
+    "dry run --backend ecs": [sys.executable, "-m", "flows.grid", SPEC, "--dry-run", *ECS],
+    "dry run --json (all cells)": [sys.executable, "-m", "flows.grid", SPEC, "--dry-run", "--json", *ECS],
+    "dry run --max-cost 20 (subset)": [sys.executable, "-m", "flows.grid", SPEC, "--dry-run", "--max-cost", "20", *ECS],
 }
 
 
@@ -50,7 +55,7 @@ def time_stages() -> list[tuple[str, float]]:
     """The dry run's stages, in this process (imports already paid)."""
     sys.path.insert(0, str(ROOT))
     start = time.perf_counter()
-    from flows import cli, cost  # noqa: F401 - the import is what is timed
+    from flows import cli, cost, plan  # noqa: F401 - the import is what is timed
     from flows.cells import complete_ids, expand, grid_dir
     from flows.spec import load_spec
 
@@ -65,10 +70,11 @@ def time_stages() -> list[tuple[str, float]]:
         stages.append((name, time.perf_counter() - t))
     spec = load_spec(path)
     cells = expand(spec)
+    pricing = plan.make_pricing("ecs", "g5.xlarge")
     for name, step in (
         ("complete_ids (scan output folder)", lambda: complete_ids(grid_dir(spec, path))),
-        ("estimate (g5.xlarge, 8 lanes)", lambda: cost.estimate(cells, "g5.xlarge")),
-        ("select_subset ($20 cap)", lambda: cost.select_subset(cells, 20.0, "g5.xlarge")),
+        ("estimate (ECS g5.xlarge, 8 lanes)", lambda: cost.estimate(cells, pricing)),
+        ("plan_run ($20 cap: the subset)", lambda: plan.plan_run(cells, pricing, 20.0)),
     ):
         t = time.perf_counter()
         step()
@@ -88,15 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         times = time_command(cmd, args.runs)
         medians[name] = statistics.median(times)
         print(f"{name:<34} {medians[name]:>7.3f}s {min(times):>7.3f}s {max(times):>7.3f}s")
-    own = medians["dry run"] - medians["import pydantic, yaml"]
+    own = medians[GOAL_RUN] - medians["import pydantic, yaml"]
     print(f"dry run beyond its unavoidable imports: {own:.3f} s; "
-          f"beyond a bare interpreter: {medians['dry run'] - medians['python -c pass']:.3f} s")
+          f"beyond a bare interpreter: {medians[GOAL_RUN] - medians['python -c pass']:.3f} s")
     print("stages, in-process:")
     for name, seconds in time_stages():
         print(f"  {name:<52} {seconds * 1000:>7.1f} ms")
-    verdict = "meets" if medians["dry run"] < GOAL_S else "MISSES"
-    print(f"result: the 1800-cell dry run takes {medians['dry run']:.2f} s (median), {verdict} the {GOAL_S:.0f} s goal")
-    return 0 if medians["dry run"] < GOAL_S else 1
+    verdict = "meets" if medians[GOAL_RUN] < GOAL_S else "MISSES"
+    print(f"result: the 1800-cell dry run takes {medians[GOAL_RUN]:.2f} s (median), {verdict} the {GOAL_S:.0f} s goal")
+    return 0 if medians[GOAL_RUN] < GOAL_S else 1
 
 
 if __name__ == "__main__":

@@ -33,10 +33,10 @@ under CUDA graphs; on CPU the baseline), and per pack size k each kind's mean pe
 images/s in the mixed pack times k (what a pack of k such cells would reach if they shared
 the GPU as in the mix; the note says so), for the best strategy.
 
-Printed: images/s of both, their ratio, MFU (GFLOP per image fwd+bwd from flows.cost,
-peak from flows.cost.GPU_PEAK_TFLOPS by device name), and the projected GPU-hours and
+Printed: images/s of both, their ratio, MFU (GFLOP per image fwd+bwd from flows.throughput,
+peak from flows.throughput.GPU_PEAK_TFLOPS by device name), and the projected GPU-hours and
 dollars of the 1800-cell benson2025 grid with flows.cost and only this run's figures.
-``--out`` writes the throughput file that flows/cost.py reads (a folder: <gpu>-<date>.json).
+``--out`` writes the throughput file that flows/throughput.py reads (a folder: <gpu>-<date>.json).
 """
 
 from __future__ import annotations
@@ -54,14 +54,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flows import cost  # noqa: E402  (pure: no torch)
+from flows import cost, prices, throughput  # noqa: E402  (pure: no torch)
 
 # (base model, batch size) of cell i is MIX[i % 6]: both models early, so small runs cover both.
 MIX = [("resnet18", 4), ("resnet34", 2), ("resnet18", 6), ("resnet34", 4), ("resnet18", 2), ("resnet34", 6)]
 FULL = {"subjects": 181, "rows": 128, "cols": 256}
 SMOKE = {"subjects": 12, "rows": 32, "cols": 64}
 GRID_SPEC = ROOT / "grid-search" / "benson2025.yaml"
-# The instance whose per-GPU price projects the dollars of each GPU (flows.cost.PRICES).
+# The instance whose per-GPU price projects the dollars of each GPU (flows.prices.PRICES).
 PRICED_AS = {"H100": "p5.48xlarge", "H200": "p5.48xlarge", "A100": "p4d.24xlarge", "A10G": "g5.xlarge",
              "L4": "g6.xlarge", "L40S": "g6e.xlarge", "T4": "g4dn.xlarge", "V100": "p3.2xlarge"}  # fmt: skip
 # strategy -> (step mode, cells per process; None: all of the pack's cells in one process)
@@ -152,7 +152,7 @@ def measure(kind: tuple[str, int], dataset: dict, device: str, steps: int, warmu
     run_steps(step, kind[1], steps, seed=2)
     end = time.monotonic()
     # Images count at 128x256, as in the cost model; only --smoke uses smaller ones.
-    images = steps * kind[1] * dataset["rows"] * dataset["cols"] / cost.REF_PIXELS
+    images = steps * kind[1] * dataset["rows"] * dataset["cols"] / throughput.REF_PIXELS
     return {"base_model": kind[0], "batch_size": kind[1], "images": images, "start": start, "end": end}
 
 
@@ -243,7 +243,7 @@ def gflop_rate(results: list[dict], ips: float) -> float:
     """GFLOP/s at ``ips`` images/s with this mix of base models."""
     ok = [r for r in results if "error" not in r]
     images = sum(r["images"] for r in ok)
-    return ips * sum(r["images"] * cost.GFLOP_PER_IMAGE[r["base_model"]] for r in ok) / images if images else 0.0
+    return ips * sum(r["images"] * throughput.GFLOP_PER_IMAGE[r["base_model"]] for r in ok) / images if images else 0.0
 
 
 def run_baseline(ctx, kinds, dataset, device, steps, warmup) -> tuple[list[dict], list[dict]]:
@@ -302,10 +302,10 @@ def project_grid(rows: list[dict], gpu: str, k: int) -> dict:
     from flows.spec import load_spec
 
     cells = expand(load_spec(GRID_SPEC))
-    table = cost.Table(tuple(cost.Figure(gpu, r["base_model"], r["batch_size"], r["cells_per_gpu"],
+    table = throughput.Table(tuple(throughput.Figure(gpu, r["base_model"], r["batch_size"], r["cells_per_gpu"],
                                          r["images_per_second"], "this run", "") for r in rows))  # fmt: skip
     instance = PRICED_AS.get(gpu, "p5.48xlarge")
-    price = cost.price_of(instance)
+    price = prices.price_of(instance)
     out = {"cells": len(cells), "priced_as": instance}
     for name, per_gpu in (("solo", 1), ("packed", k)):
         seconds = sum(cost.train_seconds(cost.work_of(c), gpu, per_gpu, table) for c in cells)
@@ -313,21 +313,21 @@ def project_grid(rows: list[dict], gpu: str, k: int) -> dict:
         out[name] = {"cells_per_gpu": per_gpu, "gpu_hours": hours, "usd_on_demand": hours * price.per_gpu(False),
                      "usd_spot": hours * price.per_gpu(True)}  # fmt: skip
     out["floor_gpu_hours"] = None
-    if gpu in cost.GPU_PEAK_TFLOPS:
+    if gpu in throughput.GPU_PEAK_TFLOPS:
         pflop = sum(cost.work_of(c).gflop for c in cells) / 1e6
-        out["floor_gpu_hours"] = pflop * 1e6 / (cost.GPU_PEAK_TFLOPS[gpu][0] * 1e3) / 3600
+        out["floor_gpu_hours"] = pflop * 1e6 / (throughput.GPU_PEAK_TFLOPS[gpu][0] * 1e3) / 3600
     return out
 
 
 def write_out(out: str, gpu: str, device_name: str, source: str, rows: list[dict]) -> Path:
-    """The throughput file (flows.cost.BenchFile); a folder gets ``<gpu>-<date>.json``."""
+    """The throughput file (flows.throughput.BenchFile); a folder gets ``<gpu>-<date>.json``."""
     day = dt.date.today().isoformat()
     path = Path(out)
     if out.endswith("/") or path.is_dir():
         path = path / f"{gpu.replace(' ', '_')}-{day}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"gpu": gpu, "device": device_name, "date": day, "source": source, "figures": rows}
-    cost.BenchFile.model_validate(doc)  # the cost model must be able to read what we write
+    throughput.BenchFile.model_validate(doc)  # the cost model must be able to read what we write
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
 
@@ -350,7 +350,7 @@ def benchmark(cells: int, steps: int, warmup: int, smoke: bool, budget_s: float,
     device = "cpu" if smoke else "cuda"
     dataset = SMOKE if smoke else FULL
     device_name = "cpu" if smoke else torch.cuda.get_device_name(0)
-    gpu = "cpu" if smoke else cost.gpu_key(device_name)
+    gpu = "cpu" if smoke else throughput.gpu_key(device_name)
     if smoke:
         os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers: one core each
     kinds = [MIX[i % len(MIX)] for i in range(cells)]
@@ -405,7 +405,7 @@ def report(baseline, base_ips, solo_graphs, tried, best, packs, gpu, device_name
     if not base_ips or not packed_ips:
         say("FAILED: no throughput measured (see the errors above)")
         return 1
-    peak = cost.GPU_PEAK_TFLOPS.get(gpu, (None,))[0]
+    peak = throughput.GPU_PEAK_TFLOPS.get(gpu, (None,))[0]
 
     def mfu(results, ips):
         return f"{gflop_rate(results, ips) / (peak * 1e3):.1%}" if peak else "n/a (no peak for this device)"

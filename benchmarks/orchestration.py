@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/orchestration.py --cells 1800    # the published grid's size
 
 The cells run through the real flow, the real local runner and Prefect's ephemeral API,
-but the trainer is replaced by a stand-in interpreter that writes a complete metrics.json
-and exits, so what is measured is orchestration: task runs, the ledger, subprocess
+but the trainer is replaced by a stand-in (the flow's ``trainer`` parameter) that writes a
+complete metrics.json and exits, so what is measured is orchestration: task runs, the ledger, subprocess
 launches, the summary. In the same run it measures the baseline, the stand-in's own
 start-up, run serially as many times as there are cells.
 
@@ -33,7 +33,7 @@ STAND_IN = """\
 #!{python}
 # Stands in for `python -m autolabel.train CELL...`: every cell completes at once.
 import json, sys
-for d in sys.argv[3:]:
+for d in sys.argv[1:]:
     if not d.startswith("-"):
         open(d + "/metrics.json", "w").write(json.dumps({{
             "status": "complete", "best_val_dice_loss": 0.2, "dice": {{"V1": 0.9, "V2": 0.8, "V3": 0.7}},
@@ -70,17 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         # Baseline: the stand-in alone, once per cell, serially.
         t = time.perf_counter()
         for _ in range(args.cells):
-            subprocess.run([str(stand_in), "-m", "autolabel.train", str(scratch)], check=True)
+            subprocess.run([str(stand_in), str(scratch)], check=True)
         stand_in_s = time.perf_counter() - t
 
         from flows import grid
-        from flows.runners import LocalRunner
 
-        grid.make_runner = lambda backend, grid_dir, max_parallel, *a: LocalRunner(
-            grid_dir, max_parallel, python=str(stand_in))
         spec = write_spec(root, args.cells)
         t = time.perf_counter()
-        state = grid.grid_search(spec=str(spec), max_parallel=args.max_parallel, return_state=True)
+        state = grid.grid_search(spec=str(spec), max_parallel=args.max_parallel, trainer=[str(stand_in)],
+                                 return_state=True)
         flow_s = time.perf_counter() - t
         assert state.is_completed(), state.message
 

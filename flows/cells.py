@@ -104,11 +104,6 @@ def hash_id(options_json: str, plan_json: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:ID_HEX]
 
 
-def cell_id(options: CellOptions, plan: Plan) -> str:
-    """The id a cell with these options and plan has in any grid."""
-    return hash_id(serialize(options)[1], serialize(plan)[1])
-
-
 def make_label(spec: GridSpec, index: dict[str, int]) -> str:
     """``resnet18-lr0.0025-g0.9-bce0.67-b4-full-area`` from the factors with several levels.
 

@@ -1,15 +1,21 @@
 """The grid search's command line: ``python -m flows.grid SPEC [options]``.
 
-    python -m flows.grid grid-search/demo.yaml --dry-run                 # validate, count, price
-    python -m flows.grid grid-search/benson2025.yaml --dry-run --max-cost 30 --instance-type g6e.xlarge
-    python -m flows.grid grid-search/benson2025.yaml --dry-run --json    # the same, plus every cell
+    python -m flows.grid grid-search/demo.yaml --dry-run                 # validate, count, price this run
     python -m flows.grid grid-search/demo.yaml                           # run it (local backend)
-    python -m flows.grid grid-search/benson2025.yaml --backend ecs --max-cost 50 --on-cap subset
+    python -m flows.grid grid-search/benson2025.yaml --dry-run --json    # the same, plus every cell
+    ECS="--backend ecs --ecs cluster=autolabel --ecs capacity_provider=autolabel-gpu \
+         --ecs task_definition=autolabel-train --ecs bucket=my-autolabel-cells"   # the stack's outputs
+    python -m flows.grid grid-search/benson2025.yaml $ECS --max-cost 50 --on-cap subset --dry-run   # then without
 
-The dry run writes nothing and launches nothing. Exit codes: 0 valid (and within
---max-cost, or --on-cap subset finds a subset that is), 2 invalid spec or arguments,
-3 over the cap. It imports neither Prefect nor torch: a real run imports flows.grid
-only after the spec has validated.
+``python -m flows.cli`` is the same command. ``--dry-run`` prices exactly the run that the
+same flags start (flows.plan.plan_run, the flow's own pre-flight), and refuses what that
+run would refuse. It writes nothing and launches nothing, and imports neither Prefect nor
+torch: a real run imports flows.grid only after the spec, the flags and the prices have
+validated.
+
+Exit codes: 0 valid and within --max-cost (or --on-cap subset found a subset that is) and,
+for a run, every cell complete; 2 invalid spec or flag; 3 over the cap (refused, or cells
+skipped by it); 4 some cells failed (the others are complete).
 """
 
 from __future__ import annotations
@@ -21,12 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows import cost
+from flows import plan
 from flows.cells import Cell, cell_record, complete_ids, expand, grid_dir
+from flows.cost import Estimate, Pricing
+from flows.prices import PRICES, CostError, Price, refresh_prices
 from flows.spec import GridSpec, SpecError, load_spec
 
-EXIT_OK, EXIT_INVALID, EXIT_OVER_CAP = 0, 2, 3
-LOCAL_MAX_PARALLEL = 2  # a laptop's default; the cloud's is cost.DEFAULT_MAX_PARALLEL GPUs
+EXIT_OK = 0
+EXIT_INVALID = 2  # invalid spec or flag
+EXIT_OVER_CAP = 3  # refused by the cost pre-flight, or cells skipped by the cap
+EXIT_CELLS_FAILED = 4  # some cells failed or diverged; the others are complete
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,16 +45,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Run (or with --dry-run, validate and price) a grid search spec.",
     )
     p.add_argument("spec", type=Path, help="grid spec, YAML or JSON (e.g. grid-search/demo.yaml)")
-    p.add_argument("--dry-run", action="store_true", help="validate, count and price; write and launch nothing")
+    p.add_argument("--dry-run", action="store_true", help="validate, count and price this run; write and launch nothing")
     p.add_argument("--json", action="store_true", help="dry run: print one JSON document, every cell included")
     p.add_argument("--backend", choices=["local", "ecs"], default="local", help="where cells train (default local)")
     p.add_argument("--max-parallel", type=positive_int, default=None,
-                   help=f"cells (packs) at once; default {LOCAL_MAX_PARALLEL} local, "
-                        f"{cost.DEFAULT_MAX_PARALLEL} on ECS and in the dry run's wall-clock")
+                   help=f"packs of cells at once; default {plan.LOCAL_MAX_PARALLEL} local, {plan.ECS_MAX_PARALLEL} on ECS")
     p.add_argument("--max-cost", type=non_negative_float, default=None, metavar="USD",
                    help="dollar cap for the whole grid, earlier runs' spend included")
-    p.add_argument("--instance-type", default="g5.xlarge", help=f"prices the run; one of {', '.join(cost.PRICES)}")
+    p.add_argument("--instance-type", default="g5.xlarge",
+                   help=f"GPU the cells are timed on and priced at; one of {', '.join(PRICES)}")
     p.add_argument("--spot", action="store_true", help="price at spot rates (middle of the zones' range)")
+    p.add_argument("--local-usd-per-hour", type=non_negative_float, default=None, metavar="USD",
+                   help="local backend: what an hour of this machine costs (default: the instance type's "
+                        "price with local GPUs, else 0)")
     p.add_argument("--on-cap", choices=["refuse", "subset"], default="refuse",
                    help="over the cap: refuse, or run the subset that fits and keeps every level")
     p.add_argument("--cells-per-gpu", type=positive_int, default=None,
@@ -78,24 +91,19 @@ def non_negative_float(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, validate, then dry-run here or hand the run to flows.grid.run_grid."""
+    """Parse and validate; then dry-run here, or run the flow (run_grid)."""
     args = parse_args(argv)
     try:
+        ecs = ecs_settings(args)  # the run refuses bad settings: so does its dry run
         if args.dry_run:
-            report = dry_run(
-                args.spec, out_dir=args.out, instance_type=args.instance_type, spot=args.spot,
-                max_parallel=args.max_parallel or cost.DEFAULT_MAX_PARALLEL, max_cost_usd=args.max_cost,
-                on_cap=args.on_cap, cells_per_gpu=args.cells_per_gpu, force=args.force,
-                refresh_prices=args.refresh_prices,
-            )
+            report = dry_run(args)
         else:
             load_spec(args.spec)  # fail fast, before paying for Prefect's import
-            cost.price_of(args.instance_type)
-            ecs = ecs_settings(args)
+            pricing_of(args)
     except SpecError as e:
         print(e, file=sys.stderr)
         return EXIT_INVALID
-    except (OSError, cost.CostError) as e:
+    except (OSError, CostError) as e:
         print(f"{args.spec}: {describe(e)}", file=sys.stderr)
         return EXIT_INVALID
     except ValueError as e:  # ECS settings: one "ecs.field: problem" line each
@@ -104,22 +112,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(json.dumps(report.as_json(), indent=2) if args.json else render(report))
         return report.exit_code
+    return run_grid(args.spec, **run_params(args, ecs))
 
-    from flows.grid import run_grid  # Prefect and the runners: only for a real run
 
-    return run_grid(
-        args.spec,
+def pricing_of(args: argparse.Namespace, prices: dict[str, Price] | None = None) -> Pricing:
+    """How the flags' run is priced: flows.plan.make_pricing, as the flow calls it for the same flags."""
+    from flows.runners import detect_gpus  # light: no torch
+
+    return plan.make_pricing(
+        args.backend, args.instance_type, spot=args.spot, max_parallel=args.max_parallel,
+        cells_per_gpu=args.cells_per_gpu, local_gpus=args.backend == "local" and bool(detect_gpus()),
+        local_usd_per_hour=args.local_usd_per_hour, prices=prices,
+    )
+
+
+def run_params(args: argparse.Namespace, ecs: dict | None) -> dict[str, Any]:
+    """The flow's parameters for these flags (grid_search's names)."""
+    params: dict[str, Any] = dict(
         out_dir=args.out,
         backend=args.backend,
-        max_parallel=args.max_parallel or (cost.DEFAULT_MAX_PARALLEL if args.backend == "ecs" else LOCAL_MAX_PARALLEL),
+        max_parallel=args.max_parallel or plan.default_max_parallel(args.backend),
         max_cost_usd=args.max_cost,
         instance_type=args.instance_type,
         on_cap=args.on_cap,
         cells_per_gpu=args.cells_per_gpu,
         spot=args.spot,
         force=args.force,
-        **({"ecs": ecs} if ecs else {}),
     )
+    if args.local_usd_per_hour is not None:
+        params["local_usd_per_hour"] = args.local_usd_per_hour
+    if ecs:
+        params["ecs"] = ecs
+    return params
 
 
 def ecs_settings(args: argparse.Namespace) -> dict | None:
@@ -145,6 +169,32 @@ def describe(e: Exception) -> str:
     return str(e)
 
 
+# ----------------------------------------------------------------------------- the run
+
+
+def run_grid(spec: str | Path, *, out_dir: str | Path | None = None, **params: Any) -> int:
+    """Run the flow, print the summary table, and map the outcome to an exit code."""
+    from flows import summary  # Prefect and the runners: only for a real run
+    from flows.grid import grid_search
+
+    state = grid_search(spec=str(spec), out_dir=str(out_dir) if out_dir else None, return_state=True, **params)
+    try:  # the Summary, also when the flow ended Failed; nothing when it refused to start
+        result = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - a state without data has no table to print
+        result = None
+    if isinstance(result, summary.Summary):
+        print(summary.console_table(result.rows, grid_dir=result.grid_dir))
+    if state.is_completed():
+        print(f"{spec}: {state.message}")
+        return EXIT_OK
+    print(f"{spec}: {state.message}", file=sys.stderr)
+    if (state.message or "").startswith("cost cap") or (
+        isinstance(result, summary.Summary) and any(r["status"] == "skipped" for r in result.rows)
+    ):
+        return EXIT_OVER_CAP
+    return EXIT_CELLS_FAILED
+
+
 # ----------------------------------------------------------------------------- dry run
 
 
@@ -158,22 +208,20 @@ class DryRun:
     cells: list[Cell]
     complete: set[str]
     to_train: list[Cell]
-    spent_usd: float
-    estimate: cost.Estimate
-    max_cost_usd: float | None
-    on_cap: str
-    fits: bool
-    cells_within: int | None = None  # over the cap: cells of the subset that fits (0: none does)
-    cap_problem: str = ""
+    pricing: Pricing
+    decision: plan.Decision
     notes: list[str] = field(default_factory=list)
 
     @property
+    def estimate(self) -> Estimate:
+        return self.decision.estimate
+
+    @property
     def exit_code(self) -> int:
-        if self.fits or (self.on_cap == "subset" and self.cells_within):
-            return EXIT_OK
-        return EXIT_OVER_CAP
+        return EXIT_OK if self.decision.runs else EXIT_OVER_CAP
 
     def as_json(self) -> dict[str, Any]:
+        d = self.decision
         return {
             "spec": str(self.spec_path),
             "name": self.spec.name,
@@ -186,14 +234,15 @@ class DryRun:
             "cells_total": len(self.cells),
             "cells_complete": len(self.complete),
             "cells_to_train": len(self.to_train),
-            "spent_usd": round(self.spent_usd, 4),
-            "estimate": self.estimate.as_dict(),
+            "spent_usd": round(d.spent_usd, 4),
+            "estimate": d.estimate.as_dict(),
             "cap": {
-                "max_cost_usd": self.max_cost_usd,
-                "fits": self.fits,
-                "on_cap": self.on_cap,
-                "cells_within": self.cells_within,
-                "problem": self.cap_problem,
+                "max_cost_usd": d.max_cost_usd,
+                "fits": d.fits,
+                "on_cap": d.on_cap,
+                "cells_within": d.cells_within,
+                "problem": d.problem,
+                "verdict": plan.verdict(d),
             },
             "notes": self.notes,
             "exit_code": self.exit_code,
@@ -201,48 +250,28 @@ class DryRun:
         }
 
 
-def dry_run(
-    spec_path: Path,
-    *,
-    out_dir: Path | None = None,
-    instance_type: str = "g5.xlarge",
-    spot: bool = False,
-    max_parallel: int = cost.DEFAULT_MAX_PARALLEL,
-    max_cost_usd: float | None = None,
-    on_cap: str = "refuse",
-    cells_per_gpu: int | None = None,
-    force: bool = False,
-    refresh_prices: bool = False,
-) -> DryRun:
-    """Validate, expand, count what is done, and price what is left. Reads only.
+def dry_run(args: argparse.Namespace) -> DryRun:
+    """Validate, expand, count what is done, and price what is left as these flags' run would. Reads only.
 
     1. spec -> cells; 2. complete cells and earlier spend in the grid's folder;
-    3. the estimate for the cells still to train; 4. the cap, and the subset that fits it.
+    3. the run's pricing and pre-flight decision (flows.plan), exactly as the flow makes it.
     """
-    spec = load_spec(spec_path)
+    spec = load_spec(args.spec)
     cells = expand(spec)
-    out = grid_dir(spec, spec_path, out_dir)
+    out = grid_dir(spec, args.spec, args.out)
     done = complete_ids(out)
-    todo = cells if force else [c for c in cells if c.id not in done]
-    spent = spent_usd(out)
+    todo = cells if args.force else [c for c in cells if c.id not in done]
     notes = list(spec.notes)
     prices = None
-    if refresh_prices:
-        prices, price_notes = cost.refresh_prices([instance_type] if instance_type in cost.PRICES else None)
+    if args.refresh_prices:
+        prices, price_notes = refresh_prices([args.instance_type] if args.instance_type in PRICES else None)
         notes += price_notes
-    cost.price_of(instance_type, prices)  # an unknown type is bad input, before any estimate
-    per_gpu = cells_per_gpu or cost.default_cells_per_gpu(instance_type)
-    est = cost.estimate(todo, instance_type, spot, max_parallel, per_gpu, prices)
-    report = DryRun(spec, Path(spec_path), out, cells, done, todo, spent, est, max_cost_usd, on_cap,
-                    fits=max_cost_usd is None or spent + est.usd <= max_cost_usd, notes=notes)
-    if not report.fits:
-        left = max(0.0, max_cost_usd - spent)
-        try:
-            subset = cost.select_subset(todo, left, instance_type, spot, per_gpu, max_parallel, prices)
-            report.cells_within = len(subset)
-        except cost.CostError as e:
-            report.cells_within, report.cap_problem = 0, str(e)
-    return report
+    pricing = pricing_of(args, prices)
+    decision = plan.plan_run(todo, pricing, args.max_cost, spent_usd(out), args.on_cap)
+    if pricing.backend == "local" and pricing.usd_per_gpu_hour == 0:
+        notes.append("a local run without GPUs is charged $0 (--local-usd-per-hour says what an hour of this "
+                     "machine costs); --backend ecs prices the cloud run")
+    return DryRun(spec, Path(args.spec), out, cells, done, todo, pricing, decision, notes)
 
 
 def spent_usd(out: Path) -> float:
@@ -268,7 +297,7 @@ def render(r: DryRun) -> str:
     lines.append(f"plan: {plan_text(s)}")
     lines.append(
         f"output: {r.grid_dir}/  ({len(r.complete & {c.id for c in r.cells})} of {len(r.cells)} cells complete"
-        + (f", ${r.spent_usd:.2f} spent so far)" if r.spent_usd else ")")
+        + (f", ${r.decision.spent_usd:.2f} spent so far)" if r.decision.spent_usd else ")")
     )
     if not r.to_train:
         lines.append("nothing to train: every cell is complete (a run only rebuilds the summary)")
@@ -289,25 +318,19 @@ def render(r: DryRun) -> str:
         f"  GPU-hours   {e.gpu_hours:,.1f}  (cells {e.gpu_hours_cells:,.1f} + instance start/idle "
         f"{e.gpu_hours_overhead:,.1f})"
     )
-    chosen = "spot" if e.spot else "on-demand"
-    lines.append(f"  cost        ${e.usd_on_demand:,.2f} on-demand, ${e.usd_spot:,.2f} spot  (this run: {chosen})")
-    lines.append(f"  wall-clock  {hours_text(e.wall_hours)} at --max-parallel {e.max_parallel}")
-    lines.append(cap_text(r))
+    lines.append(f"  cost        {cost_text(e)}")
+    lines.append(f"  wall-clock  {hours_text(e.wall_hours)} at --max-parallel {e.max_parallel} (--backend {e.backend})")
+    lines.append(f"cap: {plan.verdict(r.decision)}")
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)
 
 
-def cap_text(r: DryRun) -> str:
-    if r.max_cost_usd is None:
-        return "cap: none set (--max-cost USD refuses to start a run that would cost more)"
-    total = r.spent_usd + r.estimate.usd
-    if r.fits:
-        return f"cap: fits, ${total:,.2f} of ${r.max_cost_usd:,.2f}"
-    line = f"cap: OVER, ${total:,.2f} > ${r.max_cost_usd:,.2f}; "
-    if not r.cells_within:
-        return line + r.cap_problem
-    action = "--on-cap subset runs them" if r.on_cap == "refuse" else "this run (--on-cap subset) trains them"
-    return line + f"{r.cells_within} of {len(r.to_train)} cells fit with every level kept ({action})"
+def cost_text(e: Estimate) -> str:
+    """Dollars at the instance type's rates, and what this run pays (its ledger's rate)."""
+    rates = f"${e.usd_on_demand:,.2f} on-demand, ${e.usd_spot:,.2f} spot"
+    if e.backend == "ecs":
+        return f"{rates}  (this run: {'spot' if e.spot else 'on-demand'})"
+    return f"${e.usd:,.2f} this run (local, ${e.usd_per_gpu_hour:.3f}/h); at {e.instance_type} rates {rates}"
 
 
 def plan_text(s: GridSpec) -> str:

@@ -25,8 +25,8 @@ One launch, step by step:
    ``max_parallel`` wait at once, and one that waits past ``provisioning_timeout_s`` is stopped
    and retried.
 3. One poller thread per runner describes every task in flight, 100 ARNs per call.
-4. When the task has stopped, the cells' results come down from S3 and :data:`RULES`
-   classify the outcome; a failure gets the tail of the task's CloudWatch log.
+4. When the task has stopped, the cells' results come down from S3 and the rules of
+   ``flows/ecs_rules.py`` classify the outcome; a failure gets the tail of the task's CloudWatch log.
 
 A rerun after the flow was killed waits for the tasks it left running instead of starting
 second trainers on the same cells, and a pack already complete in S3 is only downloaded.
@@ -48,7 +48,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -56,146 +56,17 @@ from autolabel.celldir import CHECKPOINT, INPUTS, METRICS, MODEL
 from autolabel.storage import exists as storage_exists, join, split_s3
 
 from flows.cells import Cell, cell_dir
-from flows.runners import Attempt, Log, Outcome, classify_exit
-
-# ----------------------------------------------------------------------------- classification
-
-Where = Literal["failure", "error", "stopCode", "stoppedReason", "container", "runner"]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """If ``pattern`` occurs in the ``where`` part of what ECS said, the attempt is ``outcome``."""
-
-    where: Where  # failure: run_task failures[].reason; error: an API error "Code: message";
-    # stopCode / stoppedReason: the stopped task's; container: its containers[].reason;
-    # runner: what this runner decided itself (e.g. a PROVISIONING timeout)
-    pattern: str
-    outcome: Outcome
-    why: str
-
-
-# The one table. First match wins, so the specific rules come before the general ones.
-# A stopped task that matches no rule is classified by its exit code (flows.runners.classify_exit).
-RULES: tuple[Rule, ...] = (
-    # Permanent before anything else: an image that cannot be pulled also "fails to start".
-    Rule("stoppedReason", "CannotPullContainerError", "permanent",
-         "the image cannot be pulled: check the task definition's image and the execution role"),
-    Rule("container", "CannotPullContainerError", "permanent",
-         "the image cannot be pulled: check the task definition's image and the execution role"),
-    # Placement: no room yet. With managed scaling the group adds instances, so a retry fits.
-    Rule("failure", "RESOURCE:GPU", "transient", "no free GPU in the cluster yet"),
-    Rule("failure", "RESOURCE:MEMORY", "transient", "no instance with enough free memory yet"),
-    Rule("failure", "RESOURCE:CPU", "transient", "no instance with enough free CPU yet"),
-    Rule("failure", "RESOURCE:", "transient", "no instance with room for the task yet"),
-    Rule("failure", "AGENT", "transient", "the container agent is reconnecting"),
-    Rule("failure", "MISSING", "transient", "ECS lost track of the task"),
-    Rule("failure", "ATTRIBUTE", "permanent",
-         "no instance has the attributes the task needs: check the launch template (GPU AMI, ECS_ENABLE_GPU_SUPPORT)"),
-    Rule("failure", "LOCATION", "permanent", "no instance in the placement constraint's location"),
-    # TaskFailedToStart for capacity: the task gave up waiting for an instance.
-    Rule("stoppedReason", "RESOURCE:", "transient", "the task failed to start for lack of capacity"),
-    Rule("stoppedReason", "EMPTY CAPACITY PROVIDER", "transient", "the capacity provider had no instances yet"),
-    Rule("stoppedReason", "Capacity is unavailable", "transient", "no capacity available at this time"),
-    Rule("runner", "PROVISIONING timeout", "transient", "no capacity came within provisioning_timeout_s"),
-    # The instance went away under the task; the cell resumes from its S3 checkpoint.
-    Rule("stopCode", "SpotInterruption", "transient", "the Spot instance was reclaimed"),
-    Rule("stopCode", "TerminationNotice", "transient", "the instance was terminated (scale-in or maintenance)"),
-    # Our call: ECS stops a task on an unhealthy host; the cell is not at fault, so retry it.
-    Rule("stopCode", "InfrastructureHealth", "transient", "ECS stopped the task because its host was unhealthy"),
-    Rule("container", "OutOfMemoryError", "transient", "out of memory (exit 137): retried, may need a bigger instance"),
-    # Someone ran stop_task (console, CLI): retrying would go against their wish.
-    Rule("stopCode", "UserInitiated", "permanent", "the task was stopped by a user"),
-    # API errors. Throttling and server faults pass; a wrong configuration never does.
-    Rule("error", "Throttling", "transient", "AWS throttled the request"),
-    Rule("error", "TooManyRequestsException", "transient", "AWS throttled the request"),
-    Rule("error", "RequestLimitExceeded", "transient", "AWS throttled the request"),
-    Rule("error", "ServerException", "transient", "ECS had an internal error"),
-    Rule("error", "ServiceUnavailable", "transient", "the service is unavailable"),
-    Rule("error", "ClusterNotFoundException", "permanent", "no such cluster: check ecs.cluster and the region"),
-    Rule("error", "Unable to describe task definition", "permanent",
-         "no such task definition: check ecs.task_definition and the region"),
-    Rule("error", "InvalidParameterException", "permanent", "ECS rejected a parameter: check the ecs settings"),
-    Rule("error", "AccessDenied", "permanent",
-         "not allowed: the credentials need ecs:RunTask/DescribeTasks/StopTask, iam:PassRole and the bucket"),
-    Rule("error", "ClientException", "permanent", "ECS rejected the request: check the ecs settings"),
+from flows.ecs_rules import (
+    classify_error,
+    classify_failures,
+    classify_task,
+    essential_container,
+    is_throttling,
+    match_rule,
+    redact,
+    task_seconds,
 )
-
-THROTTLING = ("Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded")
-
-
-def match_rule(where: Where, text: str) -> Rule | None:
-    """The first rule for ``where`` whose pattern occurs in ``text``."""
-    return next((r for r in RULES if r.where == where and text and r.pattern in text), None)
-
-
-def _essential(task: dict, container: str | None) -> dict:
-    containers = task.get("containers") or [{}]
-    return next((c for c in containers if c.get("name") == container), containers[0])
-
-
-def classify_task(task: dict, container: str | None = None) -> tuple[Outcome, str]:
-    """Classify a STOPPED task from ``describe_tasks`` (its ``container``, else the first one)."""
-    c = _essential(task, container)
-    code = c.get("exitCode")
-    if code == 0:
-        return "ok", "complete"  # the trainer finished, whatever stopped the instance afterwards
-    said = {
-        "stopCode": task.get("stopCode") or "",
-        "stoppedReason": task.get("stoppedReason") or "",
-        "container": " | ".join(x.get("reason") or "" for x in task.get("containers") or []),
-    }
-    for rule in RULES:
-        if rule.where in said and said[rule.where] and rule.pattern in said[rule.where]:
-            return rule.outcome, f"{rule.why} ({rule.where} {said[rule.where]!r})"
-    outcome, why = classify_exit(code)
-    reason = said["stoppedReason"] or said["stopCode"]
-    return outcome, f"{why}{f' ({reason})' if reason else ''}"
-
-
-def classify_failures(failures: list[dict]) -> tuple[Outcome, str]:
-    """Classify ``run_task``'s ``failures``; any permanent one makes the attempt permanent."""
-    if not failures:
-        # moto places by CPU/memory only and reports nothing when nothing fits; AWS would say RESOURCE:*.
-        return "transient", "no task was placed and no reason was given"
-    found = []
-    for f in failures:
-        text = f"{f.get('reason', '')} {f.get('detail', '')}".strip()
-        rule = match_rule("failure", text)
-        if rule is None:
-            found.append(("permanent", f"{text}: unrecognised placement failure, not retried"))
-        else:
-            found.append((rule.outcome, f"{rule.why} ({text})"))
-    outcome: Outcome = "permanent" if any(o == "permanent" for o, _ in found) else "transient"
-    return outcome, "; ".join(why for o, why in found if o == outcome)
-
-
-def classify_error(exc: BaseException) -> tuple[Outcome, str]:
-    """Classify an exception from an AWS call: by the table for API errors, transient for the network."""
-    from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError, PartialCredentialsError
-
-    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return "permanent", ("no AWS credentials: name an AwsCredentials block (ecs.aws_credentials_block) "
-                             "or configure boto3's default chain")
-    if isinstance(exc, NoRegionError):
-        return "permanent", "no AWS region: set ecs.region, AWS_DEFAULT_REGION or the block's region_name"
-    if not isinstance(exc, ClientError):
-        return "transient", f"cannot reach AWS: {type(exc).__name__}: {exc}"
-    err = exc.response.get("Error", {})
-    text = f"{err.get('Code', '')}: {err.get('Message', '')}"
-    rule = match_rule("error", text)
-    if rule is not None:
-        return rule.outcome, f"{rule.why} ({text})"
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    if status >= 500:
-        return "transient", f"AWS server error ({text})"
-    return "permanent", f"AWS refused the request ({text})"
-
-
-def is_throttling(exc: BaseException) -> bool:
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-    return code in THROTTLING
-
+from flows.runners import Attempt, Log, Outcome
 
 # ----------------------------------------------------------------------------- sessions, S3
 
@@ -216,26 +87,9 @@ def aws_session(credentials_block: str | None = None):
     return AwsCredentials.load(credentials_block).get_boto3_session()
 
 
-def task_seconds(task: dict) -> float:
-    """Billable runtime of a task, startedAt -> stoppedAt (0 if it never started)."""
-    started, stopped = task.get("startedAt"), task.get("stoppedAt")
-    if not started or not stopped:
-        return 0.0
-    return max(0.0, (stopped - started).total_seconds())
-
-
 def started_by(grid_prefix: str) -> str:
     # startedBy allows letters, digits, '-', '_' and '/' (128 at most); list_tasks filters by it.
     return ("autolabel-" + re.sub(r"[^A-Za-z0-9_/-]", "-", grid_prefix))[:128]
-
-
-# Keys that look like AWS access key ids; a trainer should never print one, but a log tail is
-# copied into the Prefect log, so blank them out to be sure.
-_KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
-
-
-def redact(line: str) -> str:
-    return _KEY_ID.sub("<redacted>", line)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -539,7 +393,7 @@ class EcsRunner:
         else:
             outcome, why = classify_task(task, self.container_name)
         seconds = task_seconds(task)
-        code = _essential(task, self.container_name).get("exitCode") if task else None
+        code = essential_container(task, self.container_name).get("exitCode") if task else None
         try:
             self.download_results(cells, uris)
         except (BotoCoreError, ClientError) as e:

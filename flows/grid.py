@@ -2,19 +2,21 @@
 
     python -m flows.grid grid-search/demo.yaml --dry-run   # validate, count, price; launches nothing
     python -m flows.grid grid-search/demo.yaml             # run here, Prefect's ephemeral API, no server
-    python -m flows.grid grid-search/benson2025.yaml --backend ecs --max-cost 50 ...
+    python -m flows.grid grid-search/benson2025.yaml --backend ecs --max-cost 50 --ecs ...   # see flows/cli.py
     prefect deploy --all                                   # the `grid-search` deployment (prefect.yaml)
 
-This file only wires the stages; each lives in its own module (spec, cells, cost,
+This file only wires the stages; each lives in its own module (spec, cells, plan/cost,
 runners/ecs, summary). A rerun of the same spec trains only what is not complete.
+The command line is flows/cli.py; this module never imports it.
 """
 
-if __name__ == "__main__":  # the dry run must not pay for importing Prefect (seconds)
-    import sys
+if __name__ == "__main__":
+    # `python -m flows.grid` is the CLI's name: hand over to it before paying for Prefect's import
+    # (the dry run never needs it). runpy runs flows/cli.py as the script, so the module
+    # flows.grid that the CLI imports for a real run does not import the CLI back.
+    import runpy
 
-    from flows.cli import main
-
-    sys.exit(main())
+    runpy.run_module("flows.cli", run_name="__main__", alter_sys=True)
 
 import os
 
@@ -22,9 +24,8 @@ import os
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import queue  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Literal  # noqa: E402
+from typing import Any  # noqa: E402
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
@@ -34,20 +35,20 @@ from prefect.utilities.annotations import quote  # noqa: E402
 
 from autolabel.celldir import is_complete  # noqa: E402
 from flows import cells as cells_mod  # noqa: E402
-from flows import cost, spec as spec_mod, summary  # noqa: E402
+from flows import cost, plan, spec as spec_mod, summary  # noqa: E402
 from flows.cells import Cell  # noqa: E402
+from flows.cost import Backend, Pricing  # noqa: E402
 from flows.ledger import Ledger  # noqa: E402
+from flows.plan import OnCap  # noqa: E402
 from flows.runners import (  # noqa: E402
     Attempt,
     LocalRunner,
     PermanentError,
     Runner,
     TransientError,
+    detect_gpus,
     pack_outcomes,
 )
-
-Backend = Literal["local", "ecs"]
-OnCap = Literal["refuse", "subset"]
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -58,6 +59,15 @@ def plan_grid(spec: str, out_dir: str | None) -> tuple[list[Cell], Path]:
     """Validate the spec and expand it into cells (fails fast, launches nothing)."""
     grid = spec_mod.load_spec(Path(spec))
     return cells_mod.expand(grid), cells_mod.grid_dir(grid, Path(spec), out_dir)
+
+
+@task(name="cost-preflight", cache_policy=NO_CACHE)
+def preflight(cells: list[Cell], pricing: Pricing, max_cost_usd: float | None, spent_usd: float,
+              on_cap: OnCap) -> plan.Decision:
+    """The dry run's own decision (flows.plan.plan_run): the estimate, the cap verdict, the subset."""
+    decision = plan.plan_run(cells, pricing, max_cost_usd, spent_usd, on_cap)
+    get_run_logger().info("cost pre-flight: %s", plan.verdict(decision))
+    return decision
 
 
 @task(name="write-cells", cache_policy=NO_CACHE)
@@ -122,7 +132,7 @@ def summarize(grid_dir: Path, cells: list[Cell], outcomes: dict[str, str], ledge
 def grid_search(
     spec: str,
     backend: Backend = "local",
-    max_parallel: int = 2,
+    max_parallel: int = plan.LOCAL_MAX_PARALLEL,
     max_cost_usd: float | None = None,
     instance_type: str = "g5.xlarge",
     spot: bool = False,
@@ -134,6 +144,7 @@ def grid_search(
     retry_delay_s: float = 30.0,
     local_usd_per_hour: float | None = None,
     ecs: dict[str, Any] | None = None,
+    trainer: list[str] | None = None,
 ):
     """Run every cell of a grid spec, within a dollar cap, and summarize the results.
 
@@ -154,67 +165,64 @@ def grid_search(
         local_usd_per_hour: what an hour of this machine costs, for the ledger of the local
             backend (default: the instance type's price when cells use local GPUs, else 0).
         ecs: ECS settings (cluster, capacity_provider, task_definition, bucket, ...).
+        trainer: local backend: the command that trains cells, their folders appended
+            (default: this Python's ``-m autolabel.train``).
     """
     log = get_run_logger()
     cells, grid_dir = plan_grid(spec, out_dir)
-    try:  # bad backend settings fail here, before anything is written or launched
-        runner = make_runner(backend, grid_dir, max_parallel, instance_type, spot, local_usd_per_hour, ecs)
-    except ValueError as e:
+    gpus = detect_gpus() if backend == "local" else []
+    try:  # bad pricing or backend settings fail here, before anything is written or launched
+        pricing = plan.make_pricing(backend, instance_type, spot=spot, max_parallel=max_parallel,
+                                    cells_per_gpu=cells_per_gpu, local_gpus=bool(gpus),
+                                    local_usd_per_hour=local_usd_per_hour)
+        runner = make_runner(grid_dir, pricing, gpus, ecs, trainer)
+    except ValueError as e:  # CostError included
         return Failed(message=str(e))
-    per_gpu = cells_per_gpu or cost.default_cells_per_gpu(instance_type)
-    todo = pending = [c for c in cells if force or not is_complete(cells_mod.cell_dir(grid_dir, c))]
+    pending = [c for c in cells if force or not is_complete(cells_mod.cell_dir(grid_dir, c))]
 
-    # 1. Cost pre-flight on what is left to train: refuse, or keep a covering subset that fits.
+    # 1. Cost pre-flight on what is left to train: the dry run's own decision (flows.plan).
     ledger = Ledger.open(grid_dir, max_cost_usd)
-    pricing = dict(instance_type=instance_type, spot=spot, cells_per_gpu=per_gpu, max_parallel=max_parallel,
-                   instances=backend == "ecs")  # local GPUs are already running: no start-up to pay
-    est = cost.estimate(todo, **pricing)
-    if max_cost_usd is not None and todo and ledger.spent_usd + est.usd > max_cost_usd:
-        left = max_cost_usd - ledger.spent_usd
-        if on_cap == "refuse":
-            fits = cost.cells_within(todo, left, **pricing)
-            return Failed(
-                message=f"cost cap: estimated ${est.usd:.2f} (+${ledger.spent_usd:.2f} already spent) exceeds the cap "
-                f"${max_cost_usd:.2f}; {fits} of {len(todo)} cells would fit (on_cap='subset' runs them)"
-            )
-        try:
-            todo = cost.select_subset(todo, left, **pricing)
-        except cost.CostError as e:
-            return Failed(message=f"cost cap: {e}")
+    decision = preflight(quote(pending), pricing, max_cost_usd, ledger.spent_usd, on_cap)
+    if not decision.runs:
+        return Failed(message=decision.message())
+    todo = pending if decision.fits else decision.subset
+    if not decision.fits:
         log.info("cost cap: running a subset of %d cells that keeps every factor level", len(todo))
 
     # 2. Materialize cell directories (complete ones are left as they are).
     write_cells(grid_dir, cells)
-    log.info("%d cells, %d already complete, %d to train", len(cells), len(cells) - len(todo), len(todo))
+    log.info("%d cells, %d already complete, %d to train", len(cells), len(cells) - len(pending), len(todo))
 
     # 3. Launch packs, at most max_parallel at once, each only if it fits under the cap.
     chosen = {c.id for c in todo}
     outcomes = {c.id: "skipped: cost cap" for c in pending if c.id not in chosen}
-    outcomes |= launch_packs(grid_dir, cost.make_packs(todo, per_gpu), runner, ledger, max_parallel,
-                            instance_type, spot, per_gpu, retries, retry_delay_s, force)
+    outcomes |= launch_packs(grid_dir, cost.make_packs(todo, pricing.cells_per_gpu), runner, ledger, pricing,
+                            retries, retry_delay_s, force)
 
     # 4. Summarize, whatever happened to the cells.
     result = summarize(grid_dir, cells, outcomes, ledger)
     failed = [r for r in result.rows if r["status"] != "complete"]
+    verdict = plan.verdict(decision)
     if failed:
-        return Failed(message=f"{len(failed)} of {len(cells)} cells did not complete; see {grid_dir}/summary.md",
-                      data=result)
-    return Completed(message=f"{len(cells)} cells complete; summary in {grid_dir}", data=result)
+        return Failed(message=f"{len(failed)} of {len(cells)} cells did not complete; see {grid_dir}/summary.md "
+                      f"(pre-flight: {verdict})", data=result)
+    return Completed(message=f"{len(cells)} cells complete; summary in {grid_dir} (pre-flight: {verdict})",
+                     data=result)
 
 
-def make_runner(backend: Backend, grid_dir: Path, max_parallel: int, instance_type: str, spot: bool,
-                local_usd_per_hour: float | None, ecs: dict[str, Any] | None) -> Runner:
-    """The backend that trains packs: local subprocesses, or ECS tasks on GPU capacity."""
-    price = cost.hourly_price(instance_type, spot=spot)
-    if backend == "local":
-        return LocalRunner(grid_dir, max_parallel, usd_per_hour=price, local_usd_per_hour=local_usd_per_hour)
+def make_runner(grid_dir: Path, pricing: Pricing, gpus: list[str], ecs: dict[str, Any] | None,
+                trainer: list[str] | None) -> Runner:
+    """The backend that trains packs, billing what ``pricing`` says an hour costs."""
+    if pricing.backend == "local":
+        return LocalRunner(grid_dir, pricing.max_parallel, usd_per_hour=pricing.usd_per_gpu_hour, gpus=gpus,
+                           trainer=trainer)
     from flows.ecs import EcsRunner
 
-    return EcsRunner(grid_dir, max_parallel=max_parallel, usd_per_hour=price, **(ecs or {}))
+    return EcsRunner(grid_dir, max_parallel=pricing.max_parallel, usd_per_hour=pricing.usd_per_gpu_hour, **(ecs or {}))
 
 
-def launch_packs(grid_dir, packs, runner, ledger, max_parallel, instance_type, spot, per_gpu,
-                 retries, retry_delay_s, force) -> dict[str, str]:
+def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger: Ledger, pricing: Pricing,
+                 retries: int, retry_delay_s: float, force: bool) -> dict[str, str]:
     """Sliding window over packs: launch while under max_parallel and the cap; collect outcomes."""
     from prefect.tasks import exponential_backoff
 
@@ -242,10 +250,10 @@ def launch_packs(grid_dir, packs, runner, ledger, max_parallel, instance_type, s
         summary.update_progress(progress, finished, len(packs))
 
     for i, pack in enumerate(packs):
-        while running >= max_parallel:
+        while running >= pricing.max_parallel:
             collect()
         key = f"pack-{i}"
-        est = sum(cost.cell_usd(c, instance_type, spot=spot, cells_per_gpu=per_gpu) for c in pack)
+        est = sum(cost.cell_usd(c, pricing) for c in pack)
         if not ledger.reserve(key, [c.id for c in pack], est):
             for c in pack:
                 outcomes[c.id] = "skipped: cost cap"
@@ -260,28 +268,3 @@ def launch_packs(grid_dir, packs, runner, ledger, max_parallel, instance_type, s
     while running:
         collect()
     return outcomes
-
-
-# ----------------------------------------------------------------------------- CLI bridge
-
-EXIT_OVER_CAP = 3  # refused by the cost pre-flight, or cells skipped by the cap
-EXIT_CELLS_FAILED = 4  # some cells failed or diverged; the others are complete
-
-
-def run_grid(spec: str | Path, *, out_dir: str | Path | None = None, **params: Any) -> int:
-    """Run the flow from the CLI, print the summary table, and map the outcome to an exit code."""
-    state = grid_search(spec=str(spec), out_dir=str(out_dir) if out_dir else None, return_state=True, **params)
-    try:  # the Summary, also when the flow ended Failed; nothing when it refused to start
-        result = state.result(raise_on_failure=False)
-    except Exception:  # noqa: BLE001 - a state without data has no table to print
-        result = None
-    if isinstance(result, summary.Summary):
-        print(summary.console_table(result.rows, grid_dir=result.grid_dir))
-    if state.is_completed():
-        return 0
-    print(f"{spec}: {state.message}", file=sys.stderr)
-    if "cost cap" in (state.message or "") or (
-        isinstance(result, summary.Summary) and any(r["status"] == "skipped" for r in result.rows)
-    ):
-        return EXIT_OVER_CAP
-    return EXIT_CELLS_FAILED

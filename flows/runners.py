@@ -1,6 +1,7 @@
 """Runners: where a pack of cells trains. Local subprocesses here; ECS in ``flows/ecs.py``.
 
-Both backends run the image's own entry point, ``python -m autolabel.train CELL_DIR ...``,
+Both backends run the image's own entry point, ``python -m autolabel.train CELL_DIR ...``
+(the local runner any trainer command given, e.g. the tests' stand-in),
 and report an :class:`Attempt`. What happened is classified in one place
 (:func:`classify_exit`) so that retries mean the same thing everywhere:
 
@@ -104,19 +105,16 @@ class LocalRunner:
         grid_dir: Path,
         max_parallel: int,
         usd_per_hour: float = 0.0,
-        python: str = sys.executable,
         gpus: list[str] | None = None,
-        local_usd_per_hour: float | None = None,
+        trainer: list[str] | None = None,
     ):
+        """``usd_per_hour``: what an hour of one pack's launch costs (flows.plan.make_pricing decides:
+        a GPU's price, or what this machine costs); ``trainer``: the command that trains cells,
+        their folders appended (default: this Python's ``-m autolabel.train``)."""
         self.grid_dir = Path(grid_dir)
-        self.python = python
+        self.trainer = list(trainer) if trainer else [sys.executable, "-m", "autolabel.train"]
         self.gpus = detect_gpus() if gpus is None else gpus
-        # Local GPUs are billed at the instance type's price (this machine is one); a CPU-only
-        # run records 0 dollars unless the caller says what an hour of this machine costs.
-        if local_usd_per_hour is not None:
-            self.usd_per_hour = local_usd_per_hour
-        else:
-            self.usd_per_hour = usd_per_hour if self.gpus else 0.0
+        self.usd_per_hour = usd_per_hour
         self.max_parallel = max_parallel
         self._free_gpus: queue.Queue[str] = queue.Queue()
         for g in self.gpus:
@@ -157,7 +155,7 @@ class LocalRunner:
 
     def _spawn(self, dirs: list[Path], env: dict[str, str], log: Log, force: bool) -> int:
         """Run the trainer, teeing its output to each cell's runner.log and to ``log``."""
-        cmd = [self.python, "-m", "autolabel.train", *map(str, dirs), *(["--force"] if force else [])]
+        cmd = [*self.trainer, *map(str, dirs), *(["--force"] if force else [])]
         logs = [open(d / RUNNER_LOG, "a") for d in dirs]
         try:
             for f in logs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -120,3 +121,56 @@ def prefect_api():
 
     with prefect_test_harness():
         yield
+
+
+# ----------------------------------------------------------------------------- the flows' cost model
+
+
+@pytest.fixture
+def seed_throughput(monkeypatch):
+    """The throughput table of the seed figures alone, so hand-checked numbers hold whatever
+    benchmark files benchmarks/throughput/ holds (test_throughput checks the committed file)."""
+    from flows import throughput
+
+    seeds = throughput.throughput_table([])
+    monkeypatch.setattr(throughput, "default_table", lambda: seeds)
+    return seeds
+
+
+def grid_cells(hyper: dict, **static: Any) -> list:
+    """The cells of a spec with these hyper factors and static values (until 2 unless given)."""
+    from flows.cells import expand
+    from flows.spec import check_spec
+
+    return expand(check_spec({"name": "t", "static": {"until": 2, **static}, "hyper": hyper}))
+
+
+# ----------------------------------------------------------------------------- the flow's stand-in trainer
+
+# `python -m tests.stand_in_trainer CELL...`: real cell folders, no training (see its docstring).
+STAND_IN = [sys.executable, "-m", "tests.stand_in_trainer"]
+TINY_DATASET = {"kind": "synthetic", "seed": 3, "subjects": 12, "rows": 32, "cols": 64}
+
+
+def write_grid_spec(tmp: Path, name: str, hyper: dict, static: dict | None = None, epochs: int = 1) -> Path:
+    """A two-round grid spec of tiny CPU cells in ``tmp``; its output folder is ``tmp/name``."""
+    import yaml
+
+    static = {"dataset": TINY_DATASET, "partition": 0.25, "batch_size": 4, "until": 1, "device": "cpu",
+              **(static or {})}
+    spec = {
+        "name": name,
+        "static": {k: v for k, v in static.items() if k not in hyper},
+        "hyper": hyper,
+        "plan": [{"num_epochs": epochs, "gamma": 0.9}, {"num_epochs": epochs, "gamma": 0.9}],
+        "plan_scale": {"lr": [1.0, 0.5], "bce_weight": [1.0, 0.0]},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def launches(cell: Path) -> int:
+    """How many times the local runner started a trainer on this cell (its runner.log's command lines)."""
+    log = cell / "runner.log"
+    return sum(1 for line in log.read_text().splitlines() if line.startswith("$ ")) if log.exists() else 0

@@ -11,13 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from flows import cli
+from flows import cli, plan
 from flows.cells import expand
 from flows.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 BENSON = ROOT / "grid-search/benson2025.yaml"
 DEMO = ROOT / "grid-search/demo.yaml"
+# A cloud run's flags: the dry run, like the run, refuses --backend ecs without its settings.
+ECS = ["--backend", "ecs", "--ecs", "cluster=c", "--ecs", "capacity_provider=cp", "--ecs", "task_definition=td",
+       "--ecs", "bucket=my-bucket", "--ecs", "region=us-east-1"]
+
+
+@pytest.fixture(autouse=True)
+def no_local_gpus(monkeypatch):
+    """This machine as a CPU-only one, whatever it has (the local backend prices its GPUs)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -33,39 +42,66 @@ def demo(tmp_path) -> Path:
 
 
 def test_dry_run_reports_factors_cost_and_wall_clock(capsys):
-    code, out, err = run(capsys, BENSON, "--dry-run")
+    code, out, err = run(capsys, BENSON, "--dry-run", *ECS)
     assert code == 0 and err == ""
     assert out.startswith("benson2025: 1800 cells from ")
     assert "  lr          5: 0.00167, 0.0025, 0.00375, 0.00562, 0.00844" in out
     assert "plan: 3 rounds of 10/10/10 epochs, until 2; lr x (1, 0.666667, 0.333333); bce_weight x (1, 0.5, 0)" in out
     assert "(0 of 1800 cells complete)" in out
     assert "estimate for 1800 cells to train on g5.xlarge (A10G, $1.006/GPU-h on-demand, $0.440 spot" in out
-    for key in ("GPU-hours", "on-demand,", "spot", "wall-clock", "at --max-parallel 8", "cap: none set"):
+    for key in ("GPU-hours", "on-demand,", "spot", "wall-clock", "at --max-parallel 8", "cap: none set",
+                "(this run: on-demand)", "(--backend ecs)"):
         assert key in out
+    assert "+ instance start/idle 2.7)" in out  # 8 lanes x (300 s start + 900 s idle)
+
+
+def test_a_local_dry_run_prices_what_the_local_ledger_charges(capsys, monkeypatch):
+    """The issue's case: the demo at --max-cost 0.5 on a CPU. The run charges $0, so its dry run does too."""
+    code, out, _ = run(capsys, DEMO, "--dry-run", "--max-cost", "0.5")
+    assert code == 0 and "cap: fits, $0.00 of $0.50" in out
+    assert "$0.00 this run (local, $0.000/h)" in out and "at --max-parallel 2 (--backend local)" in out
+    assert "instance start/idle 0.0" in out and "note: a local run without GPUs is charged $0" in out
+    code, out, _ = run(capsys, DEMO, "--dry-run", "--max-cost", "0.5", "--local-usd-per-hour", "3600")
+    assert code == 3 and "cap: OVER, $" in out and "this run (local, $3600.000/h)" in out
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # a GPU here: billed at the instance type's rate
+    code, out, _ = run(capsys, DEMO, "--dry-run", "--instance-type", "g6e.xlarge")
+    assert code == 0 and "this run (local, $1.861/h)" in out and "instance start/idle 0.0" in out
+    assert "note: a local run without GPUs" not in out
+
+
+def test_the_dry_run_refuses_what_the_run_refuses(capsys):
+    for args in ([DEMO, "--backend", "ecs"], [DEMO, "--backend", "ecs", "--ecs", "cluster=c"],
+                 [DEMO, *ECS, "--ecs", "bucket=Not_A_Bucket"], [DEMO, "--ecs", "cluster=c"],
+                 [DEMO, *ECS, "--ecs", "colour=blue"], [DEMO, "--instance-type", "m5.large"]):
+        dry = run(capsys, *args, "--dry-run")
+        real = run(capsys, *args)
+        assert dry[0] == real[0] == 2 and dry[1] == real[1] == "", args
+        assert dry[2] == real[2] and "Traceback" not in dry[2], args
 
 
 def test_over_the_cap_exits_3_and_says_how_many_fit(capsys):
-    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "20")
+    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "20", *ECS)
     assert code == 3
     line = next(x for x in out.splitlines() if x.startswith("cap: OVER"))
     assert "cells fit with every level kept (--on-cap subset runs them)" in line
     fit = int(line.split("; ")[1].split(" of ")[0])
     assert 0 < fit < 1800
-    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "20", "--on-cap", "subset")
+    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "20", "--on-cap", "subset", *ECS)
     assert code == 0 and f"{fit} of 1800 cells fit" in out and "this run (--on-cap subset) trains them" in out
-    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "1")
+    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "1", *ECS)
     assert code == 3 and "even the 5 cells that cover every level cost" in out
-    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "1", "--on-cap", "subset")
+    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "1", "--on-cap", "subset", *ECS)
     assert code == 3
 
 
 def test_within_the_cap_exits_0(capsys):
-    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "1000", "--spot", "--instance-type", "g6e.xlarge")
+    code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "1000", "--spot", "--instance-type", "g6e.xlarge",
+                       *ECS)
     assert code == 0 and "cap: fits, $" in out and "(this run: spot)" in out and "on g6e.xlarge (L40S" in out
 
 
 def test_json_document(capsys):
-    code, out, _ = run(capsys, BENSON, "--dry-run", "--json", "--max-cost", "20")
+    code, out, _ = run(capsys, BENSON, "--dry-run", "--json", "--max-cost", "20", *ECS)
     doc = json.loads(out)
     assert code == 3 and doc["exit_code"] == 3
     assert doc["name"] == "benson2025" and doc["cells_total"] == 1800 and doc["cells_to_train"] == 1800
@@ -74,6 +110,7 @@ def test_json_document(capsys):
     for key in ("gpu_hours", "usd_on_demand", "usd_spot", "wall_hours", "instance_type", "max_parallel", "sources"):
         assert key in est
     assert est["usd_on_demand"] > 20 and doc["cap"]["fits"] is False and 0 < doc["cap"]["cells_within"] < 1800
+    assert est["backend"] == "ecs" and est["usd"] == est["usd_on_demand"] and doc["cap"]["verdict"].startswith("OVER")
     assert len(doc["cells"]) == 1800 and len({c["id"] for c in doc["cells"]}) == 1800
     cell = doc["cells"][0]
     assert set(cell) == {"id", "label", "hyper", "options", "plan", "complete"}
@@ -134,11 +171,9 @@ def test_bad_flags_exit_2(capsys):
 
 
 def test_a_real_run_hands_every_option_to_run_grid(monkeypatch, demo):
-    """The contract with flows.grid.run_grid (the flow's entry point), recorded instead of run."""
+    """The contract with run_grid (which runs the flow), recorded instead of run."""
     calls = []
-    recorder = type(sys)("flows.grid")
-    recorder.run_grid = lambda spec_path, **kw: calls.append((spec_path, kw)) or 5
-    monkeypatch.setitem(sys.modules, "flows.grid", recorder)
+    monkeypatch.setattr(cli, "run_grid", lambda spec_path, **kw: calls.append((spec_path, kw)) or 5)
     code = cli.main([str(demo), "--backend", "ecs", "--max-cost", "12.5", "--on-cap", "subset", "--spot",
                      "--cells-per-gpu", "4", "--out", "/tmp/x", "--force", "--instance-type", "g6e.xlarge",
                      "--ecs", "cluster=c", "--ecs", "capacity_provider=cp", "--ecs", "task_definition=td",
@@ -149,13 +184,17 @@ def test_a_real_run_hands_every_option_to_run_grid(monkeypatch, demo):
                              "instance_type": "g6e.xlarge", "on_cap": "subset", "cells_per_gpu": 4, "spot": True,
                              "force": True, "ecs": ecs})]
     cli.main([str(demo)])
-    assert calls[-1][1]["backend"] == "local" and calls[-1][1]["max_parallel"] == cli.LOCAL_MAX_PARALLEL
+    assert calls[-1][1]["backend"] == "local" and calls[-1][1]["max_parallel"] == plan.LOCAL_MAX_PARALLEL
+    cli.main([str(demo), "--local-usd-per-hour", "0.5"])
+    assert calls[-1][1]["local_usd_per_hour"] == 0.5
 
 
-def test_module_entry_point_imports_neither_torch_nor_prefect():
+@pytest.mark.parametrize("backend", [[], ECS], ids=["local", "ecs"])
+def test_module_entry_point_imports_neither_torch_nor_prefect(backend):
     """``python -m flows.grid`` as a user types it, with Python's import log."""
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "flows.grid", str(BENSON), "--dry-run", "--max-cost", "1000"],
+        [sys.executable, "-X", "importtime", "-m", "flows.grid", str(BENSON), "--dry-run", "--max-cost", "1000",
+         *backend],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -169,5 +208,6 @@ def test_module_entry_point_imports_neither_torch_nor_prefect():
 def test_ecs_backend_without_its_settings_is_refused_before_anything_runs(demo, capsys):
     code = cli.main([str(demo), "--backend", "ecs", "--ecs", "cluster=c"])
     assert code == 2
+    assert not (demo.parent / "demo").exists()
     err = capsys.readouterr().err
     assert "ecs.bucket" in err and "ecs.task_definition" in err and "Traceback" not in err

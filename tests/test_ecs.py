@@ -35,7 +35,7 @@ from tests.ecs_emulator import (
     trainer_env,
 )
 
-PRICE = 1.006  # g5.xlarge on-demand, $/h (REFERENCE.md)
+PRICE = 1.006  # g5.xlarge on-demand, $/h, us-east-1 (AWS EC2 price list, June 2026; flows.prices)
 EPOCH_ROW = re.compile(r"^\s*\d+\s+\d+\s+\d+\s+\d+\.\d+\s+\d+\s")  # a line of the trainer's epoch table
 
 

@@ -1,4 +1,4 @@
-"""The ECS outcome table (flows.ecs.RULES) on payloads shaped like the real API's.
+"""The ECS outcome table (flows.ecs_rules.RULES) on payloads shaped like the real API's.
 
     python -m pytest -q tests/test_ecs_classify.py
 """
@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from flows.ecs import (
+from flows.ecs_rules import (
     RULES,
     classify_error,
     classify_failures,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import cost
+from flows import prices, throughput
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_throughput.py"
 
@@ -38,14 +38,14 @@ def test_smoke_prints_every_figure_and_writes_the_throughput_file(tmp_path):
     packed_h = figure(r"\(1800 cells\) packed \(2 per GPU\): ([\d.]+) GPU-hours", out)
     assert solo_h > 0 and packed_h > 0
     assert figure(r"solo .* \$([\d.]+) on-demand", out) == pytest.approx(
-        solo_h * cost.hourly_price("p5.48xlarge"), rel=0.01)  # fmt: skip
+        solo_h * prices.hourly_price("p5.48xlarge"), rel=0.01)  # fmt: skip
 
     files = list(tmp_path.glob("cpu-*.json"))
     assert len(files) == 1
     doc = json.loads(files[0].read_text())
     assert doc["gpu"] == "cpu" and re.fullmatch(r"\d{4}-\d{2}-\d{2}", doc["date"])
     # Both base models, solo (one cell at a time) and packed (2 processes), as the cost model reads them.
-    figs = cost.load_throughput(files[0])
+    figs = throughput.load_throughput(files[0])
     assert {(f.base_model, f.batch_size, f.cells_per_gpu) for f in figs} == {
         ("resnet18", 4, 1), ("resnet34", 2, 1), ("resnet18", 4, 2), ("resnet34", 2, 2)
     }  # fmt: skip
@@ -95,4 +95,4 @@ def test_figures_and_grid_projection_from_gpu_like_results(tmp_path):
     assert 0.2 < grid["floor_gpu_hours"] < 0.5  # ~1240 PFLOP at 989 TFLOP/s (REFERENCE: ~0.43 h at 790)
 
     path = bench.write_out(f"{tmp_path}/", "H100", "NVIDIA H100 80GB HBM3", "test", rows)
-    assert path.name.startswith("H100-") and len(cost.load_throughput(path)) == 4
+    assert path.name.startswith("H100-") and len(throughput.load_throughput(path)) == 4

@@ -1,48 +1,42 @@
 """The grid flow on the local backend, end to end under a real Prefect API.
 
-Cells are real (tiny) trainings in subprocesses; faults are real signals.
+One test trains real (tiny) cells; the orchestration tests (retry, cap, failed cell, rerun)
+run the stand-in trainer (tests/stand_in_trainer.py), which writes real cell folders in a
+fraction of a second and fails, diverges or dies by a real signal on request.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from flows import grid as grid_mod
-from flows.cells import cell_dir
+from flows import cli, grid as grid_mod
+from flows.cells import cell_dir, expand
 from flows.runners import LocalRunner
+from flows.spec import load_spec
+from tests.conftest import STAND_IN, launches, write_grid_spec
 
-pytestmark = pytest.mark.slow
-
-TINY = {"kind": "synthetic", "seed": 3, "subjects": 12, "rows": 32, "cols": 64}
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_spec(tmp: Path, name: str, hyper: dict, static: dict | None = None, epochs: int = 1) -> Path:
-    static = {"dataset": TINY, "partition": 0.25, "batch_size": 4, "until": 1, "device": "cpu", **(static or {})}
-    spec = {
-        "name": name,
-        "static": {k: v for k, v in static.items() if k not in hyper},
-        "hyper": hyper,
-        "plan": [{"num_epochs": epochs, "gamma": 0.9}, {"num_epochs": epochs, "gamma": 0.9}],
-        "plan_scale": {"lr": [1.0, 0.5], "bce_weight": [1.0, 0.0]},
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+@pytest.fixture(autouse=True)
+def no_local_gpus(monkeypatch):
+    """This machine as a CPU-only one (the local backend prices its GPUs)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
 def run_flow(spec: Path, **kw):
     kw.setdefault("max_parallel", 2)
-    kw.setdefault("retry_delay_s", 0.5)
+    kw.setdefault("retry_delay_s", 0.2)
+    kw.setdefault("trainer", STAND_IN)
     return grid_mod.grid_search(spec=str(spec), return_state=True, **kw)
 
 
@@ -55,19 +49,25 @@ def metrics_of(grid_dir: Path) -> dict[str, dict]:
     return out
 
 
-def launches(d: Path) -> int:
-    """How many times the runner started the trainer on this cell."""
-    log = d / "runner.log"
-    return sum(1 for line in log.read_text().splitlines() if line.startswith("$ ")) if log.exists() else 0
+def faults(monkeypatch, **by_cell: str) -> None:
+    """Ask the stand-in trainer for faults: cell id -> kill-once, fail or diverge."""
+    monkeypatch.setenv("STAND_IN_FAULTS", json.dumps(by_cell))
 
 
-def test_tiny_grid_runs_and_publishes_artifacts(prefect_api, tmp_path):
-    spec = write_spec(tmp_path, "tiny", {"lr": [0.003, 0.006], "inputs": ["full", "anat"]})
-    state = run_flow(spec)
+@pytest.mark.slow
+def test_tiny_grid_trains_for_real_and_publishes_artifacts(prefect_api, tmp_path):
+    """The one flow test with the real trainer: python -m autolabel.train on tiny CPU cells."""
+    spec = write_grid_spec(tmp_path, "tiny", {"lr": [0.003, 0.006], "inputs": ["full", "anat"]})
+    # Two cells a pack (same inputs): two trainer processes instead of four, and packs in the flow.
+    state = run_flow(spec, trainer=None, cells_per_gpu=2)
     assert state.is_completed(), state.message
     grid_dir = tmp_path / "tiny"
     metrics = metrics_of(grid_dir)
     assert len(metrics) == 4 and all(m["status"] == "complete" for m in metrics.values())
+    assert all(m["device"].startswith("cpu") for m in metrics.values())  # the real trainer ran
+    assert sorted(launches(d) for d in (grid_dir / "cells").iterdir()) == [1, 1, 1, 1]
+    charges = [json.loads(x) for x in (grid_dir / "ledger.jsonl").read_text().splitlines()]
+    assert sorted(len(e["cells"]) for e in charges if e["event"] == "charge") == [2, 2]
 
     # The summary's numbers are the cells' own.
     rows = json.loads((grid_dir / "summary.json").read_text())["rows"]
@@ -94,90 +94,65 @@ def test_tiny_grid_runs_and_publishes_artifacts(prefect_api, tmp_path):
 
 
 def test_rerun_of_finished_grid_only_resummarizes(prefect_api, tmp_path):
-    spec = write_spec(tmp_path, "again", {"lr": [0.003]})
+    spec = write_grid_spec(tmp_path, "again", {"lr": [0.003]})
     assert run_flow(spec).is_completed()
     d = next((tmp_path / "again" / "cells").iterdir())
     before = (d / "metrics.json").read_text()
     assert run_flow(spec).is_completed()
     assert (d / "metrics.json").read_text() == before
     assert launches(d) == 1
-
-
-def killer_python(tmp: Path, victim: str) -> Path:
-    """A stand-in interpreter that SIGKILLs itself mid-training once, for one cell."""
-    shim = tmp / "python-killed-once"
-    shim.write_text(textwrap.dedent(f"""\
-        #!{sys.executable}
-        import os, signal, subprocess, sys, time
-        from pathlib import Path
-        marker = Path({str(tmp)!r}) / "killed-once"
-        cells = [Path(a) for a in sys.argv[3:] if not a.startswith("-")]
-        proc = subprocess.Popen([{sys.executable!r}, *sys.argv[1:]])
-        if not marker.exists() and any(c.name == {victim!r} for c in cells):
-            ckpt = cells[0] / "checkpoint.pt"
-            while not ckpt.exists() and proc.poll() is None:
-                time.sleep(0.05)
-            marker.touch()
-            proc.kill()
-            os.kill(os.getpid(), signal.SIGKILL)
-        sys.exit(proc.wait())
-        """))
-    shim.chmod(0o755)
-    return shim
+    assert (tmp_path / "again" / "summary.json").is_file()
 
 
 def test_transient_kill_is_retried_and_resumes(prefect_api, tmp_path, monkeypatch):
-    spec = write_spec(tmp_path, "flaky", {"lr": [0.003, 0.006]}, epochs=2)
-    from flows import cells as cells_mod, spec as spec_mod
-
-    cells = cells_mod.expand(spec_mod.load_spec(spec))
-    victim = cells[0].id
-    shim = killer_python(tmp_path, victim)
-    real = grid_mod.make_runner
-    monkeypatch.setattr(
-        grid_mod, "make_runner",
-        lambda backend, grid_dir, max_parallel, *a: LocalRunner(grid_dir, max_parallel, python=str(shim)),
-    )
+    spec = write_grid_spec(tmp_path, "flaky", {"lr": [0.003, 0.006]}, epochs=2)
+    victim, other = (c.id for c in expand(load_spec(spec)))
+    faults(monkeypatch, **{victim: "kill-once"})  # SIGKILL after its first epoch's checkpoint
     state = run_flow(spec)
     assert state.is_completed(), state.message
-    assert (tmp_path / "killed-once").exists()
     d = cell_dir(tmp_path / "flaky", victim)
-    assert launches(d) == 2
+    assert (d / "stand-in-killed").exists() and launches(d) == 2
+    assert launches(cell_dir(tmp_path / "flaky", other)) == 1
     metrics = json.loads((d / "metrics.json").read_text())
     assert metrics["status"] == "complete" and metrics["epochs"] == 4
-    log = (d / "training.log").read_text()
-    assert "resum" in log.lower()  # the second launch continued from the checkpoint
-    monkeypatch.setattr(grid_mod, "make_runner", real)
+    assert "resum" in (d / "training.log").read_text().lower()  # the second launch continued from the checkpoint
+    ledger = [json.loads(x) for x in (tmp_path / "flaky" / "ledger.jsonl").read_text().splitlines()]
+    outcomes = [e["outcome"] for e in ledger if e["event"] == "charge" and victim in e["cells"]]
+    assert outcomes == ["transient", "ok"]
 
 
-def test_invalid_cell_fails_without_retry_others_complete(prefect_api, tmp_path, capsys):
-    bad = {"train": ["s0000", "s0001"], "validation": ["no-such-subject"]}
-    spec = write_spec(tmp_path, "mixed", {"lr": [0.003], "partition": [0.25, bad]})
+def test_failed_and_diverged_cells_are_not_retried_others_complete(prefect_api, tmp_path, capsys, monkeypatch):
+    spec = write_grid_spec(tmp_path, "mixed", {"lr": [0.003, 0.004, 0.005]})
+    ok, bad, wild = expand(load_spec(spec))
+    faults(monkeypatch, **{bad.id: "fail", wild.id: "diverge"})
     state = run_flow(spec)
     assert state.is_failed()
-    rows = {r["label"]: r for r in json.loads((tmp_path / "mixed" / "summary.json").read_text())["rows"]}
-    statuses = sorted(r["status"] for r in rows.values())
-    assert statuses[0] == "complete" and statuses[1].startswith("failed")
-    bad_dir = next(d for d in (tmp_path / "mixed" / "cells").iterdir()
-                   if "no-such-subject" in (d / "options.json").read_text())
-    assert launches(bad_dir) == 1  # permanent: never retried
+    rows = {r["id"]: r for r in json.loads((tmp_path / "mixed" / "summary.json").read_text())["rows"]}
+    assert rows[ok.id]["status"] == "complete"
+    assert rows[bad.id]["status"].startswith("failed") and rows[wild.id]["status"].startswith("diverged")
+    for c in (bad, wild):  # permanent: never retried
+        assert launches(cell_dir(tmp_path / "mixed", c)) == 1
 
     # From the CLI, a grid with failed cells still prints its table and exits 4.
-    code = grid_mod.run_grid(spec, max_parallel=2, retry_delay_s=0.5)
+    code = cli.run_grid(spec, max_parallel=2, retry_delay_s=0.2, trainer=STAND_IN)
     out = capsys.readouterr().out
-    assert code == grid_mod.EXIT_CELLS_FAILED
+    assert code == cli.EXIT_CELLS_FAILED
     assert "complete" in out and "failed" in out and "summary.md" in out
 
 
-def test_cost_cap_stops_launches_and_ledger_says_why(prefect_api, tmp_path):
-    spec = write_spec(tmp_path, "capped", {"lr": [0.003, 0.004, 0.005]})
-    # This machine billed at $3600/h: each cell costs about $1 per second of training.
+def test_cost_cap_stops_launches_and_ledger_says_why(prefect_api, tmp_path, monkeypatch):
+    spec = write_grid_spec(tmp_path, "capped", {"lr": [0.003, 0.004, 0.005]})
+    # This machine billed at $3600/h: the estimate (30 s of start-up a cell) is far over $1e-6.
     state = run_flow(spec, max_parallel=1, max_cost_usd=1e-6, on_cap="refuse", local_usd_per_hour=3600.0)
-    # The pre-flight estimate (GPU pricing) fits nowhere near $1e-6 -> refused before any launch.
-    assert state.is_failed() and "exceeds the cap" in state.message
+    assert state.is_failed() and "exceeds the cap" in state.message and "cover every level" in state.message
     assert not (tmp_path / "capped" / "cells").exists()
 
-    state = run_flow(spec, max_parallel=1, max_cost_usd=0.5, local_usd_per_hour=3600.0)
+    # An estimate can be wrong: priced at $0/h (a CPU), but the machine bills $1 a second. The
+    # measured spend, not the estimate, then stops further launches.
+    monkeypatch.setattr(grid_mod, "make_runner", lambda grid_dir, pricing, *a: LocalRunner(
+        grid_dir, pricing.max_parallel, usd_per_hour=3600.0, gpus=[], trainer=STAND_IN))
+    monkeypatch.setenv("STAND_IN_EPOCH_S", "0.3")  # two epochs: > $0.6 a cell
+    state = run_flow(spec, max_parallel=1, max_cost_usd=0.5)
     assert state.is_failed()
     ledger = [json.loads(x) for x in (tmp_path / "capped" / "ledger.jsonl").read_text().splitlines()]
     charges = [e for e in ledger if e["event"] == "charge"]
@@ -189,26 +164,79 @@ def test_cost_cap_stops_launches_and_ledger_says_why(prefect_api, tmp_path):
     assert len(skipped) == 2 and all(r["message"] == "cost cap" for r in skipped)
 
 
-def test_killed_flow_rerun_trains_only_missing_cells(tmp_path):
-    spec = write_spec(tmp_path, "resume", {"lr": [0.002, 0.003, 0.004, 0.005]}, epochs=2)
+# The dry run and the run on the same flags: (flags, GPUs visible to the local backend).
+ECS_FLAGS = ["--backend", "ecs", "--ecs", "cluster=c", "--ecs", "capacity_provider=cp",
+             "--ecs", "task_definition=td", "--ecs", "bucket=my-bucket", "--ecs", "region=us-east-1"]
+AGREE = [
+    ([], ""),  # local CPU: $0, no cap
+    (["--max-cost", "0"], ""),  # local CPU: $0 fits a $0 cap
+    (["--max-cost", "0.01", "--local-usd-per-hour", "2"], ""),  # this machine billed: over
+    (["--max-cost", "0.0001"], "0"),  # a local GPU at g5.xlarge's rate: over, refused
+    (["--max-cost", "0.0001", "--on-cap", "subset"], "0"),  # ... and no subset fits
+    (["--max-cost", "1", "--instance-type", "g6e.xlarge"], "0"),  # fits: it runs
+    (["--max-cost", "0.2", "--max-parallel", "1", *ECS_FLAGS], ""),  # ECS: an instance's start and idle: over
+    (["--max-cost", "0.25", "--spot", "--max-parallel", "4", "--on-cap", "subset", *ECS_FLAGS], ""),  # 2 lanes
+]
+
+
+def test_dry_run_and_run_reach_the_same_verdict_and_dollars(prefect_api, tmp_path, capsys, monkeypatch):
+    """The issue's bug: the dry run priced a run other than the one its flags start."""
+    seen = set()
+    for i, (flags, gpus) in enumerate(AGREE):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpus)
+        (tmp_path / f"case{i}").mkdir()
+        spec = write_grid_spec(tmp_path / f"case{i}", "agree", {"lr": [0.003, 0.004]})
+        dry_code = cli.main([str(spec), "--dry-run", "--json", *flags])
+        doc = json.loads(capsys.readouterr().out)
+        assert dry_code == doc["exit_code"]
+        args = cli.parse_args([str(spec), *flags])
+        code = cli.run_grid(spec, **cli.run_params(args, cli.ecs_settings(args)), trainer=STAND_IN, retry_delay_s=0.2)
+        out, err = capsys.readouterr()
+        said = re.search(r"\(pre-flight: (.*)\)$", out.strip().splitlines()[-1]) if code == 0 else None
+        verdict = said.group(1) if said else err.strip().split(": ", 1)[1]
+        assert code == dry_code, (flags, doc["cap"], out, err)
+        seen.add((doc["estimate"]["backend"], code, doc["estimate"]["usd"] > 0))
+        if code == 0:
+            assert verdict == doc["cap"]["verdict"], flags
+        else:  # refused before any launch: the run's reason carries the dry run's estimate
+            assert f"estimated ${doc['estimate']['usd']:.2f} " in verdict and "exceeds the cap" in verdict, flags
+            assert not (tmp_path / f"case{i}" / "agree" / "cells").exists()
+    # The cases cover both verdicts, both backends, free and billed local runs.
+    assert {("local", 0, False), ("local", 0, True), ("local", 3, True), ("ecs", 3, True)} <= seen
+
+
+def test_killed_flow_rerun_trains_only_missing_cells(prefect_api, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    spec = write_grid_spec(tmp_path, "resume", {"lr": [0.002, 0.003, 0.004, 0.005]}, epochs=2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # a fresh ephemeral API, as on a new machine
-    cmd = [sys.executable, "-m", "flows.grid", str(spec), "--max-parallel", "1"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    # The session's API server: both processes skip starting an ephemeral one (seconds each); the
+    # killed run's flow run is left Running there, as a server would show it.
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    env["STAND_IN_EPOCH_S"] = "0.5"  # 4 epochs: 2 s a cell, so the kill lands mid-grid
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    # run_grid is what `python -m flows.grid SPEC --max-parallel 1` calls (test_cli checks the hand-over).
+    code = (f"import sys; from flows.cli import run_grid; "
+            f"sys.exit(run_grid({str(spec)!r}, max_parallel=1, trainer={STAND_IN!r}))")
+    cmd = [sys.executable, "-c", code]
+    first_log = tmp_path / "first-run.log"
+    with open(first_log, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     cells_root = tmp_path / "resume" / "cells"
     deadline = time.time() + 240
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         done = [d for d in cells_root.glob("*") if (d / "metrics.json").exists()] if cells_root.exists() else []
         if done:
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert done, "no cell finished before the deadline"
+    assert done, "no cell finished before the deadline:\n" + first_log.read_text()[-3000:]
     first = {d.name: (d / "metrics.json").read_text() for d in done}
+    assert len(first) < 4, "the kill came after the whole grid: nothing left to resume"
 
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     for name, text in first.items():
         assert (cells_root / name / "metrics.json").read_text() == text

@@ -1,5 +1,6 @@
 """The local runner's outcome table and its real subprocess launches."""
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -36,27 +37,60 @@ def make_cell(grid: Path, name: str) -> Cell:
     return cell
 
 
+def stand_in(tmp_path: Path, body: str) -> list[str]:
+    """A trainer command: a script run by this Python (cell folders and --force follow as arguments)."""
+    script = tmp_path / "trainer.py"
+    script.write_text(body)
+    return [sys.executable, str(script)]
+
+
 def test_local_runner_tees_output_and_reports_the_signal(tmp_path):
-    stand_in = tmp_path / "python"
-    stand_in.write_text(f"#!{sys.executable}\nimport os, signal\nprint('epoch 1 done', flush=True)\n"
-                        "os.kill(os.getpid(), signal.SIGKILL)\n")
-    stand_in.chmod(0o755)
+    trainer = stand_in(tmp_path, "import os, signal\nprint('epoch 1 done', flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
     cells = [make_cell(tmp_path, "a"), make_cell(tmp_path, "b")]
     lines = []
-    attempt = LocalRunner(tmp_path, max_parallel=2, python=str(stand_in), gpus=[]).run(cells, lines.append)
+    attempt = LocalRunner(tmp_path, max_parallel=2, trainer=trainer, gpus=[]).run(cells, lines.append)
     assert attempt.outcome == "transient" and attempt.exit_code == -signal.SIGKILL and attempt.usd == 0.0
     assert lines == ["epoch 1 done"]
     for c in cells:
         log = (cell_dir(tmp_path, c) / "runner.log").read_text()
-        assert log.startswith(f"$ {stand_in} -m autolabel.train") and "epoch 1 done" in log
+        assert log.startswith(f"$ {' '.join(trainer)} {cell_dir(tmp_path, 'a')} {cell_dir(tmp_path, 'b')}\n")
+        assert "epoch 1 done" in log
     assert pack_outcomes(tmp_path, cells, "failed: killed") == {"a": "failed: killed", "b": "failed: killed"}
 
 
-def test_local_runner_bills_what_this_machine_costs_when_asked(tmp_path):
-    stand_in = tmp_path / "python"
-    stand_in.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(0.2)\n")
-    stand_in.chmod(0o755)
-    runner = LocalRunner(tmp_path, max_parallel=1, python=str(stand_in), gpus=[], local_usd_per_hour=3600.0)
+def test_local_runner_bills_the_rate_it_is_given(tmp_path):
+    trainer = stand_in(tmp_path, "import time\ntime.sleep(0.2)\n")
+    runner = LocalRunner(tmp_path, max_parallel=1, trainer=trainer, gpus=[], usd_per_hour=3600.0)
     attempt = runner.run([make_cell(tmp_path, "a")], lambda _: None)
     assert attempt.outcome == "ok" and attempt.usd >= 0.2 and attempt.device_seconds == 0.0
-    assert runner.threads >= 1
+    assert attempt.usd == pytest.approx(attempt.extra["wall_seconds"], rel=0.05)  # $1 a second
+
+
+def test_local_runner_runs_autolabel_train_by_default(tmp_path):
+    assert LocalRunner(tmp_path, max_parallel=1, gpus=[]).trainer == [sys.executable, "-m", "autolabel.train"]
+
+
+@pytest.mark.parametrize("max_parallel", [1, 2, 64])
+def test_cpu_cells_share_the_cores_without_oversubscribing(tmp_path, max_parallel):
+    """What the trainer sees: OMP/MKL threads = the cores split among parallel packs, at least 1 each."""
+    trainer = stand_in(tmp_path, "import os\nprint(os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'])\n")
+    lines = []
+    LocalRunner(tmp_path, max_parallel=max_parallel, trainer=trainer, gpus=[]).run([make_cell(tmp_path, "a")],
+                                                                                   lines.append)
+    omp, mkl = map(int, lines[0].split())
+    cores = os.cpu_count() or 1
+    assert omp == mkl and omp >= 1
+    assert omp * max_parallel <= max(cores, max_parallel)  # never more threads than cores, but one each
+    if max_parallel == 1:
+        assert omp == cores  # a lone pack gets every core
+    if max_parallel > cores:
+        assert omp == 1
+
+
+def test_a_gpu_pack_sees_only_its_gpu(tmp_path):
+    trainer = stand_in(tmp_path, "import os\nprint(os.environ['CUDA_VISIBLE_DEVICES'])\n")
+    lines = []
+    runner = LocalRunner(tmp_path, max_parallel=1, trainer=trainer, gpus=["3"], usd_per_hour=3600.0)
+    attempt = runner.run([make_cell(tmp_path, "a")], lines.append)
+    assert lines[0].split()[0] == "3" and attempt.extra["gpu"] == "3"
+    assert attempt.device_seconds > 0 and attempt.usd == pytest.approx(attempt.device_seconds, rel=0.05)
