@@ -246,10 +246,13 @@ def warp_sphere(sphere: np.ndarray, hemi: str, shift: np.ndarray) -> np.ndarray:
     return (out @ rotation) * radius
 
 
-def displacement(rng: np.random.Generator, rms_px: float, rows: int, scale: float = 0.25) -> "Field":
-    """A smooth random 2-D displacement field of about ``rms_px`` pixels RMS at this image height."""
+def displacement(rng: np.random.Generator, rms_px: float, scale: float = 0.25) -> "Field":
+    """A smooth random 2-D displacement field of about ``rms_px`` pixels RMS in a 128-row image.
+
+    ``scale`` is the fields' correlation length in projected units (the frame is 0.92 tall).
+    """
     field = smooth_field(rng, 2, scale)
-    units = rms_px * 2 * FRAME_HALF_HEIGHT / rows
+    units = rms_px * 2 * FRAME_HALF_HEIGHT / 128
     return Field(field.freq, field.phase, field.amp * units)
 
 
@@ -268,7 +271,7 @@ def hemisphere(rng: np.random.Generator, hemi: str, rows: int, cols: int):
     # 1. Warps: anatomy (everything), function (the atlas against the anatomy, and V1-V3 size),
     #    labels (against the pRF maps). Each is evaluated once at the template's projected vertices.
     uv5, uva = project(t.sphere5, hemi)[0], project(t.sphere, hemi)[0]
-    anat, func, label = displacement(rng, 3.0, rows), displacement(rng, 1.2, rows, 0.15), displacement(rng, 0.8, rows, 0.1)
+    anat, func, label = displacement(rng, 3.0), displacement(rng, 1.2, 0.15), displacement(rng, 0.8, 0.1)
     v1_centre = np.asarray(FRAME_CENTRE[hemi]) + np.array([0.04 if hemi == "lh" else -0.04, 0.0])
     size = float(np.exp(rng.normal(0.0, 0.12)))
     shift_func = anat(uva) + func(uva) + (uva - v1_centre) * (size - 1.0)
@@ -289,9 +292,14 @@ def hemisphere(rng: np.random.Generator, hemi: str, rows: int, cols: int):
     return {k: np.where(on, v, 0.0) for k, v in ch.items()}, labels
 
 
+def soften(img: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian blur by ``sigma_px`` pixels of a 128-row image (scaled to this one, so cortex blurs alike)."""
+    return blur(img, sigma_px * img.shape[-2] / 128, 1.0)
+
+
 def noise(rng: np.random.Generator, shape, sigma_px: float) -> np.ndarray:
-    """A smooth random image with unit standard deviation."""
-    f = blur(rng.standard_normal(shape), sigma_px, 1.0)
+    """A smooth random image with unit standard deviation (``sigma_px`` as in ``soften``)."""
+    f = soften(rng.standard_normal(shape), sigma_px)
     return f / f.std()
 
 
@@ -339,13 +347,14 @@ def stand_in_channels(rng, t: Template, r, ch, shape) -> dict[str, np.ndarray]:
     v1, v3, beyond = sample(r, t.faces, np.column_stack([t.varea == 1, t.varea == 3, t.varea >= 4]))
     white = rng.standard_normal((3, *shape))
     # T1w/T2w myelin is high in V1 (stria of Gennari) and where cortex is thin.
-    myelin = 1.4 + 0.25 * blur(v1, 3.0, 1.0) - 0.15 * (ch["thickness"] - 2.3) + 0.08 * noise(rng, shape, 4) + 0.06 * white[0]
-    # The optic radiation ends in V1 (within the stimulated field, ~12 degrees).
-    dwi_or = blur(v1 * (sample(r, t.faces, t.eccen)[0] < 12), 3.5, 1.0) * np.exp(0.35 * white[1])
-    dwi_or = dwi_or + 0.08 * np.abs(noise(rng, shape, 4))
-    # The VOF runs near V3's outer edge, where V3 meets the areas beyond it.
-    vof = blur(v3, 2.0, 1.0) * blur(beyond, 2.0, 1.0)
-    dwi_vof = blur(vof / max(vof.max(), 1e-6), 2.0, 1.0) * np.exp(0.3 * white[2]) + 0.05 * np.abs(noise(rng, shape, 4))
+    myelin = 1.4 + 0.25 * soften(v1, 3.0) - 0.15 * (ch["thickness"] - 2.3) + 0.08 * noise(rng, shape, 4) + 0.06 * white[0]
+    # The optic radiation ends in V1 (within the stimulated field, ~12 degrees); tractography blurs
+    # its ending over several millimetres and is noisy, so it marks V1 only roughly.
+    ecc = sample(r, t.faces, t.eccen)[0]
+    dwi_or = soften(v1 * (ecc < 12), 5.0) * np.exp(0.5 * white[1]) + 0.25 * np.abs(noise(rng, shape, 4))
+    # The VOF runs near V3's outer edge, where V3 meets the areas beyond it, at 2-10 degrees.
+    edge = soften(v3, 2.0) * soften(beyond, 2.0) * ((ecc > 2) & (ecc < 10))
+    dwi_vof = soften(edge / max(edge.max(), 1e-6), 4.0) * np.exp(0.5 * white[2]) + 0.15 * np.abs(noise(rng, shape, 4))
     return {"myelin": myelin, "dwi_OR": dwi_or, "dwi_VOF": dwi_vof}
 
 
