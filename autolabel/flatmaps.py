@@ -234,14 +234,20 @@ def import_subjects(
     return out
 
 
-def missing_channels(root: Path, inputs: str) -> list[tuple[str, str]]:
-    """(subject, channel) pairs that ``inputs`` needs and the dataset at ``root`` lacks; reads only the manifest.
+def missing_channels(dataset, inputs: str) -> list[tuple[str, str]]:
+    """(subject, channel) pairs that ``inputs`` needs and a dataset lacks; reads only its manifest.
 
-    The importer keeps a channel only when every subject has it and records, per
-    subject, which it lacked (``source.missing_channels``); a channel absent for every
-    subject is reported for every subject. For the dry run, to refuse a grid early.
+    ``dataset`` is a cell's dataset spec or a folder. Generated cohorts (synthetic,
+    fsaverage) hold all 14 channels; an ``s3://`` prefix is not read here (the trainer
+    checks it once downloaded), so both give []. The importer keeps a channel only
+    when every subject has it and records, per subject, which it lacked
+    (``source.missing_channels``); a channel absent without a record is reported for
+    every subject. For the dry run, to refuse a grid before it launches.
     """
-    m = read_manifest(Path(root))
+    root = getattr(dataset, "path", dataset)
+    if getattr(dataset, "kind", "path") != "path" or str(root).startswith("s3://"):
+        return []
+    m = read_manifest(Path(root).expanduser())
     lacking = [c for c in INPUT_SETS[inputs] if c not in m["channels"]]
     recorded = (m.get("source") or {}).get("missing_channels") or {}
     pairs = []

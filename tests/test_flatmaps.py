@@ -14,6 +14,7 @@ from autolabel import flatmaps
 from autolabel.cortex import frame_pixels, project
 from autolabel.data import open_cohort
 from autolabel.errors import EXIT_BAD_INPUT
+from autolabel.options import FsaverageDataset, PathDataset
 from autolabel.fsaverage import FS5_VERTICES, read_atlas, write_fsaverage5_subject
 
 ROWS, COLS = 128, 256
@@ -124,8 +125,10 @@ def test_an_optional_channel_only_one_subject_has_is_left_out_and_named(subjects
     out = tmp_path / "out"
     assert flatmaps.main(["import", str(root), str(out), "--rows", "32", "--cols", "64"]) == 0
     assert "myelin" not in open_cohort(out).channels
-    missing = flatmaps.missing_channels(out, "t1t2")
-    assert missing == [("b", "myelin")]
+    assert flatmaps.missing_channels(out, "t1t2") == [("b", "myelin")]
+    assert flatmaps.missing_channels(PathDataset(path=str(out)), "t1t2") == [("b", "myelin")]
+    assert ("a", "dwi_OR") in flatmaps.missing_channels(out, "nofn")
+    assert flatmaps.missing_channels(FsaverageDataset(), "full") == []
 
 
 # ----------------------------------------------------------------------------- bad input
