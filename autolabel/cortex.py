@@ -15,8 +15,8 @@ The projection is neuropythy's ``occipital_pole`` map projection (neuropythy 0.1
 orthographic view of the fsaverage-registered sphere from outside, with ``center``
 (the occipital pole) in the middle and ``center_right`` on the +x axis. Its two
 parameters are read from the installed package without importing neuropythy (the
-import costs ~3 s), and ``tests/test_cortex.py`` checks the result against
-``neuropythy.to_flatmap``.
+import costs ~3 s), and ``tests/test_cortex.py`` checks the result against neuropythy's own
+map projection (``neuropythy.to_map_projection('occipital_pole', hemi)``, what ``to_flatmap`` applies).
 
 Framing: at neuropythy's default radius (pi/2, the whole back half of the sphere) V1-V3
 cover only ~15% of the pixels. The window below is fixed in projected coordinates
@@ -71,7 +71,7 @@ def project(sphere: np.ndarray, hemi: str) -> tuple[np.ndarray, np.ndarray]:
     ``sphere`` is the registered sphere (``?h.sphere.reg``, any radius; FreeSurfer's is
     100 mm). Like neuropythy, vertices are rotated as they are, not pushed onto the
     sphere one by one; dividing by the mean radius makes the result unit-free (it
-    equals ``neuropythy.to_flatmap`` / radius to 1e-13). ``front`` marks the half
+    equals neuropythy's projection / radius to 1e-13). ``front`` marks the half
     facing the viewer (the back half would overlap it).
     """
     radius = np.linalg.norm(sphere, axis=1).mean()
