@@ -443,6 +443,10 @@ def split_subjects(subjects: list[str], partition: float | ExplicitPartition) ->
 def open_dataset(spec: SyntheticDataset | PathDataset, cache_dir: Path | None = None) -> Cohort:
     """Open the dataset a cell names: generate a synthetic cohort or download an s3 prefix once, into the cache."""
     cache = Path(cache_dir) if cache_dir is not None else cache_root()
+    if spec.kind == "fsaverage":  # before synthetic: FsaverageDataset shares its size fields
+        from autolabel.fsaverage import ensure_cohort
+
+        return open_cohort(ensure_cohort(spec, cache))
     if isinstance(spec, SyntheticDataset):
         return open_cohort(ensure_synthetic(spec, cache))
     if spec.path.startswith("s3://"):

@@ -62,7 +62,17 @@ class PathDataset(_Strict):
     path: str = Field(min_length=1, description="folder or s3://bucket/prefix holding manifest.json")
 
 
-Dataset = Annotated[Union[SyntheticDataset, PathDataset], Field(discriminator="kind")]
+class FsaverageDataset(SyntheticDataset):
+    """A cohort generated from fsaverage's real anatomy and the Benson 2014 atlas (autolabel.fsaverage).
+
+    It has the analytic cohort's size fields, so whatever sizes a generated cohort by
+    them (the cost model, the cache) treats both alike.
+    """
+
+    kind: Literal["fsaverage"] = "fsaverage"
+
+
+Dataset = Annotated[Union[FsaverageDataset, SyntheticDataset, PathDataset], Field(discriminator="kind")]
 
 
 class ExplicitPartition(_Strict):

@@ -38,7 +38,7 @@ def test_shipped_specs_load():
         "base_model": 2, "lr": 5, "gamma": 5, "bce_weight": 3, "batch_size": 3, "inputs": 2, "prediction": 2,
     }
     assert benson.static["pretrained"] is False and benson.static["until"] == 2
-    assert benson.static["dataset"] == {"kind": "synthetic", "seed": 0, "subjects": 181, "rows": 128, "cols": 256}
+    assert benson.static["dataset"] == {"kind": "fsaverage", "seed": 0, "subjects": 181, "rows": 128, "cols": 256}
     assert benson.plan_scale["lr"] == pytest.approx([1, 2 / 3, 1 / 3])  # written as 2/3 and 1/3
     demo = load_spec(ROOT / "grid-search/demo.yaml")
     assert demo.n_cells == 8 and set(demo.hyper["inputs"]) == {"full", "anat"} and len(demo.factors) >= 2

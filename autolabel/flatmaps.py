@@ -1,0 +1,359 @@
+"""FreeSurfer subjects -> an autolabel-flatmaps dataset, and a picture of any dataset's subject.
+
+    python -m autolabel.flatmaps import SUBJECTS_DIR OUT [--subjects ID ...] [--rows 128 --cols 256]
+                                      [--file prf_polar_angle={hemi}.angle.mgz ...]
+    python -m autolabel.flatmaps show DATASET [SUBJECT] -o subject.png
+
+Each subject's hemispheres are flattened through neuropythy's occipital-pole projection
+of its registered sphere (``surf/?h.sphere.reg``), as the Visual Autolabel study made
+its flatmaps, framed and rasterised by ``autolabel.cortex``. Files per subject and
+hemisphere, under ``SUBJECTS_DIR/<id>/surf/`` (``--file KEY=TEMPLATE`` renames any,
+``{hemi}`` becoming lh or rh):
+
+    white pial sphere_reg                FreeSurfer surfaces  ({hemi}.white, .pial, .sphere.reg)
+    curv sulc thickness area             FreeSurfer morphometry ({hemi}.curv, ...)
+    prf_polar_angle prf_eccentricity     pRF maps, .mgz, neuropythy's conventions (see cortex.prf_xy)
+    prf_radius prf_variance_explained
+    visual_area                          labels .mgz: 0 none, 1 V1, 2 V2, 3 V3
+    myelin dwi_OR dwi_VOF                optional .mgz; a channel is kept only if every subject has it
+
+Any bad input (a missing file, a map whose vertex count differs from its surface,
+NaNs, an unknown subject id) stops the import with one line naming the subject and
+the file, exit 2, and leaves nothing in OUT: the dataset is built in a temporary
+folder beside OUT and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autolabel.cortex import HEMIS, flatten_hemisphere, prf_xy
+from autolabel.data import CHANNELS, INPUT_SETS, LABELS, DatasetError, open_cohort, publish, read_manifest, write_dataset
+from autolabel.errors import EXIT_BAD_INPUT, EXIT_OK, BadInput
+from autolabel.options import SUBJECT_ID
+from autolabel.synthetic import RING_EDGES
+
+# Default file of each input, per hemisphere, under <subject>/surf/.
+FILES: dict[str, str] = {
+    "white": "{hemi}.white",
+    "pial": "{hemi}.pial",
+    "sphere_reg": "{hemi}.sphere.reg",
+    "curv": "{hemi}.curv",
+    "sulc": "{hemi}.sulc",
+    "thickness": "{hemi}.thickness",
+    "area": "{hemi}.area",
+    "prf_polar_angle": "{hemi}.prf_polar_angle.mgz",
+    "prf_eccentricity": "{hemi}.prf_eccentricity.mgz",
+    "prf_radius": "{hemi}.prf_radius.mgz",
+    "prf_variance_explained": "{hemi}.prf_variance_explained.mgz",
+    "visual_area": "{hemi}.visual_area.mgz",
+    "myelin": "{hemi}.myelin.mgz",
+    "dwi_OR": "{hemi}.dwi_OR.mgz",
+    "dwi_VOF": "{hemi}.dwi_VOF.mgz",
+}
+SURFACES = ("white", "pial", "sphere_reg")
+OPTIONAL = ("myelin", "dwi_OR", "dwi_VOF")  # channel names equal their file keys
+# Channels that are a per-vertex map read as is (channel name -> file key).
+MORPHOMETRY = {"curvature": "curv", "convexity": "sulc", "thickness": "thickness", "surface_area": "area"}
+
+
+@dataclass
+class Hemisphere:
+    """One hemisphere as read from disk, every map checked against the surfaces' vertex count."""
+
+    sphere: np.ndarray  # [N, 3] registered sphere
+    faces: np.ndarray  # [F, 3]
+    maps: dict[str, np.ndarray]  # per-vertex channel values by channel name
+    area: np.ndarray  # [N] int 0..3
+    eccentricity: np.ndarray  # [N] degrees
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_surface(path: Path, sid: str) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib  # deferred: only importing and the cohort need nibabel
+
+    check_exists(path, sid)
+    try:
+        if path.name.endswith(".gii") or path.name.endswith(".gii.gz"):
+            img = nib.load(path)
+            coords, faces = img.darrays[0].data, img.darrays[1].data
+        else:
+            coords, faces = nib.freesurfer.read_geometry(str(path))
+    except Exception as e:  # nibabel raises many types for a corrupt file
+        raise BadInput(f"subject {sid}: {path}: not a readable surface ({type(e).__name__}: {e}); rewrite it") from None
+    coords = np.asarray(coords, np.float64)
+    check_finite(coords, path, sid)
+    return coords, np.asarray(faces, np.int64)
+
+
+def read_map(path: Path, sid: str, n_vertices: int) -> np.ndarray:
+    """A per-vertex map from FreeSurfer morphometry (curv, ...), MGH/MGZ, GIfTI or NIfTI."""
+    import nibabel as nib
+
+    check_exists(path, sid)
+    try:
+        if path.suffix in (".mgz", ".mgh", ".gii", ".nii") or path.name.endswith((".nii.gz", ".gii.gz")):
+            img = nib.load(path)
+            data = img.darrays[0].data if hasattr(img, "darrays") else np.asarray(img.dataobj)
+        else:
+            data = nib.freesurfer.read_morph_data(str(path))
+    except Exception as e:
+        raise BadInput(f"subject {sid}: {path}: not a readable map ({type(e).__name__}: {e}); rewrite it") from None
+    data = np.asarray(data, np.float64).ravel()
+    if data.size != n_vertices:
+        raise BadInput(
+            f"subject {sid}: {path}: {data.size} values but the surfaces have {n_vertices} vertices; "
+            f"the map must be on this subject's own surface"
+        )
+    check_finite(data, path, sid)
+    return data
+
+
+def check_exists(path: Path, sid: str) -> None:
+    if not path.is_file():
+        raise BadInput(f"subject {sid}: {path}: missing; provide it or point --file at it (see README 'Importing')")
+
+
+def check_finite(a: np.ndarray, path: Path, sid: str) -> None:
+    bad = int(np.count_nonzero(~np.isfinite(a)))
+    if bad:
+        raise BadInput(f"subject {sid}: {path}: {bad} NaN/inf value(s); fill them (e.g. 0 with variance explained 0)")
+
+
+def read_hemisphere(surf: Path, sid: str, hemi: str, files: dict[str, str]) -> Hemisphere:
+    """Read and check one hemisphere; channel meanings are written down next to each line."""
+    path = {k: surf / t.format(hemi=hemi) for k, t in files.items()}
+    white, faces = read_surface(path["white"], sid)
+    n = len(white)
+    pial, _ = read_surface(path["pial"], sid)
+    sphere, _ = read_surface(path["sphere_reg"], sid)
+    for key, coords in (("pial", pial), ("sphere_reg", sphere)):
+        if len(coords) != n:
+            raise BadInput(f"subject {sid}: {path[key]}: {len(coords)} vertices but {path['white']} has {n}")
+
+    def get(key: str) -> np.ndarray:
+        return read_map(path[key], sid, n)
+
+    midgray = (white + pial) / 2  # x y z: the mid-thickness surface (mm), between white and pial
+    maps = {"x": midgray[:, 0], "y": midgray[:, 1], "z": midgray[:, 2]}
+    # curvature = ?h.curv (white surface mean curvature); convexity = ?h.sulc as FreeSurfer writes it
+    # (positive in sulci; neuropythy names this file 'convexity'); thickness (mm); surface_area = ?h.area (mm²).
+    maps |= {channel: get(key) for channel, key in MORPHOMETRY.items()}
+    maps |= {name: get(name) for name in OPTIONAL if path[name].is_file()}
+    ecc = get("prf_eccentricity")
+    maps["prf_x"], maps["prf_y"] = prf_xy(get("prf_polar_angle"), ecc)
+    maps["prf_sigma"] = get("prf_radius")  # pRF size (degrees)
+    maps["prf_cod"] = get("prf_variance_explained")  # coefficient of determination, 0..1
+    area = get("visual_area")
+    if not np.isin(area, (0, 1, 2, 3)).all():
+        raise BadInput(f"subject {sid}: {path['visual_area']}: values must be 0 (none), 1 V1, 2 V2 or 3 V3")
+    return Hemisphere(sphere, faces, maps, area.astype(np.int64), ecc)
+
+
+def subject_image(hemis: dict[str, Hemisphere], rows: int, cols: int, channels: tuple[str, ...]):
+    """Bilateral image LH | RH: features [len(channels), rows, cols] and {area, ring} one-hot labels."""
+    half = cols // 2
+    parts = [
+        flatten_hemisphere(
+            h.sphere, h.faces, hemi, rows, half, {c: h.maps[c] for c in channels}, h.area, h.eccentricity, RING_EDGES
+        )
+        for hemi, h in hemis.items()
+    ]
+    feats = np.concatenate([np.stack([p[0][c] for c in channels]) for p in parts], axis=2)
+    labels = {"area": np.concatenate([p[1] for p in parts], axis=2), "ring": np.concatenate([p[2] for p in parts], axis=2)}
+    return feats, labels
+
+
+# ----------------------------------------------------------------------------- importing
+
+
+def find_subjects(subjects_dir: Path, ids: list[str] | None) -> list[str]:
+    """The ids to import: those asked for (each must be a folder), or every folder with a surf/ inside."""
+    if not subjects_dir.is_dir():
+        raise BadInput(f"{subjects_dir}: no such folder; give a FreeSurfer SUBJECTS_DIR")
+    if ids is None:
+        ids = sorted(p.name for p in subjects_dir.iterdir() if (p / "surf").is_dir())
+        if not ids:
+            raise BadInput(f"{subjects_dir}: no subject folders with a surf/ inside")
+    for sid in ids:
+        if not SUBJECT_ID.match(sid):
+            raise BadInput(f"subject {sid!r}: not a valid id (letters, digits, '_', '.', '-'; it becomes a file name)")
+        if not (subjects_dir / sid / "surf").is_dir():
+            raise BadInput(f"subject {sid}: {subjects_dir / sid / 'surf'}: unknown subject (no such folder)")
+    if len(set(ids)) != len(ids):
+        raise BadInput("--subjects: an id is given twice")
+    return list(ids)
+
+
+def import_subjects(
+    subjects_dir: Path,
+    out: Path,
+    ids: list[str] | None = None,
+    rows: int = 128,
+    cols: int = 256,
+    files: dict[str, str] | None = None,
+) -> Path:
+    """Write the dataset at ``out`` from FreeSurfer subjects; raises BadInput, leaving ``out`` untouched."""
+    subjects_dir, out = Path(subjects_dir), Path(out)
+    files = FILES | (files or {})
+    if rows % 32 or cols % 64:
+        raise BadInput(f"--rows {rows} --cols {cols}: rows must be a multiple of 32 and cols of 64 (two halves)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInput(f"{out}: exists and is not empty; give a new folder")
+    ids = find_subjects(subjects_dir, ids)
+    # Pass 1 reads every subject, so a bad file anywhere stops the import before anything is written,
+    # and so the channel list (optional ones only if every subject has them) is known up front.
+    present: dict[str, set[str]] = {}
+    for sid in ids:
+        surf = subjects_dir / sid / "surf"
+        hemis = {hemi: read_hemisphere(surf, sid, hemi, files) for hemi in HEMIS}
+        present[sid] = set.intersection(*(set(h.maps) for h in hemis.values()))
+    channels = tuple(c for c in CHANNELS if all(c in p for p in present.values()))
+    missing = {sid: [c for c in CHANNELS if c not in p] for sid, p in present.items()}
+
+    def subjects():
+        for sid in ids:
+            surf = subjects_dir / sid / "surf"
+            hemis = {hemi: read_hemisphere(surf, sid, hemi, files) for hemi in HEMIS}
+            yield (sid, *subject_image(hemis, rows, cols, channels))
+
+    source = {
+        "importer": "autolabel.flatmaps",
+        "subjects_dir": str(subjects_dir.resolve()),
+        "projection": "neuropythy occipital_pole (orthographic), autolabel.cortex framing",
+        "missing_channels": {sid: m for sid, m in missing.items() if m},
+    }
+    publish(out, lambda tmp: write_dataset(tmp, subjects(), channels=channels, labels=LABELS, source=source))
+    return out
+
+
+def missing_channels(dataset, inputs: str) -> list[tuple[str, str]]:
+    """(subject, channel) pairs that ``inputs`` needs and a dataset lacks; reads only its manifest.
+
+    ``dataset`` is a cell's dataset spec or a folder. Generated cohorts (synthetic,
+    fsaverage) hold all 14 channels; an ``s3://`` prefix is not read here (the trainer
+    checks it once downloaded), so both give []. The importer keeps a channel only
+    when every subject has it and records, per subject, which it lacked
+    (``source.missing_channels``); a channel absent without a record is reported for
+    every subject. For the dry run, to refuse a grid before it launches.
+    """
+    root = getattr(dataset, "path", dataset)
+    if getattr(dataset, "kind", "path") != "path" or str(root).startswith("s3://"):
+        return []
+    m = read_manifest(Path(root).expanduser())
+    lacking = [c for c in INPUT_SETS[inputs] if c not in m["channels"]]
+    recorded = (m.get("source") or {}).get("missing_channels") or {}
+    pairs = []
+    for c in lacking:
+        who = [s for s in m["subjects"] if c in recorded.get(s, [])] or list(m["subjects"])
+        pairs += [(s, c) for s in who]
+    return pairs
+
+
+# ----------------------------------------------------------------------------- the picture
+
+
+def show_subject(dataset: Path, subject: str | None, png: Path) -> Path:
+    """Draw one subject: every channel, then V1-V3 and rings over curvature with their borders."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cohort = open_cohort(Path(dataset))
+    sid = subject or cohort.subjects[0]
+    if sid not in cohort.subjects:
+        raise BadInput(f"subject {sid}: not in {Path(dataset) / 'manifest.json'}; known: {', '.join(cohort.subjects[:5])} ...")
+    with np.load(cohort.subject_file(sid)) as z:
+        feats = z["features"]
+        labels = {k: z[k] for k in cohort.labels}
+    panels = list(cohort.channels) + [f"{k} over curvature" for k in labels]
+    ncols = 4
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.3 * nrows), squeeze=False)
+    curv = feats[cohort.channels.index("curvature")] if "curvature" in cohort.channels else np.zeros(feats.shape[1:])
+    for ax, name in zip(axes.flat, panels):
+        if name in cohort.channels:
+            img = feats[cohort.channels.index(name)]
+            lo, hi = np.percentile(img, [1, 99])
+            im = ax.imshow(img, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
+            fig.colorbar(im, ax=ax, fraction=0.03)
+        else:
+            draw_labels(ax, curv, labels[name.split()[0]])
+        ax.set_title(name, fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"{Path(dataset).name} / {sid}: left hemisphere | right hemisphere", fontsize=11)
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return png
+
+
+def draw_labels(ax, curv: np.ndarray, onehot: np.ndarray) -> None:
+    """Curvature in grey, each label a translucent colour, and black borders where the label changes."""
+    ax.imshow(np.sign(curv), cmap="gray_r", vmin=-3, vmax=3, interpolation="nearest")
+    index = np.where(onehot.any(0), onehot.argmax(0) + 1, 0)
+    colours = np.array([[0, 0, 0, 0], [0.9, 0.2, 0.2, 0.55], [0.2, 0.7, 0.2, 0.55], [0.2, 0.4, 0.9, 0.55],
+                        [0.9, 0.7, 0.1, 0.55], [0.7, 0.2, 0.8, 0.55]])
+    ax.imshow(colours[np.minimum(index, len(colours) - 1)], interpolation="nearest")
+    border = np.zeros(index.shape, bool)
+    border[:, 1:] |= index[:, 1:] != index[:, :-1]
+    border[1:, :] |= index[1:, :] != index[:-1, :]
+    ax.imshow(np.where(border[..., None], [0, 0, 0, 1], [0, 0, 0, 0]), interpolation="nearest")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_files(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, template = pair.partition("=")
+        if not sep or key not in FILES or not template:
+            raise BadInput(f"--file {pair}: use KEY=TEMPLATE with KEY one of {', '.join(FILES)}")
+        out[key] = template
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m autolabel.flatmaps", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="FreeSurfer subjects -> dataset folder")
+    imp.add_argument("subjects_dir", type=Path)
+    imp.add_argument("out", type=Path)
+    imp.add_argument("--subjects", nargs="+", metavar="ID", help="default: every folder with a surf/ inside")
+    imp.add_argument("--rows", type=int, default=128)
+    imp.add_argument("--cols", type=int, default=256)
+    imp.add_argument("--file", action="append", default=[], metavar="KEY=TEMPLATE", help="rename an input file")
+    shw = sub.add_parser("show", help="draw one subject of a dataset")
+    shw.add_argument("dataset", type=Path)
+    shw.add_argument("subject", nargs="?")
+    shw.add_argument("-o", "--output", type=Path, required=True, metavar="PNG")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "import":
+            out = import_subjects(args.subjects_dir, args.out, args.subjects, args.rows, args.cols, parse_files(args.file))
+            print(f"wrote {out}")
+        else:
+            print(f"wrote {show_subject(args.dataset, args.subject, args.output)}")
+    except (BadInput, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
