@@ -34,7 +34,7 @@ from prefect.utilities.annotations import quote  # noqa: E402
 
 from autolabel.celldir import is_complete  # noqa: E402
 from flows import cells as cells_mod  # noqa: E402
-from flows import cost, spec as spec_mod, summary  # noqa: E402
+from flows import artifacts, cost, report, rows as rows_mod, spec as spec_mod, summary  # noqa: E402
 from flows.cells import Cell  # noqa: E402
 from flows.ledger import Ledger  # noqa: E402
 from flows.runners import (  # noqa: E402
@@ -109,9 +109,9 @@ def train_pack(
 @task(name="summarize", cache_policy=NO_CACHE)
 def summarize(grid_dir: Path, cells: list[Cell], outcomes: dict[str, str], ledger: Ledger) -> Any:
     """Write summary.csv/json/md, plots and best/; publish the Prefect artifacts."""
-    rows = summary.collect_rows(grid_dir, cells, outcomes, ledger.per_cell_usd)
+    rows = rows_mod.collect_rows(grid_dir, cells, outcomes, ledger.per_cell_usd)
     result = summary.write_summary(grid_dir, cells, rows, cap_usd=ledger.cap_usd, spent_usd=ledger.spent_usd)
-    summary.publish_artifacts(result, key_prefix=summary.artifact_key(grid_dir.name))
+    artifacts.publish_artifacts(result, key_prefix=artifacts.artifact_key(grid_dir.name))
     return result
 
 
@@ -224,7 +224,7 @@ def launch_packs(grid_dir, packs, runner, ledger, max_parallel, instance_type, s
     done: queue.Queue = queue.Queue()
     outcomes: dict[str, str] = {}
     running = 0
-    progress = summary.start_progress(len(packs), key=summary.artifact_key(grid_dir.name) + "-progress")
+    progress = artifacts.start_progress(len(packs), key=artifacts.artifact_key(grid_dir.name) + "-progress")
     finished = 0
 
     def collect() -> None:
@@ -239,7 +239,7 @@ def launch_packs(grid_dir, packs, runner, ledger, max_parallel, instance_type, s
             outcomes.update(pack_outcomes(grid_dir, pack, f"failed: {reason}"))
         else:
             outcomes.update(result)
-        summary.update_progress(progress, finished, len(packs))
+        artifacts.update_progress(progress, finished, len(packs))
 
     for i, pack in enumerate(packs):
         while running >= max_parallel:
@@ -276,7 +276,7 @@ def run_grid(spec: str | Path, *, out_dir: str | Path | None = None, **params: A
     except Exception:  # noqa: BLE001 - a state without data has no table to print
         result = None
     if isinstance(result, summary.Summary):
-        print(summary.console_table(result.rows, grid_dir=result.grid_dir))
+        print(report.console_table(result.rows, grid_dir=result.grid_dir))
     if state.is_completed():
         return 0
     print(f"{spec}: {state.message}", file=sys.stderr)
