@@ -8,7 +8,7 @@ all complete), then times, in the same run:
 
 - baseline: reading and parsing the 1800 metrics.json files, nothing else;
 - collect_rows + write_summary: what a rerun of a finished grid does (CSV, JSON,
-  markdown, ANOVAs, one PNG per factor, best/).
+  markdown, the type II ANOVAs and factor x stratum tests, one PNG per factor, best/).
 
 The files were just written, so they are in the page cache, as on a rerun right after a grid.
 """
@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autolabel.options import CellMetrics, CellOptions, Plan, Round  # noqa: E402
-from flows import summary  # noqa: E402
+from flows import report, rows as rows_mod, summary  # noqa: E402
 from flows.cells import Cell, cell_dir  # noqa: E402
 
 GOAL_S = 20.0
@@ -118,7 +118,7 @@ def run(grid_dir: Path) -> dict[str, float]:
     print(f"built {len(cells)} cells in {t_build:.1f} s under {grid_dir}")
     _, t_base = timed(read_all, grid_dir, cells)
     costs = {c.id: 0.0114 for c in cells}  # ~40 s on a g5.xlarge at $1.006/h
-    rows, t_rows = timed(summary.collect_rows, grid_dir, cells, None, costs)
+    rows, t_rows = timed(rows_mod.collect_rows, grid_dir, cells, None, costs)
     result, t_write = timed(summary.write_summary, grid_dir, cells, rows, cap_usd=50.0, spent_usd=20.5)
     _, t_noplot = timed(summary.write_summary, grid_dir, cells, rows, cap_usd=50.0, spent_usd=20.5, plots=False)
     total = t_rows + t_write
@@ -130,7 +130,7 @@ def run(grid_dir: Path) -> dict[str, float]:
           f"goal < {GOAL_S:.0f} s: {'met' if total < GOAL_S else 'MISSED'}")  # fmt: skip
     for e in result.effects:
         if e.stratum == "all":
-            print("  " + summary.effect_sentence(e))
+            print("  " + report.effect_sentence(e))
     return {"baseline_s": t_base, "collect_rows_s": t_rows, "write_summary_s": t_write, "total_s": total}
 
 

@@ -97,13 +97,13 @@ def effect_sentence(e: Effect, alpha: float = ALPHA, plot: str | None = None) ->
     """One line answering "does <factor> matter?", with the best level's lead and its interval."""
     if e.verdict == "n/a":
         return f"{e.factor}: n/a ({e.reason}; n={e.n})"
-    if e.verdict == "cannot be tested at this size":
-        return (
-            f"{e.factor}: cannot be tested at this size (smallest attainable p = {p_text(e.p_min, alpha, True)} "
-            f"over {e.permutations} relabellings; n={e.n}); observed {_stats_text(e, alpha)}"
-        )
     stats = _stats_text(e, alpha)
     tail = _interaction_text(e.interaction, alpha) + (f"; see {plot}" if plot else "")
+    if e.verdict == "cannot be tested at this size":
+        return (
+            f"{e.factor}: cannot be tested at this size (smallest attainable p = {decisive(e.p_min, (alpha,), 3)}"
+            f" > alpha over {e.permutations} relabellings; n={e.n}); observed {stats}; {_margin_text(e)}{tail}"
+        )
     if e.verdict == "no detectable effect":
         return f"{e.factor}: no detectable effect on validation Dice ({stats}; n={e.n}){tail}"
     where = _margin_text(e)
@@ -169,7 +169,7 @@ def render_markdown(s: Summary, alpha: float = ALPHA) -> str:
         lines += ["## Per stratum", ""]
         lines += _effects_table([e for e in s.effects if e.stratum != "all"], alpha) + [""]
         inter = [e for e in pooled if e.interaction is not None]
-        if inter:
+        if any(e.interaction.verdict != "n/a" for e in inter):
             lines += ["## Does the effect differ between strata? (factor x inputs x prediction)", ""]
             lines += _interaction_table(inter, alpha) + [""]
     lines += ["## Files", ""]

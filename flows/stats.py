@@ -176,8 +176,9 @@ def model_effects(rows: list[dict[str, Any]], factors: list[str], stratum: str, 
             out[t.name] = out[t.name].model_copy(update={"reason": reason})
         return out
     table = anova_table(rows, terms)
+    fits: dict[tuple[int, ...], Any] = {}  # one OLS fit per column set the margins need
     for t in tested:
-        out[t.name] = _test_term(out[t.name], t, terms, x, y, table, rows, alpha)
+        out[t.name] = _test_term(out[t.name], t, terms, x, y, table, rows, alpha, fits)
     return out
 
 
@@ -238,6 +239,8 @@ def design(rows: list[dict[str, Any]], factors: list[str]) -> tuple[np.ndarray, 
 def drop_aliased(x: np.ndarray, terms: list[_Term]) -> tuple[np.ndarray, list[_Term], dict[str, str]]:
     """Remove terms that add nothing to the others' column space, last first; say whom they follow."""
     aliased: dict[str, str] = {}
+    if np.linalg.matrix_rank(x) == x.shape[1]:
+        return x, terms, aliased  # full rank: nothing follows from anything else
     keep = list(terms)
     # Training factors first, so one that follows the stratum is dropped, not inputs or prediction.
     order = [t for t in reversed(terms) if t.name not in STRATA] + [t for t in reversed(terms) if t.name in STRATA]
@@ -300,7 +303,8 @@ def _rss(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _test_term(
-    e: Effect, t: _Term, terms: list[_Term], x: np.ndarray, y: np.ndarray, table: dict, rows: list, alpha: float
+    e: Effect, t: _Term, terms: list[_Term], x: np.ndarray, y: np.ndarray, table: dict, rows: list, alpha: float,
+    fits: dict,
 ) -> Effect:
     ss, df1, f, p = table[t.name]
     ss_res, df2, _, _ = table["Residual"]
@@ -312,7 +316,7 @@ def _test_term(
         perm = permutation_test(x, y, t, terms, rows)
         update.update(perm)
         p_use, p_min = perm["p_perm"], perm["p_min"]
-    margin = level_margin(x, y, t, terms, rows)
+    margin = level_margin(x, y, t, terms, rows, fits)
     update["margin"] = margin
     update["best_level"] = margin.best_level if margin else None
     if p_min is not None and p_min > alpha:
@@ -414,15 +418,24 @@ def _statistic(x_full: np.ndarray, x_reduced: np.ndarray, ys: np.ndarray) -> np.
 # ----------------------------------------------------------------------------- margin
 
 
-def level_margin(x: np.ndarray, y: np.ndarray, t: _Term, terms: list[_Term], rows: list) -> Margin | None:
-    """Best level vs the next, from the model's coefficients (other factors held fixed), with a t interval."""
+def level_margin(
+    x: np.ndarray, y: np.ndarray, t: _Term, terms: list[_Term], rows: list, fits: dict | None = None
+) -> Margin | None:
+    """Best level vs the next, from the model's coefficients (other factors held fixed), with a t interval.
+
+    ``fits`` caches the OLS fit per column set: every training factor shares one.
+    """
     if t.name == STRATUM:
         return None
     import statsmodels.api as sm
 
     full, _ = _type2_columns(t, terms)
     levels = sorted_levels(rows, t.name)
-    fit = sm.OLS(y, x[:, full]).fit()
+    fits = {} if fits is None else fits
+    if tuple(full) not in fits:
+        # QR, not the default pseudo-inverse: the design is full rank here (checked), and QR is faster.
+        fits[tuple(full)] = sm.OLS(y, x[:, full]).fit(method="qr")
+    fit = fits[tuple(full)]
     where = [full.index(c) for c in t.columns]
     effect = np.array([0.0, *fit.params[where]])  # the first level is the reference
     best, second = np.argsort(-effect, kind="stable")[:2]
@@ -444,6 +457,7 @@ def level_margin(x: np.ndarray, y: np.ndarray, t: _Term, terms: list[_Term], row
 def add_interactions(rows: list[dict[str, Any]], factors: list[str], pooled: dict[str, Effect], alpha: float) -> None:
     """Fill each pooled training factor's factor x stratum test (replacing the Effect in ``pooled``)."""
     strata = {stratum_of(r) for r in rows}
+    shared = None  # the main-effects fit, made once for all factors
     for f in factors:
         if f in STRATA or pooled[f].verdict == "n/a":
             continue
@@ -452,23 +466,33 @@ def add_interactions(rows: list[dict[str, Any]], factors: list[str], pooled: dic
         elif len(rows) < SMALL_N:
             inter = Interaction(reason=f"needs at least {SMALL_N} complete cells")
         else:
-            inter = interaction_test(rows, [g for g in factors if pooled[g].reason == "" or g == f], f, alpha)
+            model = tuple(g for g in factors if pooled[g].reason == "")
+            shared = shared or _interaction_data(rows, model)
+            inter = interaction_test(rows, list(model), f, alpha, shared)
         pooled[f] = pooled[f].model_copy(update={"interaction": inter})
 
 
-def interaction_test(rows: list[dict[str, Any]], factors: list[str], factor: str, alpha: float) -> Interaction:
-    """statsmodels F test of main effects + factor x stratum against main effects alone (rank-aware df)."""
+def _interaction_data(rows: list[dict[str, Any]], factors: tuple[str, ...]) -> tuple[Any, str, dict[str, str], Any]:
+    """The data frame, main-effects formula, column names and main-effects fit every interaction test shares."""
     import pandas as pd
     from statsmodels.formula.api import ols
 
-    live = [f for f in factors if len({level_key(r[f]) for r in rows}) > 1]
+    live = [f for f in factors if f not in STRATA and len({level_key(r[f]) for r in rows}) > 1]
     names = {f: f"f{i}" for i, f in enumerate(live)}
     data = pd.DataFrame({names[f]: [str(level_key(r[f])) for r in rows] for f in live})
     data["stratum"] = [stratum_of(r) for r in rows]
     data["y"] = [r["mean_dice"] for r in rows]
-    mains = " + ".join(f"C({names[f]})" for f in live if f not in STRATA)
-    base = f"y ~ {mains} + C(stratum)"
-    small = ols(base, data=data).fit()
+    base = "y ~ " + " + ".join([*(f"C({names[f]})" for f in live), "C(stratum)"])
+    return data, base, names, ols(base, data=data).fit()
+
+
+def interaction_test(
+    rows: list[dict[str, Any]], factors: list[str], factor: str, alpha: float, shared: tuple | None = None
+) -> Interaction:
+    """statsmodels F test of main effects + factor x stratum against main effects alone (rank-aware df)."""
+    from statsmodels.formula.api import ols
+
+    data, base, names, small = shared or _interaction_data(rows, tuple(factors))
     big = ols(f"{base} + C({names[factor]}):C(stratum)", data=data).fit()
     if big.df_resid <= 0 or big.df_model <= small.df_model:
         return Interaction(reason="no residual degrees of freedom for the interaction")

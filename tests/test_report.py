@@ -52,7 +52,8 @@ def test_sentences_for_untestable_and_na_effects():
     tiny = rows_of([0.60, 0.61, 0.62, 0.80, 0.81, 0.82], [0.5, 0.5, 0.5, 0.75, 0.75, 0.75])
     e = next(e for e in stats.effects(tiny) if e.stratum == "all")
     text = report.effect_sentence(e)
-    assert text.startswith("bce_weight: cannot be tested at this size (smallest attainable p = 0.10 over 20")
+    assert text.startswith("bce_weight: cannot be tested at this size (smallest attainable p = 0.100 > alpha over 20")
+    assert "best level 0.75 (mean Dice 0.8100, +0.2000 Dice over 0.5" in text
     flat = rows_of([0.7, 0.7, 0.7, 0.7], [0.5, 0.5, 0.75, 0.75])
     e = next(e for e in stats.effects(flat) if e.stratum == "all")
     assert report.effect_sentence(e).startswith("bce_weight: n/a (")
