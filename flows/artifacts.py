@@ -11,12 +11,13 @@ an async flow, where they would otherwise return an un-awaited coroutine.
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any
 from uuid import UUID
 
-from flows.report import Summary
+from flows.report import Summary, cells_table
+
+# What the progress bar says when a run has no pack to train (a rerun of a finished grid).
+NOTHING_TO_TRAIN = "nothing to train in this run: the summary was rebuilt from the cells on disk"
 
 
 def artifact_key(text: str) -> str:
@@ -31,7 +32,7 @@ def publish_artifacts(summary: Summary, key_prefix: str) -> dict[str, UUID]:
 
     prefix = artifact_key(key_prefix)
     n = len(summary.rows)
-    table = [{k: _table_value(r.get(k)) for k in summary.columns} for r in summary.rows]
+    table = cells_table(summary.rows)
     return {
         f"{prefix}-cells": create_table_artifact(
             table=table, key=f"{prefix}-cells", description=f"{n} cells of grid {summary.title}", _sync=True
@@ -43,19 +44,18 @@ def publish_artifacts(summary: Summary, key_prefix: str) -> dict[str, UUID]:
     }
 
 
-def _table_value(v: Any) -> Any:
-    if isinstance(v, float):
-        return round(v, 6)
-    return json.dumps(v) if isinstance(v, (list, dict, tuple)) else v
-
-
 def start_progress(total: int, key: str) -> UUID:
     """A progress artifact at 0% (100% when there is nothing to run)."""
     from prefect.artifacts import create_progress_artifact
 
     return create_progress_artifact(
-        progress=0.0 if total else 100.0, key=artifact_key(key), description=f"0/{total} finished", _sync=True
+        progress=0.0 if total else 100.0, key=artifact_key(key), description=progress_text(0, total), _sync=True
     )
+
+
+def progress_text(done: int, total: int) -> str:
+    """'3/8 finished' (packs of cells), or what an empty run means."""
+    return f"{done}/{total} finished" if total else NOTHING_TO_TRAIN
 
 
 def update_progress(artifact_id: UUID, done: int, total: int) -> None:
@@ -64,5 +64,5 @@ def update_progress(artifact_id: UUID, done: int, total: int) -> None:
 
     pct = 100.0 * done / total if total else 100.0
     update_progress_artifact(
-        artifact_id=artifact_id, progress=min(pct, 100.0), description=f"{done}/{total} finished", _sync=True
+        artifact_id=artifact_id, progress=min(pct, 100.0), description=progress_text(done, total), _sync=True
     )

@@ -1,6 +1,6 @@
 """The summary's pictures: validation Dice by level of each factor, one panel per stratum.
 
-    written = write_plots(grid_dir, rows)     # grid_dir/plots/dice_by_<factor>.png
+    written = write_plots(grid_dir, rows)     # plots/dice_by_<factor>.png, plots/learning_curves.png
 
 matplotlib is imported inside the drawing function (its object-oriented API with the Agg
 canvas, no pyplot state), so importing this module costs nothing. No Prefect, no torch.
@@ -8,6 +8,7 @@ canvas, no pyplot state), so importing this module costs nothing. No Prefect, no
 
 from __future__ import annotations
 
+import csv
 import math
 import shutil
 from pathlib import Path
@@ -15,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from autolabel.celldir import HISTORY
+from flows.cells import cell_dir
 from flows.rows import STRATA, fmt_level, level_key, safe_name, scored, sorted_levels, stratum_of, varying_factors
+
+LEARNING_CURVES = "learning_curves.png"
+# history.csv columns drawn, with their axis labels (the trainer's names, autolabel/train.py).
+CURVES = (("train_loss", "training loss"), ("val_loss", "validation loss"), ("val_mean_dice", "validation Dice (mean)"))
 
 
 def plot_name(factor: str) -> str:
@@ -28,10 +35,13 @@ def write_plots(grid_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
     out_dir = Path(grid_dir) / "plots"
     shutil.rmtree(out_dir, ignore_errors=True)  # a factor that no longer varies leaves no plot
     out_dir.mkdir(parents=True)
+    written = []
+    curves = out_dir / LEARNING_CURVES
+    if plot_learning_curves(curves, Path(grid_dir), rows):
+        written.append(str(curves))
     cells = scored(rows)
     if not cells:
-        return []
-    written = []
+        return written
     for factor in varying_factors(rows):
         blocks = tuple(k for k in STRATA if k != factor)
         path = out_dir / plot_name(factor)
@@ -69,3 +79,62 @@ def plot_factor(path: Path, factor: str, levels: list[Any], rows: list[dict[str,
         ax.set_ylabel("validation Dice (mean)")
     fig.suptitle(f"Validation Dice by {factor}" + (f", per {' x '.join(blocks)}" if blocks else ""))
     fig.savefig(path, dpi=90)
+
+
+def read_history(path: Path) -> list[dict[str, np.ndarray]] | None:
+    """The drawn columns of one history.csv, one series per repeat (a fresh init), epochs in file order.
+
+    None if the file is absent or unreadable (a cell that never finished an epoch): no curve.
+    """
+    try:
+        with open(path, newline="") as f:
+            records = list(csv.DictReader(f))
+        repeats = list(dict.fromkeys(r.get("repeat", "0") for r in records))
+        out = [
+            {col: np.array([float(r[col]) for r in records if r.get("repeat", "0") == rep]) for col, _ in CURVES}
+            for rep in repeats
+        ]
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    return out or None
+
+
+def plot_learning_curves(path: Path, grid_dir: Path, rows: list[dict[str, Any]]) -> bool:
+    """Training and validation loss and validation Dice per epoch, one line per cell, a row per stratum.
+
+    Returns False (and draws nothing) when no cell has a history.csv yet.
+    """
+    from matplotlib.figure import Figure
+
+    histories = [(r, read_history(cell_dir(grid_dir, r["id"]) / HISTORY)) for r in rows]
+    histories = [(r, h) for r, h in histories if h is not None]
+    if not histories:
+        return False
+    panels = sorted({stratum_of(r) for r, _ in histories})
+    fig = Figure(figsize=(11, 2.6 * len(panels) + 0.6), layout="constrained")
+    axes = fig.subplots(len(panels), len(CURVES), squeeze=False)
+    for row_axes, panel in zip(axes, panels):
+        mine = [(r, h) for r, h in histories if stratum_of(r) == panel]
+        # Failed cells in red, so a curve that ends early is explained at a glance.
+        series = [(r["status"] == "complete", one) for r, h in mine for one in h]
+        alpha = max(0.15, min(0.8, 8 / len(series)))
+        for ax, (col, name) in zip(row_axes, CURVES):
+            for complete, color in ((True, "tab:blue"), (False, "tab:red")):
+                x, y = _joined([h[col] for ok, h in series if ok == complete])
+                # One path per colour, cells separated by NaN: 3600 curves draw in a blink.
+                ax.plot(x, y, color=color, linewidth=0.8, alpha=alpha)
+            ax.set_title(f"{panel}: {name} (cells={len(mine)})", fontsize=9)
+            ax.set_xlabel("epoch (all rounds)")
+            ax.grid(alpha=0.3)
+    fig.suptitle("Learning curves per cell (blue: complete, red: not complete)")
+    fig.savefig(path, dpi=80)
+    return True
+
+
+def _joined(curves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch numbers and values of many curves in one pair of arrays, NaN between curves."""
+    if not curves:
+        return np.array([]), np.array([])
+    x = np.concatenate([np.append(np.arange(1, len(c) + 1, dtype=float), np.nan) for c in curves])
+    y = np.concatenate([np.append(c, np.nan) for c in curves])
+    return x, y

@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from flows.plots import plot_name
-from flows.rows import best_cells, columns_of, count_statuses, fmt_level, stratum_of
+from flows.plots import LEARNING_CURVES, plot_name
+from flows.rows import best_cells, count_statuses, dice_columns, fmt_level, ranked, stratum_of
 from flows.stats import ALPHA, ETA_SIZES, SMALL_N, Effect, Interaction
 
 
@@ -164,6 +164,7 @@ def render_markdown(s: Summary, alpha: float = ALPHA) -> str:
         lines.append("No hyperparameter varies in this grid.")
     lines += ["", _method_text(alpha), ""]
     lines += ["## Best cell per inputs x prediction", ""]
+    curves = next((p for p in s.plots if Path(p).name == LEARNING_CURVES), None)
     lines += _best_table(s.best) if s.best else ["No complete cell yet.", ""]
     if pooled:
         lines += ["## Per stratum", ""]
@@ -172,11 +173,15 @@ def render_markdown(s: Summary, alpha: float = ALPHA) -> str:
         if any(e.interaction.verdict != "n/a" for e in inter):
             lines += ["## Does the effect differ between strata? (factor x inputs x prediction)", ""]
             lines += _interaction_table(inter, alpha) + [""]
+    if curves:
+        lines += ["## Learning curves", "", "Training and validation loss and validation Dice per epoch, one line per "
+                  "cell (each repeat its own line), a row per inputs x prediction.", "",
+                  f"![learning curves](plots/{LEARNING_CURVES})", ""]  # fmt: skip
     lines += ["## Files", ""]
     lines += [
         f"- `{s.files['csv']}`: one row per cell (hyperparameters, status, Dice, epochs, duration, cost)",
         f"- `{s.files['json']}`: the same rows plus counts, spend, best cells and every test",
-        f"- `{s.files['plots']}/`: validation Dice by level of each hyperparameter",
+        f"- `{s.files['plots']}/`: validation Dice by level of each hyperparameter; learning curves",
         f"- `{s.files['best']}/<inputs>-<prediction>/`: the winner's options.json and plan.json",
         "",
     ]
@@ -225,8 +230,9 @@ def _best_table(best: list[BestCell]) -> list[str]:
 
 
 def _effects_table(effs: list[Effect], alpha: float) -> list[str]:
-    head = "| factor | stratum | n | F | p | partial eta² | verdict | best level | lead (95% CI) | mean Dice by level |"
-    out = [head, "|" + "---|" * 10]
+    cols = ["factor", "stratum", "n", "F", "p", "partial eta²", "verdict", "best level", "lead (95% CI)",
+            "mean Dice by level"]  # fmt: skip
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for e in effs:
         means = ", ".join(f"{fmt_level(lv.level)}: {_dice(lv.mean)}" for lv in e.levels if lv.mean is not None)
         f = f"{e.f:.2f}" if e.f is not None else ""
@@ -261,10 +267,10 @@ def _interaction_table(effs: list[Effect], alpha: float) -> list[str]:
 
 def console_table(rows: list[dict[str, Any]], limit: int = 20, grid_dir: Path | str | None = None) -> str:
     """The CLI's closing table: top cells by mean Dice, counts by status, where the files are."""
-    ranked = sorted(rows, key=lambda r: (r.get("mean_dice") is None, -(r.get("mean_dice") or 0.0), r["id"]))
+    order = ranked(rows)
     # Only the labels of the cells shown: an area-only top list needs no E0-E4 columns.
-    shown = ranked[:limit]
-    dice_cols = [c for c in columns_of(rows) if c.startswith("dice_") and any(r.get(c) is not None for r in shown)]
+    shown = order[:limit]
+    dice_cols = dice_columns(shown)
     head = ["#", "mean Dice", *[c[5:] for c in dice_cols], "status", "epochs", "time", "cost", "cell"]
     table = [head]
     for i, r in enumerate(shown, 1):
@@ -282,8 +288,8 @@ def console_table(rows: list[dict[str, Any]], limit: int = 20, grid_dir: Path | 
         )
     widths = [max(len(row[j]) for row in table) for j in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
-    if len(ranked) > limit:
-        lines.append(f"... {len(ranked) - limit} more cells in summary.csv")
+    if len(order) > limit:
+        lines.append(f"... {len(order) - limit} more cells in summary.csv")
     counts = count_statuses(rows)
     lines.append(f"cells: {len(rows)} total, " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     for r in best_cells(rows):
@@ -297,3 +303,22 @@ def console_table(rows: list[dict[str, Any]], limit: int = 20, grid_dir: Path | 
 
 def _num(v: float | None) -> str:
     return "" if v is None else _dice(v)
+
+
+def cells_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The Prefect cells table: best first, a compact set of columns, numbers as people read them.
+
+    The full rows (every hyperparameter, loss, duration, message) stay in summary.csv.
+    """
+    labels = dice_columns(rows)
+    return [
+        {
+            "cell": r["label"],
+            "mean Dice": _num(r.get("mean_dice")),
+            **{f"Dice {c[5:]}": _num(r.get(c)) for c in labels},
+            "status": r["status"],
+            "epochs": "" if r.get("epochs") is None else str(r["epochs"]),
+            "cost": f"${r.get('cost_usd') or 0.0:.4f}",
+        }
+        for r in ranked(rows)
+    ]

@@ -146,6 +146,16 @@ def count_statuses(rows: list[dict[str, Any]]) -> dict[str, int]:
     return {s: c[s] for s in sorted(c, key=lambda s: (rank.get(s, len(rank)), s))}
 
 
+def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows by mean Dice, best first; cells without a Dice last, then by id (the console and Prefect tables)."""
+    return sorted(rows, key=lambda r: (r.get("mean_dice") is None, -(r.get("mean_dice") or 0.0), r["id"]))
+
+
+def dice_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The per-label Dice columns (dice_V1, ...) that hold a value in some row."""
+    return [c for c in columns_of(rows) if c.startswith("dice_") and any(r.get(c) is not None for r in rows)]
+
+
 def best_cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per inputs x prediction: highest mean_dice; ties -> lower best_val_dice_loss, then id."""
     winners: dict[str, dict[str, Any]] = {}

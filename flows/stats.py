@@ -377,7 +377,8 @@ def _enumerate(blocks: list[np.ndarray], labels: list[str]) -> np.ndarray:
             # Give the cells labelled `lv` the Dice of the cells that `order` labels lv.
             perm = np.empty(len(b), dtype=int)
             for lv in set(block_labels):
-                perm[[j for j, v in enumerate(block_labels) if v == lv]] = [b[j] for j, v in enumerate(order) if v == lv]
+                mine = [j for j, v in enumerate(block_labels) if v == lv]
+                perm[mine] = [b[j] for j, v in enumerate(order) if v == lv]
             options.append(perm)
         per_block.append(options)
     out = []
@@ -499,4 +500,5 @@ def interaction_test(
     f, p, df1 = big.compare_f_test(small)
     eta = (small.ssr - big.ssr) / small.ssr
     verdict = "differs between strata" if p < alpha else "no detectable difference"
-    return Interaction(f=float(f), df=(int(df1), int(big.df_resid)), p=float(p), partial_eta_sq=float(eta), verdict=verdict)
+    df = (int(df1), int(big.df_resid))
+    return Interaction(f=float(f), df=df, p=float(p), partial_eta_sq=float(eta), verdict=verdict)

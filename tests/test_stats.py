@@ -34,7 +34,9 @@ def reference_anova(rows, formula="mean_dice ~ C(lr) + C(bce_weight) + C(inputs)
         data[col] = data[col].astype(str)  # levels are categories
     table = sm.stats.anova_lm(ols(formula, data=data).fit(), typ=2)
     resid = table.loc["Residual", "sum_sq"]
-    return {k: (row["F"], row["PR(>F)"], row["sum_sq"] / (row["sum_sq"] + resid), row["df"]) for k, row in table.iterrows()}
+    return {
+        k: (row["F"], row["PR(>F)"], row["sum_sq"] / (row["sum_sq"] + resid), row["df"]) for k, row in table.iterrows()
+    }
 
 
 def assert_matches_statsmodels(effs, ref):
@@ -111,7 +113,8 @@ def test_a_factor_that_follows_the_stratum_is_aliased_not_tested():
     for i, (lr, inputs, prediction, rep) in enumerate(np.ndindex(2, 2, 2, 5)):
         rows.append({"id": f"{i:03d}", "lr": [0.002, 0.005][lr], "partition": [0.25, 0.5][inputs],
                      "inputs": ["full", "anat"][inputs], "prediction": ["area", "ring"][prediction],
-                     "status": "complete", "mean_dice": 0.7 + 0.05 * lr + 0.1 * inputs + rng.normal(0, 0.01)})  # fmt: skip
+                     "status": "complete",
+                     "mean_dice": 0.7 + 0.05 * lr + 0.1 * inputs + rng.normal(0, 0.01)})  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         effs = stats.effects(rows)
@@ -128,7 +131,8 @@ def test_factor_x_stratum_interaction_shows_where_a_factor_matters():
     ):
         gain = 0.03 * (lr == 0.005) * (prediction == "ring")  # lr matters for ring only
         rows.append({"id": f"{i:03d}", "lr": lr, "bce_weight": bce, "inputs": inputs, "prediction": prediction,
-                     "status": "complete", "mean_dice": BASE[inputs, prediction] + gain + rng.normal(0, 0.004)})  # fmt: skip
+                     "status": "complete",
+                     "mean_dice": BASE[inputs, prediction] + gain + rng.normal(0, 0.004)})  # fmt: skip
     effs = stats.effects(rows)
     inter = pooled(effs, "lr").interaction
     assert inter.verdict == "differs between strata" and inter.p < 1e-6
@@ -151,7 +155,9 @@ def demo_rows(effect: float, noise: float, seed: int = 0):
     return [
         {"id": f"{i}", "lr": lr, "bce_weight": bce, "inputs": inputs, "prediction": "area", "status": "complete",
          "mean_dice": 0.7 + effect * (lr == 0.005) + 0.1 * (inputs == "full") + rng.normal(0, noise)}  # fmt: skip
-        for i, (lr, bce, inputs) in enumerate((a, b, c) for a in (0.002, 0.005) for b in (0.5, 0.75) for c in ("full", "anat"))
+        for i, (lr, bce, inputs) in enumerate(
+            (a, b, c) for a in (0.002, 0.005) for b in (0.5, 0.75) for c in ("full", "anat")
+        )
     ]
 
 
