@@ -160,11 +160,12 @@ def model_effects(rows: list[dict[str, Any]], factors: list[str], stratum: str, 
     """
     y = np.array([r["mean_dice"] for r in rows], dtype=float)
     out = {f: _empty_effect(f, rows, stratum) for f in factors}
-    live = [f for f in factors if len(out[f].levels) >= 2]
     for f in factors:
-        if f not in live:
-            only = ", ".join(fmt_level(lv.level) for lv in out[f].levels) or "none"
-            out[f] = out[f].model_copy(update={"reason": f"only one level among complete cells ({only})"})
+        reason = _untestable(out[f])
+        if reason:
+            out[f] = out[f].model_copy(update={"reason": reason})
+    # A factor left out here still varies, but no test could separate its levels.
+    live = [f for f in factors if not out[f].reason]
     x, terms = design(rows, live)
     x, terms, aliased = drop_aliased(x, terms)
     for name, partner in aliased.items():
@@ -199,12 +200,21 @@ def _level_stat(level: Any, y: np.ndarray) -> LevelStat:
     )
 
 
-def _degenerate(y: np.ndarray, x: np.ndarray, effs: list[Effect]) -> str:
-    """Why no test is possible, or '' (checked up front so numpy/statsmodels never warn)."""
-    thin = next(((e, lv) for e in effs for lv in e.levels if lv.n < 2), None)
+def _untestable(e: Effect) -> str:
+    """Why this factor alone cannot enter the model, or ''."""
+    if len(e.levels) < 2:
+        only = ", ".join(fmt_level(lv.level) for lv in e.levels) or "none"
+        return f"only one level among complete cells ({only})"
+    thin = next((lv for lv in e.levels if lv.n < 2), None)
     if thin:
-        e, lv = thin
-        return f"level {fmt_level(lv.level)} of {e.factor} has {lv.n} complete cell (need >= 2 per level)"
+        return f"level {fmt_level(thin.level)} has {thin.n} complete cell (need >= 2 per level)"
+    return ""
+
+
+def _degenerate(y: np.ndarray, x: np.ndarray, effs: list[Effect]) -> str:
+    """Why no test of the model is possible, or '' (checked up front so numpy/statsmodels never warn)."""
+    if not effs:
+        return ""
     if len(y) == 0 or np.ptp(y) == 0:
         return "every complete cell has the same Dice (zero variance)"
     rank = np.linalg.matrix_rank(x)

@@ -220,3 +220,16 @@ def test_degenerate_cases_are_na_with_a_reason_and_no_warning(values, levels, re
 
 def test_factor_fixed_in_the_grid_is_not_tested():
     assert stats.effects(rows_of([0.7, 0.8], [0.5, 0.5])) == []
+
+
+def test_a_factor_with_a_thin_level_is_left_out_and_the_others_still_tested(balanced):
+    # One surviving cell at lr 0.00167: lr cannot be tested, bce_weight and the strata still can.
+    lone = [r for r in balanced if r["lr"] == 0.00167][0]
+    rows = [r if r["lr"] != 0.00167 or r is lone else {**r, "status": "failed", "mean_dice": None} for r in balanced]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        effs = stats.effects(rows)
+    assert pooled(effs, "lr").verdict == "n/a" and "level 0.00167 has 1 complete cell" in pooled(effs, "lr").reason
+    ref = reference_anova(rows, "mean_dice ~ C(bce_weight) + C(inputs) * C(prediction)")
+    bce = pooled(effs, "bce_weight")
+    assert bce.f == pytest.approx(ref["C(bce_weight)"][0], rel=1e-6) and bce.verdict != "n/a"
