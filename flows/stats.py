@@ -171,6 +171,8 @@ def model_effects(rows: list[dict[str, Any]], factors: list[str], stratum: str, 
     for name, partner in aliased.items():
         out[name] = out[name].model_copy(update={"reason": f"aliased with {partner}: its levels follow from theirs"})
     tested = [t for t in terms if t.name in out and t.name not in aliased]
+    if not tested:
+        return out  # every factor is n/a already: no model to fit
     reason = _degenerate(y, x, [out[t.name] for t in tested])
     if reason:
         for t in tested:
@@ -213,8 +215,6 @@ def _untestable(e: Effect) -> str:
 
 def _degenerate(y: np.ndarray, x: np.ndarray, effs: list[Effect]) -> str:
     """Why no test of the model is possible, or '' (checked up front so numpy/statsmodels never warn)."""
-    if not effs:
-        return ""
     if len(y) == 0 or np.ptp(y) == 0:
         return "every complete cell has the same Dice (zero variance)"
     rank = np.linalg.matrix_rank(x)

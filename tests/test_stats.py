@@ -203,6 +203,7 @@ def test_a_24_cell_grid_detects_a_real_effect():
     "values, levels, reason",
     [
         ([0.7, 0.8, 0.75], [0.5, 0.5, 0.5], "only one level"),
+        ([0.7], [0.5], "only one level"),  # one complete cell: nothing is fitted at all
         ([0.7, 0.8, 0.75], [0.5, 0.5, 0.75], "has 1 complete cell"),
         ([0.7, 0.7, 0.7, 0.7], [0.5, 0.5, 0.75, 0.75], "zero variance"),
         ([0.7, 0.7, 0.8, 0.8], [0.5, 0.5, 0.75, 0.75], "no spread within levels"),
