@@ -3,12 +3,13 @@
     .venv/bin/python benchmarks/summarize.py               # temp dir, removed afterwards
     .venv/bin/python benchmarks/summarize.py --keep /tmp/g  # keep the grid and its summary
 
-It writes a synthetic grid (options.json, plan.json and a plausible metrics.json per cell,
-all complete), then times, in the same run:
+It writes a synthetic grid (options.json, plan.json, a plausible metrics.json and a 60-epoch
+history.csv per cell, all complete), then times, in the same run:
 
 - baseline: reading and parsing the 1800 metrics.json files, nothing else;
 - collect_rows + write_summary: what a rerun of a finished grid does (CSV, JSON,
-  markdown, ANOVAs, one PNG per factor, best/).
+  markdown, the type II ANOVAs and factor x stratum tests, one PNG per factor and the
+  learning curves, best/).
 
 The files were just written, so they are in the page cache, as on a rerun right after a grid.
 """
@@ -30,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autolabel.options import CellMetrics, CellOptions, Plan, Round  # noqa: E402
-from flows import summary  # noqa: E402
+from flows import report, rows as rows_mod, summary  # noqa: E402
 from flows.cells import Cell, cell_dir  # noqa: E402
 
 GOAL_S = 20.0
@@ -87,6 +88,20 @@ def fake_metrics(h: dict, rng: np.random.Generator) -> CellMetrics:
     )
 
 
+def fake_history(rng: np.random.Generator, repeats: int = 2, epochs: int = 30) -> str:
+    """history.csv as the trainer writes it: 2 repeats x 3 rounds of 10 epochs (the published plan)."""
+    columns = ("repeat", "round", "epoch", "lr", "batch_size", "train_bce", "train_dice", "train_loss",
+               "val_bce", "val_dice", "val_loss", "val_mean_dice", "seconds")  # autolabel.train.HISTORY_COLUMNS
+    lines = [",".join(columns)]
+    for rep in range(repeats):
+        for ep in range(epochs):
+            loss = 1.0 * np.exp(-ep / 8) + 0.25 + rng.normal(0, 0.01)
+            dice = 0.7 * (1 - np.exp(-(ep + 1) / 6))
+            values = (rep, ep // 10, ep % 10 + 1, 0.0025, 4, 0.1, 0.2, loss, 0.1, 0.2, loss + 0.05, dice, 0.6)
+            lines.append(",".join(f"{v:.5g}" if isinstance(v, float) else str(v) for v in values))
+    return "\n".join(lines) + "\n"
+
+
 def build_grid(grid_dir: Path) -> list[Cell]:
     rng = np.random.default_rng(0)
     cells = []
@@ -98,6 +113,7 @@ def build_grid(grid_dir: Path) -> list[Cell]:
         (d / "options.json").write_text(cell.options.model_dump_json(indent=2))
         (d / "plan.json").write_text(cell.plan.model_dump_json(indent=2))
         (d / "metrics.json").write_text(fake_metrics(h, rng).model_dump_json(indent=2))
+        (d / "history.csv").write_text(fake_history(rng))
         cells.append(cell)
     return cells
 
@@ -118,7 +134,7 @@ def run(grid_dir: Path) -> dict[str, float]:
     print(f"built {len(cells)} cells in {t_build:.1f} s under {grid_dir}")
     _, t_base = timed(read_all, grid_dir, cells)
     costs = {c.id: 0.0114 for c in cells}  # ~40 s on a g5.xlarge at $1.006/h
-    rows, t_rows = timed(summary.collect_rows, grid_dir, cells, None, costs)
+    rows, t_rows = timed(rows_mod.collect_rows, grid_dir, cells, None, costs)
     result, t_write = timed(summary.write_summary, grid_dir, cells, rows, cap_usd=50.0, spent_usd=20.5)
     _, t_noplot = timed(summary.write_summary, grid_dir, cells, rows, cap_usd=50.0, spent_usd=20.5, plots=False)
     total = t_rows + t_write
@@ -130,7 +146,7 @@ def run(grid_dir: Path) -> dict[str, float]:
           f"goal < {GOAL_S:.0f} s: {'met' if total < GOAL_S else 'MISSED'}")  # fmt: skip
     for e in result.effects:
         if e.stratum == "all":
-            print("  " + summary.effect_sentence(e))
+            print("  " + report.effect_sentence(e))
     return {"baseline_s": t_base, "collect_rows_s": t_rows, "write_summary_s": t_write, "total_s": total}
 
 

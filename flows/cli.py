@@ -174,7 +174,7 @@ def describe(e: Exception) -> str:
 
 def run_grid(spec: str | Path, *, out_dir: str | Path | None = None, **params: Any) -> int:
     """Run the flow, print the summary table, and map the outcome to an exit code."""
-    from flows import summary  # Prefect and the runners: only for a real run
+    from flows import report, summary  # Prefect and the runners: only for a real run
     from flows.grid import grid_search
 
     state = grid_search(spec=str(spec), out_dir=str(out_dir) if out_dir else None, return_state=True, **params)
@@ -183,7 +183,7 @@ def run_grid(spec: str | Path, *, out_dir: str | Path | None = None, **params: A
     except Exception:  # noqa: BLE001 - a state without data has no table to print
         result = None
     if isinstance(result, summary.Summary):
-        print(summary.console_table(result.rows, grid_dir=result.grid_dir))
+        print(report.console_table(result.rows, grid_dir=result.grid_dir))
     if state.is_completed():
         print(f"{spec}: {state.message}")
         return EXIT_OK

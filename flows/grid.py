@@ -35,7 +35,7 @@ from prefect.utilities.annotations import quote  # noqa: E402
 
 from autolabel.celldir import is_complete  # noqa: E402
 from flows import cells as cells_mod  # noqa: E402
-from flows import cost, plan, spec as spec_mod, summary  # noqa: E402
+from flows import artifacts, cost, plan, rows as rows_mod, spec as spec_mod, summary  # noqa: E402
 from flows.cells import Cell  # noqa: E402
 from flows.cost import Backend, Pricing  # noqa: E402
 from flows.ledger import Ledger  # noqa: E402
@@ -119,9 +119,9 @@ def train_pack(
 @task(name="summarize", cache_policy=NO_CACHE)
 def summarize(grid_dir: Path, cells: list[Cell], outcomes: dict[str, str], ledger: Ledger) -> Any:
     """Write summary.csv/json/md, plots and best/; publish the Prefect artifacts."""
-    rows = summary.collect_rows(grid_dir, cells, outcomes, ledger.per_cell_usd)
+    rows = rows_mod.collect_rows(grid_dir, cells, outcomes, ledger.per_cell_usd)
     result = summary.write_summary(grid_dir, cells, rows, cap_usd=ledger.cap_usd, spent_usd=ledger.spent_usd)
-    summary.publish_artifacts(result, key_prefix=summary.artifact_key(grid_dir.name))
+    artifacts.publish_artifacts(result, key_prefix=artifacts.artifact_key(grid_dir.name))
     return result
 
 
@@ -232,7 +232,7 @@ def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger
     done: queue.Queue = queue.Queue()
     outcomes: dict[str, str] = {}
     running = 0
-    progress = summary.start_progress(len(packs), key=summary.artifact_key(grid_dir.name) + "-progress")
+    progress = artifacts.start_progress(len(packs), key=artifacts.artifact_key(grid_dir.name) + "-progress")
     finished = 0
 
     def collect() -> None:
@@ -247,7 +247,7 @@ def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger
             outcomes.update(pack_outcomes(grid_dir, pack, f"failed: {reason}"))
         else:
             outcomes.update(result)
-        summary.update_progress(progress, finished, len(packs))
+        artifacts.update_progress(progress, finished, len(packs))
 
     for i, pack in enumerate(packs):
         while running >= pricing.max_parallel:

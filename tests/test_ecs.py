@@ -422,7 +422,7 @@ def write_spec(tmp: Path, name: str, hyper: dict) -> Path:
 def test_grid_runs_on_ecs_end_to_end_through_faults(aws, tmp_path, cache, monkeypatch, prefect_api):
     """The real flow on backend="ecs": a Spot interruption resumes from S3, a RESOURCE:GPU placement
     failure is retried, an invalid cell fails once and for all, and the rest complete."""
-    from flows import cells as cells_mod, grid as grid_mod, spec as spec_mod, summary
+    from flows import cells as cells_mod, grid as grid_mod, rows as rows_mod, spec as spec_mod
 
     bad = {"train": ["s0000", "s0001"], "validation": ["no-such-subject"]}
     spec = write_spec(tmp_path, "demo", {"lr": [0.003, 0.006], "partition": [0.25, bad]})
@@ -467,8 +467,8 @@ def test_grid_runs_on_ecs_end_to_end_through_faults(aws, tmp_path, cache, monkey
     assert {rows[c.id]["status"] for c in valid} == {"complete"}
     assert all(rows[c.id]["status"].startswith("failed") for c in invalid)
     header = (grid / "summary.csv").read_text().splitlines()[0].split(",")
-    assert header == [*summary.HEAD, "lr", "partition", *summary.STRATA, *summary.TAIL,
-                      "dice_V1", "dice_V2", "dice_V3", *summary.METRIC_TAIL]
+    assert header == [*rows_mod.HEAD, "lr", "partition", *rows_mod.STRATA, *rows_mod.TAIL,
+                      "dice_V1", "dice_V2", "dice_V3", *rows_mod.METRIC_TAIL]
     assert all(rows[c.id]["cost_usd"] > 0 for c in valid), "ECS runtime is billed at the GPU price"
     assert (grid / "summary.md").is_file() and (grid / "best" / "full-area" / "options.json").is_file()
     # What lands in S3: each cell's folder under the grid prefix, the results, no checkpoint left.
