@@ -120,3 +120,46 @@ def prefect_api():
 
     with prefect_test_harness():
         yield
+
+
+# 8 subjects at 32x32 (6 train / 2 validation): an epoch of a tiny cell takes well under a second on one core.
+SMALL = {"kind": "synthetic", "subjects": 8, "rows": 32, "cols": 32}
+# Adam at lr 10 with BCE and Dice mixed blows the validation loss up to NaN in the first epoch.
+DIVERGING_PLAN = [{"lr": 10, "bce_weight": 0.5, "num_epochs": 3, "batch_size": 6}]
+
+
+def metrics_of(cell: Path):
+    """The cell's metrics.json as CellMetrics (the trainer's tests read it back this way)."""
+    from autolabel.options import CellMetrics
+
+    return CellMetrics.model_validate_json((cell / "metrics.json").read_text())
+
+
+def history_rows(cell: Path) -> list[dict]:
+    """history.csv as a list of dicts (strings, as written)."""
+    import csv
+
+    with open(cell / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def epoch_keys(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """(repeat, round, epoch) of each history row."""
+    return [(r["repeat"], r["round"], r["epoch"]) for r in rows]
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One OpenMP thread: tests share two cores, and more threads than free cores makes OpenMP spin."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def torch_one_thread():
+    """torch on one thread for a test that runs a model directly (the trainer sets its own threads)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
