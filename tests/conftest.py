@@ -163,3 +163,21 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def tiny_model(seed: int = 0):
+    """A seeded U-Net for 3 input channels and 2 labels (the step and checkpoint tests)."""
+    import torch
+
+    from autolabel.model import build_model
+
+    torch.manual_seed(seed)
+    return build_model("resnet18", 3, 2)
+
+
+def tiny_batch(n: int = 2, seed: int = 0):
+    """(x [n,3,32,32], y [n,2,32,32] of 0/1) for :func:`tiny_model`."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g), (torch.rand(n, 2, 32, 32, generator=g) > 0.5).float()

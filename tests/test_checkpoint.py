@@ -7,27 +7,17 @@ import torch
 
 from autolabel.checkpoint import match_device, same_weights
 from autolabel.loop import new_optimizer
-from autolabel.model import build_model
 from autolabel.options import Round
 from autolabel.step import train_step
+from tests.conftest import tiny_batch, tiny_model
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-def tiny_model(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model("resnet18", 3, 2)
-
-
-def batch(n: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, 32, 32, generator=g), (torch.rand(n, 2, 32, 32, generator=g) > 0.5).float()
 
 
 def test_an_optimizer_state_from_a_cuda_run_loads_on_cpu():
     model = tiny_model()
     optimizer, _ = new_optimizer(model, Round(lr=0.003, bce_weight=0.75, num_epochs=1))
-    train_step(model, optimizer, *batch(), 0.75)
+    train_step(model, optimizer, *tiny_batch(), 0.75)
     saved = optimizer.state_dict()
     # What a CUDA run saves (see new_optimizer): a tensor lr, fused and capturable.
     saved["param_groups"][0].update(lr=torch.tensor(0.002), fused=True, capturable=True)
@@ -37,14 +27,14 @@ def test_an_optimizer_state_from_a_cuda_run_loads_on_cpu():
     group = again.param_groups[0]
     assert group["lr"] == pytest.approx(0.002) and isinstance(group["lr"], float)
     assert not group["fused"] and not group["capturable"]
-    train_step(model, again, *batch(), 0.75)  # steps without complaint
+    train_step(model, again, *tiny_batch(), 0.75)  # steps without complaint
 
 
 def test_a_checkpoint_saved_contiguous_resumes_with_moments_laid_out_like_the_weights():
     model = tiny_model().to(memory_format=torch.channels_last)  # as on CUDA
     plain = tiny_model()
     optimizer, _ = new_optimizer(plain, Round(lr=0.003, bce_weight=0.75, num_epochs=1))
-    train_step(plain, optimizer, *batch(), 0.75)  # a state saved by a contiguous run (CPU)
+    train_step(plain, optimizer, *tiny_batch(), 0.75)  # a state saved by a contiguous run (CPU)
     again, _ = new_optimizer(model, Round(lr=0.003, bce_weight=0.75, num_epochs=1))
     again.load_state_dict(optimizer.state_dict())
     match_device(again, torch.device("cpu"))

@@ -10,7 +10,6 @@ import torch
 from autolabel import loop, storage
 from autolabel.control import CHECKPOINT_ENV, RunControl
 from autolabel.errors import EXIT_ERROR, EXIT_TERMINATED
-from autolabel.model import build_model
 from autolabel.options import CellMetrics, Round
 from autolabel.step import train_step
 from tests.conftest import (
@@ -20,6 +19,7 @@ from tests.conftest import (
     history_rows,
     metrics_of,
     s3_read_json,
+    tiny_model,
     tiny_options,
     tiny_plan,
 )
@@ -63,11 +63,6 @@ def test_best_round_and_repeat_are_kept(make_cell, capsys):
     # Repeats start from different initialisations, so their first epochs differ.
     rows = history_rows(cell)
     assert rows[0]["train_loss"] != rows[2]["train_loss"]
-
-
-def tiny_model(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model("resnet18", 3, 2)
 
 
 def test_a_restarted_optimizer_steps_exactly_like_a_new_one():

@@ -9,25 +9,15 @@ import pytest
 import torch
 
 from autolabel.loop import new_optimizer
-from autolabel.model import build_model
 from autolabel.options import Round
 from autolabel.step import Gate, TrainStep, train_step
+from tests.conftest import tiny_batch, tiny_model
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def tiny_model(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model("resnet18", 3, 2)
-
-
-def batch(n: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, 32, 32, generator=g), (torch.rand(n, 2, 32, 32, generator=g) > 0.5).float()
-
-
 def test_step_sums_are_the_batch_weighted_losses_of_train_step():
-    x, y = batch(5)
+    x, y = tiny_batch(5)
     a, b = tiny_model(), tiny_model()
     opt_a, _ = new_optimizer(a, Round(lr=0.003, bce_weight=0.75, num_epochs=1))
     opt_b, _ = new_optimizer(b, Round(lr=0.003, bce_weight=0.75, num_epochs=1))
