@@ -9,19 +9,30 @@ so both agree on what a cell holds and on when it is done::
     runner.log                the local runner's launches and the trainer's output
     model.pt                  best weights, and what rebuilds the model
     metrics.json              written last and atomically: status complete means done
+
+A cell given as ``s3://bucket/prefix`` is staged: :func:`open_cell` downloads its inputs
+(and checkpoint) into a scratch folder, training writes there, and :func:`push` and
+:func:`write_metrics` upload what changed, metrics.json last.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager, Iterator
 
 from pydantic import ValidationError
 
-from autolabel.options import CellMetrics
+from autolabel import storage
+from autolabel.errors import BadInput
+from autolabel.options import CellMetrics, CellOptions, Plan
+from autolabel.validation import format_validation_error
 
 OPTIONS, PLAN, METRICS = "options.json", "plan.json", "metrics.json"
 CHECKPOINT, HISTORY, LOG, MODEL = "checkpoint.pt", "history.csv", "training.log", "model.pt"
@@ -29,6 +40,10 @@ RUNNER_LOG = "runner.log"
 INPUTS = (OPTIONS, PLAN)
 # What a finished cell keeps, metrics.json last: copied in this order from S3 to the local grid.
 RESULTS = (HISTORY, LOG, MODEL, METRICS)
+HISTORY_COLUMNS = (
+    "repeat", "round", "epoch", "lr", "batch_size", "train_bce", "train_dice", "train_loss",
+    "val_bce", "val_dice", "val_loss", "val_mean_dice", "seconds",
+)  # fmt: skip
 
 
 def _umask() -> int:
@@ -117,3 +132,112 @@ def complete_ids(cells_root: Path) -> set[str]:
     except OSError:
         return set()
     return {e.name for e in entries if e.is_dir(follow_symlinks=False) and is_complete(Path(e.path))}
+
+
+# ----------------------------------------------------------------------------- a cell being trained
+
+
+@dataclass
+class CellDir:
+    """A cell as given on the command line (``uri``) and the local folder training writes in."""
+
+    uri: str
+    work: Path
+
+    @property
+    def remote(self) -> bool:
+        return storage.is_s3(self.uri)
+
+    def name(self, file: str) -> str:
+        """A file of the cell as the user knows it (local path or s3 URI), for messages."""
+        return storage.join(self.uri, file) if self.remote else str(self.work / file)
+
+
+@contextmanager
+def open_cell(uri: str, force: bool, idle: Callable[[], ContextManager] = nullcontext) -> Iterator[CellDir]:
+    """A local cell as is; a remote one downloaded into a scratch folder that is removed afterwards.
+
+    The downloads run inside ``idle()``: the trainer passes the CUDA capture gate's idle
+    stretch (autolabel.step.GATE), so a graph capture in another thread need not wait for them.
+    """
+    if not storage.is_s3(uri):
+        yield CellDir(uri, Path(uri))
+        return
+    storage.split_s3(uri)  # a malformed URI fails here with a message naming it
+    scratch = Path(tempfile.mkdtemp(prefix="autolabel-cell-"))
+    try:
+        cell = CellDir(uri.rstrip("/"), scratch)
+        names = [OPTIONS, PLAN, METRICS] + ([] if force else [CHECKPOINT])
+        with idle():
+            for name in names:
+                storage.download_file(cell.name(name), scratch / name)
+        yield cell
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def read_json_file(path: Path, shown: str) -> Any:
+    """Parse one JSON input; a missing file or a syntax error becomes a one-line BadInput."""
+    if not path.is_file():
+        raise BadInput(f"{shown}: not found; a cell directory needs {OPTIONS} and {PLAN}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{shown}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"{shown}: unreadable ({e})") from None
+
+
+def load_cell(cell: CellDir) -> tuple[CellOptions, Plan]:
+    """options.json and plan.json, validated by the same models the grid spec uses."""
+    parsed = []
+    for file, model in ((OPTIONS, CellOptions), (PLAN, Plan)):
+        raw = read_json_file(cell.work / file, cell.name(file))
+        try:
+            parsed.append(model.model_validate(raw))
+        except ValidationError as e:
+            raise BadInput("\n".join(format_validation_error(cell.name(file), raw, e))) from None
+    return parsed[0], parsed[1]
+
+
+def write_history(cell: CellDir, rows: list[dict], log: list[str]) -> None:
+    """history.csv and training.log, rewritten whole (no duplicate rows after a resume)."""
+
+    def write_csv(p: Path) -> None:
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+
+    write_atomic(cell.work / HISTORY, write_csv)
+    write_atomic(cell.work / LOG, lambda p: p.write_text("".join(line + "\n" for line in log)))
+
+
+def write_metrics(cell: CellDir, metrics: CellMetrics) -> None:
+    """metrics.json, atomically and last (uploaded last for a remote cell): its presence means done."""
+    write_json_atomic(cell.work / METRICS, metrics.model_dump(mode="json"))
+    if cell.remote:
+        storage.upload_file(cell.work / METRICS, cell.name(METRICS))
+
+
+def fail_cell(cell: CellDir, status: str, message: str) -> None:
+    """Record a failed cell in metrics.json (only for a cell that exists: not for a typo in the path)."""
+    if (cell.work / OPTIONS).is_file():
+        write_metrics(cell, CellMetrics(status=status, message=message))
+
+
+def push(cell: CellDir, names: list[str], idle: Callable[[], ContextManager] = nullcontext) -> None:
+    """Upload these files of a remote cell (a no-op for a local one), inside ``idle()`` (see open_cell)."""
+    if not cell.remote:
+        return
+    with idle():
+        for name in names:
+            if (cell.work / name).is_file():
+                storage.upload_file(cell.work / name, cell.name(name))
+
+
+def delete(cell: CellDir, name: str) -> None:
+    """Remove a file of the cell, here and, for a remote cell, in the bucket."""
+    storage.delete(cell.work / name)
+    if cell.remote:
+        storage.delete(cell.name(name))

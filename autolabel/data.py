@@ -7,30 +7,28 @@ A dataset is a folder (or an ``s3://`` prefix holding the same files)::
 
 ``manifest.json`` is written last, so its presence means the folder is complete.
 
-    from autolabel.data import open_dataset, split_subjects
-    from autolabel.options import SyntheticDataset
-    cohort = open_dataset(SyntheticDataset(subjects=16, rows=64, cols=128))
+    from autolabel.data import open_cohort, split_subjects
+    cohort = open_cohort("/data/flatmaps")          # a folder; autolabel.sources opens what a cell names
     train, val = split_subjects(cohort.subjects, 0.2)
-    x, y = cohort.arrays(train, inputs="full", prediction="area")   # [N,14,64,128], [N,3,64,128]
+    x, y = cohort.arrays(train, inputs="full", prediction="area")   # [N,14,H,W] raw units, [N,3,H,W]
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
+import json
 import zipfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from autolabel.options import SUBJECT_ID, ExplicitPartition, PathDataset, SyntheticDataset, split_counts
 from autolabel.celldir import write_json_atomic
-from autolabel.storage import StorageError, download_prefix, split_s3
+from autolabel.options import SUBJECT_ID, ExplicitPartition, split_counts
 
 # Channel order of the published method (Benson, Song et al. 2025): T1, T2, diffusion, functional.
 T1 = ("x", "y", "z", "curvature", "convexity", "thickness", "surface_area")
@@ -66,12 +64,6 @@ class DatasetError(ValueError):
     """A dataset that cannot be used; the one-line message names the file or field and the fix."""
 
 
-def cache_root() -> Path:
-    """Where generated and downloaded datasets live: ``$AUTOLABEL_CACHE`` or ``~/.cache/autolabel``."""
-    env = os.environ.get("AUTOLABEL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "autolabel"
-
-
 # ----------------------------------------------------------------------------- cohort
 
 
@@ -84,8 +76,6 @@ class Cohort:
     channels: tuple[str, ...]
     labels: dict[str, tuple[str, ...]]
     image_size: tuple[int, int]
-    # Per-channel (mean, std) over the whole cohort, used to standardise features; None until needed.
-    stats: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def subject_file(self, subject: str) -> Path:
         return self.root / SUBJECTS_DIR / f"{subject}.npz"
@@ -96,12 +86,11 @@ class Cohort:
         inputs: str,
         prediction: str,
         image_size: tuple[int, int] | None = None,
-        normalize: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Features ``x`` float32 [N, C, H, W] (``INPUT_SETS[inputs]`` order) and labels ``y`` float32 0/1 [N, L, H, W].
 
-        Features are standardised per channel with whole-cohort statistics unless
-        ``normalize=False`` (raw units: mm, degrees, ...). With ``image_size`` different
+        Features come in their raw units (mm, degrees, ...): the trainer standardises them
+        with its training set's statistics (autolabel.state). With ``image_size`` different
         from the dataset's, features are resampled with area averaging (down) or
         bilinear interpolation (up) and labels with nearest neighbour.
         """
@@ -109,22 +98,9 @@ class Cohort:
         names = self._label_names(prediction)
         self._check_known(subjects)
         x, y = self._read(subjects, picked, prediction, len(names))
-        if normalize:
-            mean, std = self.channel_stats()
-            x -= mean[picked][None, :, None, None]
-            x /= std[picked][None, :, None, None]
         if image_size is not None and tuple(image_size) != self.image_size:
             x, y = resample(x, y, (int(image_size[0]), int(image_size[1])))
         return x, y
-
-    def channel_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean and std (float32) over every subject, from the manifest or computed once."""
-        if self.stats is None:
-            x, _ = self._read(self.subjects, list(range(len(self.channels))), None, 0)
-            mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
-            std = x.std(axis=(0, 2, 3), dtype=np.float64)
-            self.stats = (mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32))
-        return self.stats
 
     def _input_indices(self, inputs: str) -> list[int]:
         if inputs not in INPUT_SETS:
@@ -151,7 +127,7 @@ class Cohort:
             raise DatasetError(f"{self.root / MANIFEST}: unknown subject id(s) {unknown[:10]}; use ids from 'subjects'")
 
     def _read(
-        self, subjects: list[str], picked: list[int], prediction: str | None, n_labels: int
+        self, subjects: list[str], picked: list[int], prediction: str, n_labels: int
     ) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.image_size
         x = np.empty((len(subjects), len(picked), h, w), np.float32)
@@ -165,8 +141,7 @@ class Cohort:
                 read_member(path, "features", x[i])
             else:
                 x[i] = read_member(path, "features", feats)[picked]
-            if prediction is not None:
-                y[i] = read_member(path, prediction, labels)
+            y[i] = read_member(path, prediction, labels)
         return x, y
 
 
@@ -303,8 +278,8 @@ def open_cohort(root: Path) -> Cohort:
         channels=tuple(m["channels"]),
         labels={k: tuple(v) for k, v in m["labels"].items()},
         image_size=(size := (m["image_size"][0], m["image_size"][1])),
-        stats=parse_stats(m, root / MANIFEST),
     )
+    check_stats(m, root / MANIFEST)
     expected = {"features": ((len(cohort.channels), *size), np.float32)}
     expected |= {k: ((len(v), *size), np.uint8) for k, v in cohort.labels.items()}
     for s in cohort.subjects:
@@ -312,10 +287,11 @@ def open_cohort(root: Path) -> Cohort:
     return cohort
 
 
-def parse_stats(m: dict, where: Path) -> tuple[np.ndarray, np.ndarray] | None:
+def check_stats(m: dict, where: Path) -> None:
+    """The manifest's optional whole-cohort ``channel_stats`` (for other readers of the format) must be well formed."""
     stats = m.get("channel_stats")
     if stats is None:
-        return None
+        return
     n = len(m["channels"])
     try:
         mean = np.asarray(stats["mean"], np.float32)
@@ -324,7 +300,6 @@ def parse_stats(m: dict, where: Path) -> tuple[np.ndarray, np.ndarray] | None:
         raise DatasetError(f"{where}: 'channel_stats' must be {{'mean': [...], 'std': [...]}}; or delete it") from None
     if mean.shape != (n,) or std.shape != (n,):
         raise DatasetError(f"{where}: 'channel_stats' mean/std need {n} values (one per channel); or delete it")
-    return mean, np.maximum(std, 1e-6)
 
 
 def check_subject_file(path: Path, expected: dict[str, tuple[tuple[int, ...], type]]) -> None:
@@ -435,60 +410,6 @@ def split_subjects(subjects: list[str], partition: float | ExplicitPartition) ->
     by_hash = sorted(subjects, key=lambda s: hashlib.sha256(s.encode()).hexdigest())
     val = set(by_hash[:n_val])
     return [s for s in subjects if s not in val], [s for s in subjects if s in val]
-
-
-# ----------------------------------------------------------------------------- opening
-
-
-def open_dataset(spec: SyntheticDataset | PathDataset, cache_dir: Path | None = None) -> Cohort:
-    """Open the dataset a cell names: generate a synthetic cohort or download an s3 prefix once, into the cache."""
-    cache = Path(cache_dir) if cache_dir is not None else cache_root()
-    if spec.kind == "fsaverage":  # before synthetic: FsaverageDataset shares its size fields
-        from autolabel.fsaverage import ensure_cohort
-
-        return open_cohort(ensure_cohort(spec, cache))
-    if isinstance(spec, SyntheticDataset):
-        return open_cohort(ensure_synthetic(spec, cache))
-    if spec.path.startswith("s3://"):
-        return open_cohort(ensure_downloaded(spec.path, cache))
-    root = Path(spec.path).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"dataset.path {spec.path}: no such folder; give a dataset folder or s3://bucket/prefix")
-    return open_cohort(root)
-
-
-def synthetic_dir(spec: SyntheticDataset, cache: Path) -> Path:
-    from autolabel.synthetic import GENERATOR_VERSION
-
-    return cache / f"synthetic-s{spec.seed}-n{spec.subjects}-{spec.rows}x{spec.cols}-v{GENERATOR_VERSION}"
-
-
-def ensure_synthetic(spec: SyntheticDataset, cache: Path) -> Path:
-    """Generate the cohort unless the cache has it; concurrent callers all end up with one copy."""
-    from autolabel.synthetic import generate_cohort
-
-    target = synthetic_dir(spec, cache)
-    if not (target / MANIFEST).is_file():
-        publish(target, lambda tmp: generate_cohort(tmp, spec.seed, spec.subjects, spec.rows, spec.cols))
-    return target
-
-
-def ensure_downloaded(uri: str, cache: Path) -> Path:
-    """Download ``uri`` into ``<cache>/s3/<bucket>/<prefix>`` once; later calls reuse it."""
-    try:
-        bucket, key = split_s3(uri)
-    except StorageError as e:
-        raise DatasetError(f"dataset.path: {e}") from None
-    target = cache / "s3" / bucket / key if key else cache / "s3" / bucket
-    if not (target / MANIFEST).is_file():
-
-        def fetch(tmp: Path) -> None:
-            download_prefix(uri, tmp)
-            if not (tmp / MANIFEST).is_file():
-                raise DatasetError(f"{uri.rstrip('/')}/{MANIFEST}: not found; upload a dataset folder to this prefix")
-
-        publish(target, fetch)
-    return target
 
 
 def publish(target: Path, build) -> None:

@@ -77,7 +77,7 @@ SIDES = {"lh": "left", "rh": "right"}
 def nilearn_fsaverage5() -> Path:
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("nilearn is not installed; pip install 'visual-autolabel-grid[cortex]'")
+        raise RuntimeError("nilearn is not installed; pip install nilearn==0.14.1 (a dependency of autolabel)")
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "fsaverage5"
 
 

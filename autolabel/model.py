@@ -1,7 +1,6 @@
 """The Visual Autolabel U-Net: a torchvision ResNet-18/34 encoder with a bilinear decoder.
 
-The architecture follows the published method (Benson, Song et al. 2025; see
-REFERENCE.md): five encoder stages at 1/2 ... 1/32 resolution, a 1x1 lateral
+The architecture follows the published method (Benson, Song et al. 2025): five encoder stages at 1/2 ... 1/32 resolution, a 1x1 lateral
 conv+ReLU on each, a bilinear x2 decoder with a 3x3 conv+ReLU after every
 concatenation, and a full-resolution branch joined at the end. The parts come
 first, each a small module, then their assembly in :class:`UNet`.
@@ -164,7 +163,11 @@ def build_model(
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Weights plus BatchNorm running statistics, excluding num_batches_tracked (REFERENCE.md's count)."""
+    """Weights plus BatchNorm running statistics, excluding num_batches_tracked.
+
+    Counted this way the published models have 17,850,371 (ResNet-18) and 27,965,955
+    (ResNet-34) with 14 inputs and 3 outputs (Benson, Song et al. 2025).
+    """
     params = sum(p.numel() for p in model.parameters())
     buffers = sum(b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked"))
     return params + buffers

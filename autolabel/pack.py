@@ -33,7 +33,10 @@ Worker management:
 
 Exit code: a worker killed by a signal makes the pack exit 128+signal (transient: a retry
 resumes from the checkpoints and skips complete cells); otherwise the trainer's rule
-(:func:`autolabel.train.worst`: 1 before 2 before 3).
+(:func:`autolabel.errors.worst`: 1 before 2 before 3).
+
+Every entry point takes the run's :class:`autolabel.control.RunControl`: its stop request
+stops the cells, its graphs and checkpoint interval travel to worker processes as flags.
 """
 
 from __future__ import annotations
@@ -45,10 +48,15 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import IO
 
-# 16 processes gave the best aggregate images/s measured on one H200 (REFERENCE.md); more
-# only add memory (each process holds its own CUDA context and dataset copy).
+from autolabel.control import RunControl
+from autolabel.errors import EXIT_TERMINATED, worst
+
+# Eager processes at batch 4 on one H200 (PyTorch 2.11, 2026-11-27) reached ~1045 images/s
+# with 4, ~1060 with 8 and ~1530 with 16 at once: 16 was the best measured; more only add
+# memory (each process holds its own CUDA context and dataset copy).
 MAX_CUDA_WORKERS = 16
 # Cells trained at once in one process on CUDA, a thread and stream each. On one H200
 # (benchmarks/throughput/H200-2026-11-27*.log) 16 mixed cells reached 1450 images/s this
@@ -165,23 +173,26 @@ def exit_code(code: int) -> int:
 
 
 def pack_exit(codes: list[int]) -> int:
-    """Killed workers first (a retry helps and skips the complete cells), then train.worst."""
-    from autolabel.errors import worst
-
+    """Killed workers first (a retry helps and skips the complete cells), then errors.worst."""
     killed = [c for c in codes if c > 128]
     return killed[0] if killed else worst(codes)
 
 
-def train_packed(
-    cells: list[str], workers: int, force: bool = False, device: str | None = None, threads: int = 1
-) -> int:
-    """Train ``cells`` in worker processes, ``workers`` at a time, ``threads`` cells each; the exit code."""
-    from autolabel import train
-
+def worker_args(control: RunControl, force: bool, device: str | None, threads: int) -> list[str]:
+    """The flags of a worker process: this run's choices, one process of ``threads`` cells."""
     args = (["--force"] if force else []) + (["--device", device] if device else [])
-    args += ["--workers", "1", "--threads", str(threads)] + ([] if train.use_graphs else ["--eager"])
-    if train.checkpoint_every_s is not None:
-        args += ["--checkpoint-every", str(train.checkpoint_every_s)]
+    args += ["--workers", "1", "--threads", str(threads)] + ([] if control.graphs else ["--eager"])
+    if control.checkpoint_every_s is not None:
+        args += ["--checkpoint-every", str(control.checkpoint_every_s)]
+    return args
+
+
+def train_packed(
+    cells: list[str], control: RunControl, workers: int, force: bool = False, device: str | None = None,
+    threads: int = 1,
+) -> int:  # fmt: skip
+    """Train ``cells`` in worker processes, ``workers`` at a time, ``threads`` cells each; the exit code."""
+    args = worker_args(control, force, device, threads)
     env = worker_env(workers)
     pack = Pack()
     unique = list(dict.fromkeys(cells))  # a cell named twice must not train twice at once
@@ -189,7 +200,7 @@ def train_packed(
     codes: list[int] = []
     main = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
     previous = {s: signal.signal(s, pack.forward) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
-    if train.stop_requested:  # SIGTERM came while this process was starting: start nothing
+    if control.stop_requested:  # SIGTERM came while this process was starting: start nothing
         pack.stop_signal = signal.SIGTERM
     try:
         while pending or pack.running:
@@ -212,41 +223,42 @@ def train_packed(
     return pack_exit(codes)
 
 
-def train_threaded(cells: list[str], threads: int, force: bool = False, device: str | None = None) -> int:
+def train_threaded(
+    cells: list[str], control: RunControl, threads: int, force: bool = False, device: str | None = None
+) -> int:
     """Train ``cells`` in this process, ``threads`` at a time, each in a thread (and CUDA stream)
     of its own; the worst exit code, 143 if a cell was left unstarted, 130 after Ctrl-C.
     See the module's docstring for what the threads share and how they stop."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
+    # Deferred: the flows import die_with_parent from this module, and must not pay for torch.
     import torch
 
-    from autolabel import train
+    from autolabel.loop import run_cell
     from autolabel.step import GATE
 
     lock = threading.Lock()
     cuda = torch.cuda.is_available() and device != "cpu"
 
     def run(uri: str) -> int | None:
-        if train.stop_requested:
+        if control.stop_requested:
             return None  # not started: it waits for the rerun
         with GATE.member():  # a graph capture in one cell waits until the others stand still
-            return run_cell(uri)
+            return run_on_stream(uri)
 
-    def run_cell(uri: str) -> int:
+    def run_on_stream(uri: str) -> int:
         def say(line: str) -> None:
             with lock:
                 sys.stdout.write(f"[{cell_label(uri)}] {line}\n")
                 sys.stdout.flush()
 
         if not cuda:
-            return train.run_cell(uri, force, device, say)
+            return run_cell(uri, control, force, device, say)
         with torch.cuda.stream(torch.cuda.Stream()):
-            code = train.run_cell(uri, force, device, say)
+            code = run_cell(uri, control, force, device, say)
             torch.cuda.current_stream().synchronize()
             return code
 
     interrupted = False
-    train.shared_data = {}
+    control.shared_data = {}
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cell") as pool:
             futures = [pool.submit(run, uri) for uri in dict.fromkeys(cells)]
@@ -255,14 +267,14 @@ def train_threaded(cells: list[str], threads: int, force: bool = False, device: 
                 try:
                     _, waiting = wait(waiting, timeout=POLL_S, return_when=FIRST_COMPLETED)
                 except KeyboardInterrupt:  # Ctrl-C: as SIGTERM, every cell checkpoints and stops
-                    train.stop_requested = interrupted = True
-                    train.stop_reason = "Ctrl-C"
+                    control.request_stop("Ctrl-C")
+                    interrupted = True
                     if threading.current_thread() is threading.main_thread():
                         signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C kills at once
     finally:
-        train.shared_data = None
+        control.shared_data = None
     codes = [f.result() for f in futures]
     if interrupted:
         return 128 + signal.SIGINT
-    unstarted = [train.EXIT_TERMINATED] if None in codes else []
-    return train.worst([c for c in codes if c is not None] + unstarted)
+    unstarted = [EXIT_TERMINATED] if None in codes else []
+    return worst([c for c in codes if c is not None] + unstarted)

@@ -82,29 +82,33 @@ def say(line: str) -> None:
 # ----------------------------------------------------------------------------- in the workers
 
 
-def build_cell(base_model: str, batch_size: int, dataset: dict, device_name: str, mode: str):
-    """One cell's step: the trainer's own set-up and step, or the plain fp32 one (``eager``)."""
+def build_cell(base_model: str, batch_size: int, dataset: dict, device_name: str, mode: str, control):
+    """One cell's step: the trainer's own set-up and step, or the plain fp32 one (``eager``).
+
+    ``control`` is the worker's autolabel.control.RunControl: its init lock and shared data.
+    """
     import torch
 
-    from autolabel import train
+    from autolabel.loop import new_model, new_optimizer
     from autolabel.model import build_model
     from autolabel.options import CellOptions, Round
+    from autolabel.state import configure_device, load_data
     from autolabel.step import TrainStep
 
     device = torch.device(device_name)
-    train.configure_device(device)
+    configure_device(device)
     options = CellOptions(device=device_name, base_model=base_model, batch_size=batch_size,
                           dataset={"kind": "synthetic", **dataset})  # fmt: skip
-    data = train.load_data(options, device, "benchmark")
+    data = load_data(options, device, "benchmark", control)
     if mode == "eager":
-        with train.INIT_LOCK:
+        with control.init_lock:
             torch.manual_seed(0)
             model = build_model(base_model, len(data.channels), len(data.labels)).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
         x, y = data.x_train.contiguous(), data.y_train.contiguous()
         return EagerStep(model, optimizer, x, y)
-    model = train.new_model(options, data, device, repeat=0)
-    optimizer, _ = train.new_optimizer(model, Round(lr=0.003, bce_weight=0.75, num_epochs=1))
+    model = new_model(options, data, device, 0, control.init_lock)
+    optimizer, _ = new_optimizer(model, Round(lr=0.003, bce_weight=0.75, num_epochs=1))
     return TrainStep(model, optimizer, data.x_train, data.y_train, 0.75, graphs=mode == "graphs")
 
 
@@ -139,9 +143,10 @@ def run_steps(step, batch_size: int, steps: int, seed: int) -> None:
     step.sums.sum().item()  # waits for the device: the end of the timed work
 
 
-def measure(kind: tuple[str, int], dataset: dict, device: str, steps: int, warmup: int, mode: str, barrier=None):
+def measure(kind: tuple[str, int], dataset: dict, device: str, steps: int, warmup: int, mode: str, control,
+            barrier=None):  # fmt: skip
     """One cell: build, warm up (and capture), (wait for the pack,) time ``steps`` steps. A result dict."""
-    step = build_cell(*kind, dataset, device, mode)
+    step = build_cell(*kind, dataset, device, mode, control)
     run_steps(step, kind[1], warmup, seed=1)  # cuDNN search, allocator, graph capture
     if barrier is not None:
         from autolabel.step import GATE
@@ -158,12 +163,15 @@ def measure(kind: tuple[str, int], dataset: dict, device: str, steps: int, warmu
 
 def baseline_worker(kinds, dataset, device, steps, warmup, results) -> None:
     """Process entry: the cells one at a time, each freed before the next; eager fp32, then solo graphs."""
+    from autolabel.control import RunControl
+
+    control = RunControl()
     modes = ["eager"] + (["graphs"] if device == "cuda" else [])
     for mode in modes:
         for i, kind in enumerate(kinds):
             what = "baseline" if mode == "eager" else "solo-graphs"
             try:
-                results.put((what, i, measure(kind, dataset, device, steps, warmup, mode)))
+                results.put((what, i, measure(kind, dataset, device, steps, warmup, mode, control)))
             except Exception as e:  # noqa: BLE001 - report and go on with the next cell
                 results.put((what, i, {"error": f"{type(e).__name__}: {e}"}))
             if device == "cuda":
@@ -176,10 +184,10 @@ def pack_worker(cells, dataset, device, steps, warmup, mode, barrier, results) -
     """Process entry: ``cells`` [(index, kind)] of a pack, in threads on CUDA streams when several."""
     import threading
 
-    from autolabel import train
+    from autolabel.control import RunControl
     from autolabel.step import GATE
 
-    train.shared_data = {}  # as autolabel.pack.train_threaded: one copy of the data per process
+    control = RunControl(shared_data={})  # as autolabel.pack.train_threaded: one copy of the data per process
 
     def one(i, kind) -> None:
         try:
@@ -188,9 +196,9 @@ def pack_worker(cells, dataset, device, steps, warmup, mode, barrier, results) -
                     import torch
 
                     with torch.cuda.stream(torch.cuda.Stream()):
-                        r = measure(kind, dataset, device, steps, warmup, mode, barrier)
+                        r = measure(kind, dataset, device, steps, warmup, mode, control, barrier)
                 else:
-                    r = measure(kind, dataset, device, steps, warmup, mode, barrier)
+                    r = measure(kind, dataset, device, steps, warmup, mode, control, barrier)
             results.put(("packed", i, r))
         except Exception as e:  # noqa: BLE001 - a broken barrier or OOM: reported, the parent decides
             barrier.abort()
@@ -341,7 +349,7 @@ def benchmark(cells: int, steps: int, warmup: int, smoke: bool, budget_s: float,
     started = time.monotonic()
     import torch
 
-    from autolabel.data import open_dataset
+    from autolabel.sources import open_dataset
     from autolabel.options import SyntheticDataset
 
     if not smoke and not torch.cuda.is_available():

@@ -174,3 +174,64 @@ def launches(cell: Path) -> int:
     """How many times the local runner started a trainer on this cell (its runner.log's command lines)."""
     log = cell / "runner.log"
     return sum(1 for line in log.read_text().splitlines() if line.startswith("$ ")) if log.exists() else 0
+
+
+# 8 subjects at 32x32 (6 train / 2 validation): an epoch of a tiny cell takes well under a second on one core.
+SMALL = {"kind": "synthetic", "subjects": 8, "rows": 32, "cols": 32}
+# Adam at lr 10 with BCE and Dice mixed blows the validation loss up to NaN in the first epoch.
+DIVERGING_PLAN = [{"lr": 10, "bce_weight": 0.5, "num_epochs": 3, "batch_size": 6}]
+
+
+def metrics_of(cell: Path):
+    """The cell's metrics.json as CellMetrics (the trainer's tests read it back this way)."""
+    from autolabel.options import CellMetrics
+
+    return CellMetrics.model_validate_json((cell / "metrics.json").read_text())
+
+
+def history_rows(cell: Path) -> list[dict]:
+    """history.csv as a list of dicts (strings, as written)."""
+    import csv
+
+    with open(cell / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def epoch_keys(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """(repeat, round, epoch) of each history row."""
+    return [(r["repeat"], r["round"], r["epoch"]) for r in rows]
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One OpenMP thread: tests share two cores, and more threads than free cores makes OpenMP spin."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def torch_one_thread():
+    """torch on one thread for a test that runs a model directly (the trainer sets its own threads)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(seed: int = 0):
+    """A seeded U-Net for 3 input channels and 2 labels (the step and checkpoint tests)."""
+    import torch
+
+    from autolabel.model import build_model
+
+    torch.manual_seed(seed)
+    return build_model("resnet18", 3, 2)
+
+
+def tiny_batch(n: int = 2, seed: int = 0):
+    """(x [n,3,32,32], y [n,2,32,32] of 0/1) for :func:`tiny_model`."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g), (torch.rand(n, 2, 32, 32, generator=g) > 0.5).float()

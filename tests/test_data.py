@@ -1,33 +1,24 @@
-"""The dataset format, its validation, loading, resampling, partitions and the cache (local and s3)."""
+"""The dataset format (autolabel.data): its validation, loading, resampling and partitions."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from autolabel import data, storage
 from autolabel.data import (
     CHANNELS,
     INPUT_SETS,
     LABELS,
     DatasetError,
     open_cohort,
-    open_dataset,
     split_subjects,
     write_dataset,
 )
-from autolabel.options import ExplicitPartition, PathDataset, SyntheticDataset
-from autolabel.synthetic import GENERATOR_VERSION
-from tests.conftest import s3_upload_dir
-
-REPO = Path(__file__).resolve().parents[1]
-
+from autolabel.options import ExplicitPartition
 
 def test_names_match_the_published_method():
     t1 = ("x", "y", "z", "curvature", "convexity", "thickness", "surface_area")
@@ -44,13 +35,6 @@ def test_names_match_the_published_method():
         "full": CHANNELS,
     }
     assert LABELS == {"area": ("V1", "V2", "V3"), "ring": ("E0", "E1", "E2", "E3", "E4")}
-
-
-def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("AUTOLABEL_CACHE", str(tmp_path / "c"))
-    assert data.cache_root() == tmp_path / "c"
-    monkeypatch.delenv("AUTOLABEL_CACHE")
-    assert data.cache_root() == Path.home() / ".cache" / "autolabel"
 
 
 # ----------------------------------------------------------------------------- format round trip
@@ -79,12 +63,12 @@ def test_round_trip_keeps_every_array(tiny):
     assert cohort.subjects == list(subjects) and cohort.channels == CHANNELS
     assert cohort.labels == LABELS and cohort.image_size == (8, 16)
     ids = ["s3", "s0"]
-    x, y = cohort.arrays(ids, "full", "ring", normalize=False)
+    x, y = cohort.arrays(ids, "full", "ring")
     assert x.dtype == np.float32 and y.dtype == np.float32
     np.testing.assert_array_equal(x, np.stack([subjects[s][0] for s in ids]))
     np.testing.assert_array_equal(y, np.stack([subjects[s][1]["ring"] for s in ids]))
     # A subset comes back in INPUT_SETS order.
-    x, _ = cohort.arrays(ids, "trac", "area", normalize=False)
+    x, _ = cohort.arrays(ids, "trac", "area")
     picked = [CHANNELS.index(c) for c in INPUT_SETS["trac"]]
     np.testing.assert_array_equal(x, np.stack([subjects[s][0][picked] for s in ids]))
 
@@ -93,7 +77,7 @@ def test_compressed_subject_files_load_too(tiny):
     root, subjects = tiny
     feats, labels = subjects["s2"]
     np.savez_compressed(root / "subjects" / "s2.npz", features=feats, **labels)
-    x, y = open_cohort(root).arrays(["s2", "s1"], "full", "area", normalize=False)
+    x, y = open_cohort(root).arrays(["s2", "s1"], "full", "area")
     np.testing.assert_array_equal(x[0], feats)
     np.testing.assert_array_equal(y[0], labels["area"])
     np.testing.assert_array_equal(x[1], subjects["s1"][0])
@@ -110,18 +94,20 @@ def test_manifest_describes_the_format(tiny):
         assert z["features"].dtype == np.float32 and z["area"].dtype == np.uint8
 
 
-def test_default_arrays_are_standardised_with_cohort_statistics(tiny):
+def test_manifest_channel_stats_are_the_whole_cohorts_and_optional(tiny):
+    # Features come back raw; the manifest's stats describe the cohort for other readers of the format.
     root, subjects = tiny
     cohort = open_cohort(root)
     x, _ = cohort.arrays(list(subjects), "full", "area")
-    np.testing.assert_allclose(x.mean(axis=(0, 2, 3)), 0, atol=1e-4)
-    np.testing.assert_allclose(x.std(axis=(0, 2, 3)), 1, atol=1e-3)
-    # The same statistics are recomputed when a hand-written manifest has none.
+    np.testing.assert_array_equal(x, np.stack([f for f, _ in subjects.values()]))
     m = json.loads((root / "manifest.json").read_text())
+    np.testing.assert_allclose(m["channel_stats"]["mean"], x.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(m["channel_stats"]["std"], x.std(axis=(0, 2, 3)), rtol=1e-4)
+    # A hand-written manifest without them opens just the same.
     del m["channel_stats"]
     (root / "manifest.json").write_text(json.dumps(m))
     again, _ = open_cohort(root).arrays(list(subjects), "full", "area")
-    np.testing.assert_allclose(again, x, atol=1e-4)
+    np.testing.assert_array_equal(again, x)
 
 
 def test_a_dataset_may_hold_fewer_channels_and_label_sets(tmp_path):
@@ -231,16 +217,16 @@ def test_resampling_to_another_image_size(tiny):
     root, subjects = tiny
     cohort = open_cohort(root)
     ids = ["s0", "s1", "s4"]
-    x, y = cohort.arrays(ids, "anat", "area", normalize=False)
-    down_x, down_y = cohort.arrays(ids, "anat", "area", image_size=(4, 8), normalize=False)
-    up_x, up_y = cohort.arrays(ids, "nodw", "ring", image_size=(16, 32), normalize=False)
+    x, y = cohort.arrays(ids, "anat", "area")
+    down_x, down_y = cohort.arrays(ids, "anat", "area", image_size=(4, 8))
+    up_x, up_y = cohort.arrays(ids, "nodw", "ring", image_size=(16, 32))
     assert down_x.shape == (3, 7, 4, 8) and down_y.shape == (3, 3, 4, 8)
     assert up_x.shape == (3, 12, 16, 32) and up_y.shape == (3, 5, 16, 32)
     assert down_x.dtype == up_x.dtype == np.float32
     # Area averaging: each output pixel is the mean of its 2x2 block; labels stay 0/1, nearest.
     np.testing.assert_allclose(down_x, x.reshape(3, 7, 4, 2, 8, 2).mean(axis=(3, 5)), rtol=1e-5, atol=1e-5)
     assert set(np.unique(up_y)) <= {0.0, 1.0}
-    np.testing.assert_array_equal(up_y[:, :, ::2, ::2], cohort.arrays(ids, "nodw", "ring", normalize=False)[1])
+    np.testing.assert_array_equal(up_y[:, :, ::2, ::2], cohort.arrays(ids, "nodw", "ring")[1])
     np.testing.assert_array_equal(down_y, y[:, :, 1::2, 1::2])
 
 
@@ -267,74 +253,3 @@ def test_split_errors():
     with pytest.raises(ValidationError, match="at least 1 item"):
         ExplicitPartition(train=[], validation=["a"])
     assert split_subjects(["a", "b", "c"], ExplicitPartition(train=["c", "a"], validation=["b"])) == (["c", "a"], ["b"])
-
-
-# ----------------------------------------------------------------------------- opening and the cache
-
-
-def test_open_dataset_local_folder(tiny, tmp_path):
-    cohort = open_dataset(PathDataset(path=str(tiny[0])))
-    assert cohort.subjects == list(tiny[1])
-    with pytest.raises(DatasetError, match=r"^dataset.path .*nope: no such folder"):
-        open_dataset(PathDataset(path=str(tmp_path / "nope")))
-
-
-def test_synthetic_cohort_is_generated_once_into_the_cache(tmp_path):
-    spec = SyntheticDataset(seed=3, subjects=6, rows=32, cols=64)
-    cohort = open_dataset(spec, cache_dir=tmp_path)
-    assert cohort.root == tmp_path / f"synthetic-s3-n6-32x64-v{GENERATOR_VERSION}"
-    assert len(cohort.subjects) == 6 and cohort.image_size == (32, 64)
-    stamp = (cohort.root / "manifest.json").stat().st_mtime_ns
-    assert open_dataset(spec, cache_dir=tmp_path).root == cohort.root
-    assert (cohort.root / "manifest.json").stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == [cohort.root.name]
-
-
-RACE = """
-import sys, time
-from pathlib import Path
-from autolabel.data import open_dataset
-from autolabel.options import SyntheticDataset
-cache, me, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-(cache.parent / me).touch()
-while not (cache.parent / other).exists():  # start both generators together
-    time.sleep(0.005)
-print(open_dataset(SyntheticDataset(subjects=16, rows=64, cols=128), cache_dir=cache).root)
-"""
-
-
-def test_concurrent_open_dataset_makes_one_cache(tmp_path):
-    cache = tmp_path / "cache"
-    procs = [
-        subprocess.Popen([sys.executable, "-c", RACE, str(cache), me, other], cwd=REPO, stdout=subprocess.PIPE, text=True)
-        for me, other in (("a", "b"), ("b", "a"))
-    ]
-    roots = [p.communicate(timeout=120)[0].strip() for p in procs]
-    assert [p.returncode for p in procs] == [0, 0]
-    assert roots[0] == roots[1]
-    assert [p.name for p in cache.iterdir()] == [Path(roots[0]).name]  # no temp folders left behind
-    cohort = open_cohort(Path(roots[0]))
-    assert len(cohort.subjects) == 16 and cohort.arrays(cohort.subjects[:2], "full", "area")[0].shape == (2, 14, 64, 128)
-
-
-def test_s3_dataset_is_downloaded_once(s3_bucket, tiny, tmp_path):
-    root, subjects = tiny
-    s3_upload_dir(root, f"s3://{s3_bucket}/labs/flatmaps")
-    spec = PathDataset(path=f"s3://{s3_bucket}/labs/flatmaps")
-    cohort = open_dataset(spec, cache_dir=tmp_path)
-    assert cohort.root == tmp_path / "s3" / s3_bucket / "labs" / "flatmaps"
-    x, y = cohort.arrays(["s1"], "full", "area", normalize=False)
-    np.testing.assert_array_equal(x[0], subjects["s1"][0])
-    # Second open reads the cache: it works even once the objects are gone.
-    client = storage.s3_client()
-    for obj in client.list_objects_v2(Bucket=s3_bucket)["Contents"]:
-        client.delete_object(Bucket=s3_bucket, Key=obj["Key"])
-    assert open_dataset(spec, cache_dir=tmp_path).subjects == list(subjects)
-
-
-def test_s3_prefix_without_manifest(s3_bucket, tmp_path):
-    with pytest.raises(DatasetError, match=rf"^s3://{s3_bucket}/empty/manifest.json: not found; upload a dataset"):
-        open_dataset(PathDataset(path=f"s3://{s3_bucket}/empty"), cache_dir=tmp_path)
-    assert not (tmp_path / "s3" / s3_bucket / "empty").exists()
-    with pytest.raises(DatasetError, match=r"^dataset.path: s3://Bad_Bucket/x: invalid S3 bucket name"):
-        open_dataset(PathDataset(path="s3://Bad_Bucket/x"), cache_dir=tmp_path)

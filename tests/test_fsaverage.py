@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from autolabel import fsaverage
-from autolabel.data import CHANNELS, open_dataset
+from autolabel.data import CHANNELS
+from autolabel.sources import open_dataset
 from autolabel.options import CellOptions, FsaverageDataset
 
 ROWS, COLS = 64, 128
@@ -28,7 +29,7 @@ def test_the_dataset_kind_is_cached_and_has_the_documented_sizes(tmp_path):
     again = open_dataset(spec, tmp_path)
     assert again.root == cohort.root and (again.root / "manifest.json").stat().st_mtime_ns == stamp
     assert len(cohort.subjects) == 5 and cohort.channels == CHANNELS and cohort.image_size == (32, 64)
-    x, y = cohort.arrays(cohort.subjects, "full", "ring", normalize=False)
+    x, y = cohort.arrays(cohort.subjects, "full", "ring")
     assert x.shape == (5, 14, 32, 64) and y.shape == (5, 5, 32, 64) and np.isfinite(x).all()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import signal
 import subprocess
 import sys
@@ -11,33 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from autolabel import pack, train
-from autolabel.options import CellMetrics
-from tests.conftest import tiny_options, tiny_plan
+from autolabel import pack
+from autolabel.control import RunControl
+from autolabel.loop import run_cell
+from tests.conftest import DIVERGING_PLAN, SMALL, epoch_keys, history_rows, metrics_of, tiny_options, tiny_plan
 
-# 8 subjects at 32x32 (6 train / 2 validation), as in test_train: an epoch takes well under a second.
-SMALL = {"kind": "synthetic", "subjects": 8, "rows": 32, "cols": 32}
-# Adam at lr 10 with BCE and Dice mixed blows the validation loss up to NaN in the first epoch.
-DIVERGING_PLAN = [{"lr": 10, "bce_weight": 0.5, "num_epochs": 3, "batch_size": 6}]
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    # Two shared cores: one thread per process, and the same arithmetic in workers and in solo runs.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+# Two shared cores: one thread per process, and the same arithmetic in workers and in solo runs.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def options(seed: int = 0) -> dict:
     return tiny_options(dataset=SMALL, seed=seed)
 
 
-def metrics_of(cell: Path) -> CellMetrics:
-    return CellMetrics.model_validate_json((cell / "metrics.json").read_text())
-
-
 def history_keys(cell: Path) -> list[tuple[str, str, str]]:
-    with open(cell / "history.csv", newline="") as f:
-        return [(r["repeat"], r["round"], r["epoch"]) for r in csv.DictReader(f)]
+    return epoch_keys(history_rows(cell))
 
 
 def start_pack(*cells: Path, layout: tuple[str, ...] | None = None) -> subprocess.Popen:
@@ -91,21 +78,6 @@ def test_cpu_defaults_to_one_worker_and_splits_threads(monkeypatch):
     assert pack.worker_env(16)["OMP_NUM_THREADS"] == "1"
 
 
-def test_a_stop_request_checkpoints_the_epoch_and_starts_no_more_cells(make_cell, monkeypatch, capsys):
-    # What SIGTERM does (train.request_stop), without the signal: the request arrives during epoch 1.
-    cell, waiting = make_cell(options(), tiny_plan(epochs=3), "cell"), make_cell(options(), tiny_plan(), "waiting")
-
-    def say(line: str) -> None:
-        if line.startswith("repeat round epoch"):  # printed just before the first epoch starts
-            monkeypatch.setattr(train, "stop_requested", True)
-
-    assert train.run_cell(str(cell), say=say) == train.EXIT_TERMINATED == 143
-    assert history_keys(cell) == [("0", "0", "1")] and (cell / "checkpoint.pt").exists()
-    assert not (cell / "metrics.json").exists()
-    assert "stopped by SIGTERM after repeat 0 round 0 epoch 1" in capsys.readouterr().err
-    assert train.train_cells([str(waiting)], workers=1) == 143 and not (waiting / "history.csv").exists()
-
-
 # ----------------------------------------------------------------------------- through the CLI
 
 
@@ -130,7 +102,7 @@ def test_packed_cells_match_solo_runs_and_one_diverges_alone(make_cell, capsys, 
     # A packed cell trained alone in this process: same seed, one thread, the same numbers.
     packed = cells[1]
     solo = make_cell((packed / "options.json").read_text(), (packed / "plan.json").read_text(), "solo")
-    assert train.main([str(solo)]) == 0
+    assert run_cell(str(solo), RunControl()) == 0
     assert metrics_of(solo).dice == pytest.approx(metrics_of(packed).dice, abs=1e-6)
     assert metrics_of(solo).best_val_dice_loss == pytest.approx(metrics_of(packed).best_val_dice_loss, abs=1e-6)
     # Different seeds really differ, so a mix-up of cells would show.

@@ -18,8 +18,8 @@ ROWS, COLS = 64, 128
 def cohort(tmp_path_factory):
     """12 subjects at 64x128, opened through the dataset reader (raw units)."""
     c = open_cohort(generate_cohort(tmp_path_factory.mktemp("syn") / "c", seed=5, subjects=12, rows=ROWS, cols=COLS))
-    x, area = c.arrays(c.subjects, "full", "area", normalize=False)
-    _, ring = c.arrays(c.subjects, "full", "ring", normalize=False)
+    x, area = c.arrays(c.subjects, "full", "area")
+    _, ring = c.arrays(c.subjects, "full", "ring")
     return x, area.astype(bool), ring.astype(bool)
 
 

@@ -1,65 +1,31 @@
-"""The trainer end to end on tiny CPU cells: files, resume, skip/--force, bad input, divergence, S3."""
+"""The command line (autolabel.train) end to end on tiny CPU cells: files, exit codes, flags, several cells."""
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from autolabel import storage, train
-from autolabel.options import CellMetrics
-from tests.conftest import s3_read_json, tiny_options, tiny_plan
+from autolabel import train
+from autolabel.checkpoint import load_trained
+from autolabel.control import CHECKPOINT_ENV, RunControl
+from autolabel.errors import worst
+from tests.conftest import DIVERGING_PLAN, SMALL, epoch_keys, history_rows, metrics_of, tiny_options, tiny_plan
 
-# 8 subjects at 32x32 (6 train / 2 validation): an epoch takes well under a second on one core.
-SMALL = {"kind": "synthetic", "subjects": 8, "rows": 32, "cols": 32}
-NUMERIC = ("lr", "train_bce", "train_dice", "train_loss", "val_bce", "val_dice", "val_loss", "val_mean_dice")
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    # Tests share two cores with each other; more threads than free cores makes OpenMP spin.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_options(**overrides) -> dict:
     return tiny_options(dataset=SMALL, **overrides)
 
 
-def read_history(cell: Path) -> list[dict]:
-    with open(cell / "history.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def epoch_keys(rows: list[dict]) -> list[tuple[str, str, str]]:
-    return [(r["repeat"], r["round"], r["epoch"]) for r in rows]
-
-
-def metrics_of(cell: Path) -> CellMetrics:
-    return CellMetrics.model_validate_json((cell / "metrics.json").read_text())
-
-
-def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "autolabel.train", *args], capture_output=True, text=True, **kwargs)
-
-
-class Interrupt(Exception):
-    """Raised from the log callback to stop training between an epoch and its checkpoint."""
-
-
-def interrupt_at(row_prefix: str):
-    def say(line: str) -> None:
-        if line.split()[:3] == row_prefix.split():
-            raise Interrupt(line)
-
-    return say
+def cli(*args: str, module: str = "autolabel.train", **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, **kwargs)
 
 
 # ----------------------------------------------------------------------------- a whole cell
@@ -67,8 +33,8 @@ def interrupt_at(row_prefix: str):
 
 @pytest.mark.slow
 def test_cli_trains_a_tiny_cell_and_writes_every_file(make_cell):
-    options = tiny_options(dataset={"kind": "synthetic", "subjects": 24, "rows": 32, "cols": 64})
-    cell = make_cell(options, tiny_plan(rounds=3, epochs=2))
+    # The default tiny cohort (12 subjects, 32x64: 10 train / 2 validation), which other tests share.
+    cell = make_cell(tiny_options(), tiny_plan(rounds=3, epochs=2))
     started = time.perf_counter()
     done = cli(str(cell), env=os.environ | {"OMP_NUM_THREADS": "1"})
     seconds = time.perf_counter() - started
@@ -79,74 +45,28 @@ def test_cli_trains_a_tiny_cell_and_writes_every_file(make_cell):
     ]  # fmt: skip  (checkpoint.pt is deleted once model.pt holds the result)
 
     m = metrics_of(cell)
-    assert m.status == "complete" and m.epochs == 6 and m.train_images == 6 * 19
+    assert m.status == "complete" and m.epochs == 6 and m.train_images == 6 * 10
     assert set(m.dice) == {"V1", "V2", "V3"} and m.mean_dice == pytest.approx(sum(m.dice.values()) / 3)
     assert [(r.round, r.best_epoch in (1, 2)) for r in m.rounds] == [(0, True), (1, True), (2, True)]
     assert m.best_val_dice_loss == min(r.val_dice_loss for r in m.rounds)
     assert m.best_round == m.repeats[0].best_round and m.train_images_per_second > 0
     assert m.device == "cpu (1 threads)"
 
-    rows = read_history(cell)
+    rows = history_rows(cell)
     assert epoch_keys(rows) == [("0", str(r), str(e)) for r in range(3) for e in (1, 2)]
     assert [float(r["lr"]) for r in rows[::2]] == pytest.approx([0.003, 0.002, 0.001])
     log = (cell / "training.log").read_text().splitlines()
     assert log == done.stdout.splitlines()  # the log is streamed to stdout line by line
     assert sum(line.split()[:1] == ["0"] for line in log) == 6
 
-    model, info = train.load_trained(cell / "model.pt")
+    model, info = load_trained(cell / "model.pt")
     assert info["channels"][-1] == "prf_cod" and info["labels"] == ["V1", "V2", "V3"]
     assert info["feature_mean"].shape == (14,) and info["options"]["inputs"] == "full"
     with torch.no_grad():
         assert model(torch.zeros(1, 14, 32, 64)).shape == (1, 3, 32, 64)
 
 
-def test_best_round_and_repeat_are_kept(make_cell, capsys):
-    cell = make_cell(small_options(until=2), tiny_plan(rounds=2, epochs=1))
-    assert train.main([str(cell)]) == 0
-    m = metrics_of(cell)
-    assert [(r.repeat, r.round) for r in m.rounds] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert len(m.repeats) == 2 and m.epochs == 4
-    best = min(m.repeats, key=lambda r: r.val_dice_loss)
-    assert (m.best_repeat, m.best_round, m.best_val_dice_loss) == (best.repeat, best.best_round, best.val_dice_loss)
-    # Repeats start from different initialisations, so their first epochs differ.
-    rows = read_history(cell)
-    assert rows[0]["train_loss"] != rows[2]["train_loss"]
-
-
-def test_cpu_uses_every_core_unless_omp_num_threads_is_set(monkeypatch):
-    before = torch.get_num_threads()
-    try:
-        monkeypatch.delenv("OMP_NUM_THREADS")
-        train.configure_device(torch.device("cpu"))
-        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        train.configure_device(torch.device("cpu"))
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
-
-
-# ----------------------------------------------------------------------------- resume
-
-
-def test_resume_continues_exactly_where_it_stopped(make_cell, capsys):
-    plan = tiny_plan(rounds=2, epochs=2)
-    reference = make_cell(small_options(), plan, name="reference")
-    assert train.main([str(reference)]) == 0
-
-    cell = make_cell(small_options(), plan, name="interrupted")
-    # Stop after round 1 epoch 1 has trained but before its checkpoint: like a kill there.
-    assert train.run_cell(str(cell), say=interrupt_at("0 1 1")) == train.EXIT_ERROR
-    assert "Interrupt" in capsys.readouterr().err
-    assert len(read_history(cell)) == 2 and not (cell / "metrics.json").exists()
-    assert train.main([str(cell)]) == 0
-
-    got, want = read_history(cell), read_history(reference)
-    assert epoch_keys(got) == epoch_keys(want)
-    for g, w in zip(got, want):
-        assert [float(g[k]) for k in NUMERIC] == pytest.approx([float(w[k]) for k in NUMERIC], rel=1e-5)
-    assert "resumed from checkpoint.pt at repeat 0 round 1 epoch 1" in (cell / "training.log").read_text()
-    assert metrics_of(cell).epochs == 4
+# ----------------------------------------------------------------------------- resume after a kill
 
 
 @pytest.mark.slow
@@ -167,40 +87,17 @@ def test_resume_after_sigkill_mid_epoch(make_cell):
     finally:
         proc.kill()
         proc.communicate()
-    before = read_history(cell)
+    before = history_rows(cell)
     assert proc.returncode == -signal.SIGKILL and (cell / "checkpoint.pt").exists()
     assert 1 <= len(before) < 4 and not (cell / "metrics.json").exists()
 
     done = cli(str(cell), env=env)
     assert done.returncode == 0, done.stderr
-    after = read_history(cell)
+    after = history_rows(cell)
     assert epoch_keys(after) == [("0", str(r), str(e)) for r in range(2) for e in (1, 2)]
     assert after[: len(before)] == before  # resumed, not restarted: the early epochs were not retrained
     assert "resumed from checkpoint.pt" in done.stdout and "cell " not in done.stdout
     assert metrics_of(cell).epochs == 4
-
-
-def test_foreign_checkpoint_is_refused_and_force_starts_over(make_cell, capsys):
-    cell = make_cell(small_options(), tiny_plan(rounds=2))
-    assert train.run_cell(str(cell), say=interrupt_at("0 1 1")) == train.EXIT_ERROR
-    assert (cell / "checkpoint.pt").exists()
-    (cell / "plan.json").write_text(json.dumps(tiny_plan(rounds=1)))
-    capsys.readouterr()
-    assert train.main([str(cell)]) == 2
-    assert "checkpoint.pt: written for different options.json/plan.json" in capsys.readouterr().err
-
-    assert train.main([str(cell), "--force"]) == 0  # the checkpoint is ignored, training starts over
-    first = (cell / "metrics.json").read_text()
-    assert len(read_history(cell)) == 1 and metrics_of(cell).status == "complete"
-    assert not (cell / "checkpoint.pt").exists()
-
-    capsys.readouterr()
-    assert train.main([str(cell)]) == 0
-    assert "complete, skipped (rerun with --force" in capsys.readouterr().out
-    assert (cell / "metrics.json").read_text() == first
-
-    assert train.main([str(cell), "--force"]) == 0  # a complete cell is retrained
-    assert (cell / "metrics.json").read_text() != first and len(read_history(cell)) == 1
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -273,19 +170,7 @@ def test_unavailable_device_is_bad_input(make_cell, capsys):
     assert "options.json: device: cuda is not available on this machine" in capsys.readouterr().err
 
 
-# ----------------------------------------------------------------------------- divergence, several cells
-
-# Adam at lr 10 with BCE and Dice mixed blows the validation loss up to NaN in the first epoch.
-DIVERGING_PLAN = [{"lr": 10, "bce_weight": 0.5, "num_epochs": 3, "batch_size": 6}]
-
-
-def test_nan_loss_ends_the_cell_as_diverged(make_cell, capsys):
-    cell = make_cell(small_options(), DIVERGING_PLAN)
-    assert train.main([str(cell)]) == 3
-    m = metrics_of(cell)
-    assert m.status == "diverged" and "nan" in m.message and m.epochs == 1
-    assert "diverged" in capsys.readouterr().err
-    assert len(read_history(cell)) == 1 and "diverged:" in (cell / "training.log").read_text()
+# ----------------------------------------------------------------------------- several cells, flags
 
 
 def test_each_cell_is_independent_and_the_worst_exit_code_wins(make_cell, capsys):
@@ -296,94 +181,24 @@ def test_each_cell_is_independent_and_the_worst_exit_code_wins(make_cell, capsys
     assert [metrics_of(c).status for c in (diverging, bad, good)] == ["diverged", "failed", "complete"]
     out = capsys.readouterr().out.splitlines()
     assert any(line.startswith("[good] repeat round epoch") for line in out)
-    assert train.worst([0, 3, 2, 1]) == 1 and train.worst([0, 3]) == 3 and train.worst([0, 0]) == 0
+    assert worst([0, 3, 2, 1]) == 1 and worst([0, 3]) == 3 and worst([0, 0]) == 0
 
 
-# ----------------------------------------------------------------------------- remote cells
+def test_a_stop_requested_before_a_cell_starts_leaves_it_for_the_rerun(make_cell):
+    waiting = make_cell(small_options(), tiny_plan(), "waiting")
+    assert train.train_cells([str(waiting)], RunControl(stop_requested=True), workers=1) == 143
+    assert not (waiting / "history.csv").exists()
 
 
-def put_cell(bucket: str, prefix: str, options: dict, plan: list) -> str:
-    client = storage.s3_client()
-    for name, value in (("options.json", options), ("plan.json", plan)):
-        client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=json.dumps(value).encode())
-    return f"s3://{bucket}/{prefix}"
-
-
-def keys(bucket: str, prefix: str) -> list[str]:
-    listing = storage.s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
-    return sorted(o["Key"][len(prefix) + 1 :] for o in listing.get("Contents", []))
-
-
-def test_s3_cell_trains_uploads_and_resumes(s3_bucket, capsys):
-    uri = put_cell(s3_bucket, "grid/cell-1", small_options(), tiny_plan(rounds=2))
-    assert train.run_cell(uri, say=interrupt_at("0 1 1")) == train.EXIT_ERROR
-    # The checkpoint, history and log of the finished epoch are already in the bucket.
-    assert keys(s3_bucket, "grid/cell-1") == ["checkpoint.pt", "history.csv", "options.json", "plan.json", "training.log"]
-
-    assert train.main([uri]) == 0
-    assert keys(s3_bucket, "grid/cell-1") == [
-        "history.csv", "metrics.json", "model.pt", "options.json", "plan.json", "training.log"
-    ]  # fmt: skip
-    metrics = CellMetrics.model_validate(s3_read_json(f"{uri}/metrics.json"))
-    assert metrics.status == "complete" and metrics.epochs == 2
-    body = storage.s3_client().get_object(Bucket=s3_bucket, Key="grid/cell-1/training.log")["Body"].read().decode()
-    assert "resumed from checkpoint.pt at repeat 0 round 1 epoch 1" in body
-
-    capsys.readouterr()
-    assert train.main([uri]) == 0
-    assert "complete, skipped" in capsys.readouterr().out
-
-
-def test_s3_cell_with_bad_options_records_failure(s3_bucket, capsys):
-    uri = put_cell(s3_bucket, "grid/bad", small_options(inputs="everything"), tiny_plan())
-    assert train.main([uri]) == 2
-    assert f"{uri}/options.json: inputs:" in capsys.readouterr().err
-    assert s3_read_json(f"{uri}/metrics.json")["status"] == "failed"
-
-
-def test_checkpoints_follow_the_interval_and_a_stop_always_saves(make_cell, monkeypatch):
-    saves: list[str] = []
-    real_save = train.save_checkpoint
-
-    def counting_save(cell, *args) -> None:  # counts, then saves for real
-        saves.append(cell.work.name)
-        real_save(cell, *args)
-
-    monkeypatch.setattr(train, "save_checkpoint", counting_save)
-    # An hour between checkpoints: a 3-epoch cell finishes before the first one is due.
-    monkeypatch.setenv(train.CHECKPOINT_ENV, "3600")
-    hourly = make_cell(small_options(), tiny_plan(epochs=3), "hourly")
-    assert train.run_cell(str(hourly)) == 0 and saves == [] and metrics_of(hourly).epochs == 3
-    # 0: after every epoch.
-    monkeypatch.setenv(train.CHECKPOINT_ENV, "0")
-    every = make_cell(small_options(), tiny_plan(epochs=3), "every")
-    assert train.run_cell(str(every)) == 0 and saves == ["every"] * 3
-
-    # An hour again, but SIGTERM's request during epoch 1 still checkpoints it; the rerun resumes there.
-    saves.clear()
-    monkeypatch.setenv(train.CHECKPOINT_ENV, "3600")
-    stopped = make_cell(small_options(), tiny_plan(epochs=3), "stopped")
-
-    def say(line: str) -> None:
-        if line.split()[:3] == ["0", "0", "1"]:
-            monkeypatch.setattr(train, "stop_requested", True)
-
-    assert train.run_cell(str(stopped), say=say) == train.EXIT_TERMINATED
-    assert saves == ["stopped"] and (stopped / "checkpoint.pt").exists()
-    monkeypatch.setattr(train, "stop_requested", False)
-    lines: list[str] = []
-    assert train.run_cell(str(stopped), say=lines.append) == 0
-    assert "resumed from checkpoint.pt at repeat 0 round 0 epoch 2" in lines
-    assert epoch_keys(read_history(stopped)) == [("0", "0", "1"), ("0", "0", "2"), ("0", "0", "3")]
-
-
+# The flag through `python -m autolabel` (the package's own entry point, the same main), the
+# variable through `python -m autolabel.train`: each start costs a torch import, so one each.
 @pytest.mark.parametrize(
-    "args, env, shown",
-    [(["--checkpoint-every", "-1"], {}, "--checkpoint-every: expected seconds >= 0, got '-1'"),
-     ([], {train.CHECKPOINT_ENV: "soon"}, "$AUTOLABEL_CHECKPOINT_EVERY_S: expected seconds >= 0, got 'soon'")],
+    "module, args, env, shown",
+    [("autolabel", ["--checkpoint-every", "-1"], {}, "--checkpoint-every: expected seconds >= 0, got '-1'"),
+     ("autolabel.train", [], {CHECKPOINT_ENV: "soon"}, "$AUTOLABEL_CHECKPOINT_EVERY_S: expected seconds >= 0, got 'soon'")],
 )  # fmt: skip
-def test_a_bad_checkpoint_interval_is_refused_before_any_cell(make_cell, args, env, shown):
+def test_a_bad_checkpoint_interval_is_refused_before_any_cell(make_cell, module, args, env, shown):
     cell = make_cell(small_options(), tiny_plan())
-    done = cli(str(cell), *args, env=os.environ | env)
+    done = cli(str(cell), *args, module=module, env=os.environ | env)
     assert done.returncode == 2 and shown in done.stderr and "Traceback" not in done.stderr
     assert not (cell / "history.csv").exists()

@@ -1,0 +1,67 @@
+"""The run-control object: what one trainer run decides at its start and what a signal changes.
+
+``python -m autolabel.train`` makes one :class:`RunControl` from its flags and passes it down to
+every cell it trains (one after another, in threads, or as flags to worker processes); its
+signal handlers set the stop request on it. Nothing here is module state: two runs in one
+process (the tests, the benchmark) each have their own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from autolabel.errors import BadInput
+
+# Seconds between checkpoints, 0 for after every epoch: --checkpoint-every, else the variable
+# below, else the default. A graphed GPU epoch takes about a second and a checkpoint holds
+# 200-450 MB (weights, Adam moments, best weights), so one per epoch would cost more than the
+# training; SIGTERM (ECS stop, spot notice) always checkpoints the epoch in progress first.
+CHECKPOINT_ENV = "AUTOLABEL_CHECKPOINT_EVERY_S"
+DEFAULT_CHECKPOINT_EVERY_S = 60.0
+
+
+def parse_seconds(raw: str, shown: str) -> float:
+    """A non-negative finite number of seconds, or BadInput naming where it came from."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise BadInput(f"{shown}: expected seconds >= 0, got {raw!r}")
+    return value
+
+
+@dataclass
+class RunControl:
+    """Run-time switches of one trainer run, passed down to each cell it trains."""
+
+    # Set by the SIGTERM handler (autolabel.train) or Ctrl-C in a threaded pack; read between
+    # epochs. ECS sends SIGTERM, then SIGKILL 30 s later (a spot notice gives 2 minutes):
+    # time enough to finish a GPU epoch of one cell.
+    stop_requested: bool = False
+    stop_reason: str = "SIGTERM"  # what asked: named in the message of a stopped cell
+    # CUDA graphs for the training step on CUDA (autolabel/step.py); --eager turns them off.
+    graphs: bool = True
+    # --checkpoint-every; None: $AUTOLABEL_CHECKPOINT_EVERY_S, else the default (see checkpoint_interval).
+    checkpoint_every_s: float | None = None
+    # Cells trained in threads of one process (autolabel.pack.train_threaded) share their
+    # tensors when they read the same data, keyed by what decides them; None: no sharing.
+    shared_data: dict[str, Any] | None = None
+    data_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Model initialisation seeds the process-wide RNG: cells in threads take turns.
+    init_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop every cell after the epoch in progress is checkpointed, and start no more."""
+        self.stop_requested, self.stop_reason = True, reason
+
+    def checkpoint_interval(self) -> float:
+        """Seconds between checkpoints for this run; a bad environment value is BadInput."""
+        if self.checkpoint_every_s is not None:
+            return self.checkpoint_every_s
+        raw = os.environ.get(CHECKPOINT_ENV, "")
+        return parse_seconds(raw, f"${CHECKPOINT_ENV}") if raw else DEFAULT_CHECKPOINT_EVERY_S
