@@ -12,11 +12,12 @@ from typing import Any
 from pydantic import ValidationError
 
 
-def field_path(loc: tuple, raw: Any) -> str:
+def field_path(loc: tuple, raw: Any, kind: str = "") -> str:
     """``('partition', 'function-after[...]', 'train')`` -> ``partition.train``; ``(0, 'lr')`` -> ``[0].lr``.
 
     The location is walked through the raw input: a part that is not a key (or index)
-    there is a union branch tag (``ExplicitPartition``, ``synthetic``) and is dropped.
+    there is a union branch tag (``ExplicitPartition``, ``synthetic``) and is dropped. For
+    a ``missing`` error the last part is the absent field itself, so it is kept.
     """
     path = ""
     for part in loc:
@@ -24,33 +25,38 @@ def field_path(loc: tuple, raw: Any) -> str:
             path, raw = path + f"[{part}]", raw[part]
         elif isinstance(raw, dict) and part in raw:
             path, raw = (f"{path}.{part}" if path else str(part)), raw[part]
+        elif part == "[key]":  # a bad mapping key: the path so far names the mapping
+            break
+    if kind == "missing" and loc:
+        path = f"{path}.{loc[-1]}" if path else str(loc[-1])
     return path
 
 
-def format_validation_error(shown: str, raw: Any, err: ValidationError) -> list[str]:
-    """``shown: field.path: problem (got value)`` lines, one per distinct pydantic error.
+def error_lines(err: ValidationError, raw: Any) -> list[tuple[str, str]]:
+    """Pydantic errors as ``(field path, problem)`` pairs in the user's terms, one per distinct problem.
 
-    ``shown`` is how the user knows the input (a file name); ``raw`` the parsed input that
-    failed. Where a union's branches disagree, the branch that got the input's type right
-    speaks: ``{"train": []}`` is clearly meant as an explicit partition, not a float.
+    ``raw`` is the parsed input that failed. Where a union's branches disagree, the branch
+    that got the input's type right speaks: ``{"train": []}`` is clearly meant as an
+    explicit partition, not a float. A problem deeper in a field hides the field's own.
     """
-    errors = []
-    for e in err.errors():
-        path = field_path(e["loc"], raw)
-        if e["type"] == "missing":  # the last part is the absent field itself
-            path = f"{path}.{e['loc'][-1]}" if path else str(e["loc"][-1])
-        errors.append((path, e))
+    errors = [(field_path(e["loc"], raw, e["type"]), e) for e in err.errors()]
     paths = {p for p, _ in errors}
     specific = {p for p, e in errors if not e["type"].endswith(("_type", "_parsing"))}
-    lines: list[str] = []
+    out: list[tuple[str, str]] = []
     for path, e in errors:
-        deeper = any(other.startswith(path + ".") or (not path and other) for other in paths if other != path)
+        deeper = any(o != path and (not path or o.startswith((path + ".", path + "["))) for o in paths)
         if deeper or (path in specific and e["type"].endswith(("_type", "_parsing"))):
             continue
+        msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
         scalar = isinstance(got, (str, int, float, bool)) or got is None
-        shown_input = f" (got {got!r})" if scalar and str(got) not in e["msg"] else ""
-        line = f"{shown}: {path or '(top level)'}: {e['msg']}{shown_input}"
-        if line not in lines:
-            lines.append(line)
-    return lines
+        if scalar and e["type"] != "missing" and str(got) not in msg:
+            msg += f" (got {got!r})"
+        if (path or "(top level)", msg) not in out:
+            out.append((path or "(top level)", msg))
+    return out
+
+
+def format_validation_error(shown: str, raw: Any, err: ValidationError) -> list[str]:
+    """``shown: field.path: problem (got value)`` lines; ``shown`` is how the user knows the input (a file)."""
+    return [f"{shown}: {path}: {msg}" for path, msg in error_lines(err, raw)]

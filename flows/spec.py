@@ -42,6 +42,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from autolabel.options import CellOptions, Round
+from autolabel.validation import error_lines
 
 # A cell option is a CellOptions field; a round key is a Round field that is not one
 # (batch_size is both: in static/hyper it is the cell's, in a plan round an override).
@@ -548,42 +549,3 @@ def shape_errors(err: ValidationError, raw: Any) -> list[str]:
             msg = f"use 1-64 letters, digits, '-' or '_', starting with a letter or digit (got {raw['name']!r})"
         out.append(f"{path}: {msg}")
     return out
-
-
-def error_lines(err: ValidationError, raw: Any) -> list[tuple[str, str]]:
-    """Pydantic errors as (path, message) with paths in the user's terms.
-
-    Union branch tags (``synthetic``, ``constrained-float``) are dropped by walking the
-    raw input. Where a union's branches disagree, the branch that got the input's type
-    right speaks: ``{"train": []}`` is meant as an explicit partition, not a number.
-    """
-    errors = [(user_path(e["loc"], raw, e["type"]), e) for e in err.errors()]
-    paths = {p for p, _ in errors}
-    specific = {p for p, e in errors if not e["type"].endswith(("_type", "_parsing"))}
-    out: list[tuple[str, str]] = []
-    for path, e in errors:
-        deeper = any(o.startswith((path + ".", path + "[")) for o in paths if o != path)
-        if deeper or (path in specific and e["type"].endswith(("_type", "_parsing"))):
-            continue
-        msg = e["msg"].removeprefix("Value error, ")
-        got = e.get("input")
-        if (isinstance(got, (str, int, float, bool)) or got is None) and str(got) not in msg and e["type"] != "missing":
-            msg += f" (got {got!r})"
-        if (path, msg) not in out:
-            out.append((path, msg))
-    return out
-
-
-def user_path(loc: tuple, raw: Any, kind: str) -> str:
-    """``('partition', 'function-after[...]', 'train')`` -> ``partition.train``."""
-    path = ""
-    for part in loc:
-        if isinstance(raw, list) and isinstance(part, int) and 0 <= part < len(raw):
-            path, raw = f"{path}[{part}]", raw[part]
-        elif isinstance(raw, dict) and part in raw:
-            path, raw = (f"{path}.{part}" if path else str(part)), raw[part]
-        elif part == "[key]":
-            break
-    if kind == "missing" and loc:
-        path = f"{path}.{loc[-1]}" if path else str(loc[-1])
-    return path or "(top level)"
