@@ -235,3 +235,11 @@ def tiny_batch(n: int = 2, seed: int = 0):
 
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, 32, 32, generator=g), (torch.rand(n, 2, 32, 32, generator=g) > 0.5).float()
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """A summarised 108-cell grid (tests/summary_grid.py), shared by the read-only tests of a module."""
+    from tests.summary_grid import summarised_grid
+
+    return summarised_grid(tmp_path_factory)

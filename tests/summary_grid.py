@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 # Before Prefect is imported anywhere: the ephemeral API must not phone home offline.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -61,6 +60,15 @@ def metrics_for(mean: float, prediction: str, rng: np.random.Generator, status: 
     )
 
 
+def summarised_grid(tmp_path_factory) -> tuple:
+    """A summarised 108-cell grid: (folder, cells, rows, Summary)."""
+    g = tmp_path_factory.mktemp("grid") / "demo"
+    cells = build_grid(g)
+    rows = R.collect_rows(g, cells, costs={cells[0].id: 0.25})
+    result = S.write_summary(g, cells, rows, cap_usd=10.0, spent_usd=0.5)
+    return g, cells, rows, result
+
+
 def build_grid(grid: Path, reps: int = 3, seed: int = 0) -> list[Cell]:
     """3 lr x 3 bce x 2 inputs x 2 prediction x reps cells; lr matters, bce does not."""
     rng = np.random.default_rng(seed)
@@ -74,16 +82,6 @@ def build_grid(grid: Path, reps: int = 3, seed: int = 0) -> list[Cell]:
                     write_cell(grid, c, metrics_for(mean, prediction, rng))
                     cells.append(c)
     return cells
-
-
-@pytest.fixture(scope="module")
-def grid(tmp_path_factory):
-    """A summarised 108-cell grid, shared by the read-only tests of a module."""
-    g = tmp_path_factory.mktemp("grid") / "demo"
-    cells = build_grid(g)
-    rows = R.collect_rows(g, cells, costs={cells[0].id: 0.25})
-    result = S.write_summary(g, cells, rows, cap_usd=10.0, spent_usd=0.5)
-    return g, cells, rows, result
 
 
 def rows_of(values, levels, factor="bce_weight"):

@@ -10,7 +10,6 @@ import json
 import pytest
 
 from flows import artifacts as A
-from tests.summary_grid import grid  # noqa: F401 - a fixture
 
 
 def test_artifact_key_is_valid():

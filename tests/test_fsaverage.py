@@ -56,7 +56,7 @@ def test_prf_maps_hold_values_everywhere_and_never_copy_the_labels():
 
 
 def test_anatomy_is_the_real_brain_v1_thinner_and_more_myelinated():
-    thick, myelin, v1s, v2s = [], [], [], []
+    thick, myelin = [], []
     for i in range(4):
         feats, labels = fsaverage.generate_subject(0, i, ROWS, COLS)
         v1, v2 = labels["area"][0].astype(bool), labels["area"][1].astype(bool)

@@ -13,7 +13,7 @@ from matplotlib.image import imread
 from autolabel.celldir import HISTORY
 from flows import plots, rows as R, summary as S
 from flows.cells import cell_dir
-from tests.summary_grid import build_grid, grid  # noqa: F401 - grid is a fixture
+from tests.summary_grid import build_grid
 
 # autolabel.train.HISTORY_COLUMNS (not imported: it would load torch)
 HEADER = ",".join(("repeat", "round", "epoch", "lr", "batch_size", "train_bce", "train_dice", "train_loss",

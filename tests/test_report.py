@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from flows import report, stats
-from tests.summary_grid import grid, rows_of  # noqa: F401 - grid is a fixture
+from tests.summary_grid import rows_of
 
 
 def test_p_and_eta_print_the_digits_that_decide_the_verdict():

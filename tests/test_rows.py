@@ -13,8 +13,6 @@ import pytest
 from flows import rows as R
 from flows.cells import cell_dir
 from tests.summary_grid import build_grid, make_cell, metrics_for, write_cell
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     g = tmp_path_factory.mktemp("grid") / "demo"

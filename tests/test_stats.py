@@ -14,9 +14,7 @@ import statsmodels.api as sm
 from statsmodels.formula.api import ols
 
 from flows import rows as R, stats
-from tests.summary_grid import BASE, BCES, LR_EFFECT, LRS, build_grid, rows_of
-
-
+from tests.summary_grid import BASE, LR_EFFECT, LRS, build_grid, rows_of
 @pytest.fixture(scope="module")
 def balanced(tmp_path_factory):
     g = tmp_path_factory.mktemp("grid") / "demo"

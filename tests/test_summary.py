@@ -15,7 +15,7 @@ import numpy as np
 
 from flows import rows as R, summary as S
 from flows.cells import cell_dir
-from tests.summary_grid import grid, make_cell, metrics_for, write_cell  # noqa: F401 - grid is a fixture
+from tests.summary_grid import make_cell, metrics_for, write_cell
 
 
 def test_csv_has_expected_columns_and_exact_numbers(grid):
