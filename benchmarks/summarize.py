@@ -35,7 +35,7 @@ from flows import report, rows as rows_mod, summary  # noqa: E402
 from flows.cells import Cell, cell_dir  # noqa: E402
 
 GOAL_S = 20.0
-# The published grid (REFERENCE.md): 2 x 5 x 5 x 3 x 3 x 2 x 2 = 1800 cells.
+# The published grid (Benson, Song et al. 2025): 2 x 5 x 5 x 3 x 3 x 2 x 2 = 1800 cells.
 GRID = {
     "base_model": ["resnet18", "resnet34"],
     "lr": [0.00167, 0.0025, 0.00375, 0.00562, 0.00844],
