@@ -226,6 +226,7 @@ class EcsRunner:
         self._poller: threading.Thread | None = None
         self._wake = threading.Event()
         self._orphans: dict[tuple[str, ...], str] | None = None  # tasks of earlier runs, by command
+        self._adoption_error: AdoptionError | None = None
 
     # ------------------------------------------------------------------ the Runner interface
 
@@ -264,6 +265,9 @@ class EcsRunner:
         except _LaunchFailed as e:
             self._slots.release()
             return self._note(cells, log, Attempt(ids, e.outcome, e.detail))
+        except AdoptionError as e:
+            self._slots.release()
+            return self._note(cells, log, Attempt(ids, "permanent", str(e)))
         except BaseException:
             self._slots.release()
             raise
@@ -312,28 +316,48 @@ class EcsRunner:
         """The ARN of a task of this grid, started before this runner, that trains exactly ``uris``.
 
         A flow killed mid-run leaves its tasks running; a rerun waits for them rather than
-        starting a second trainer on the same cells.
+        starting a second trainer on the same cells. When this grid's tasks cannot be listed,
+        :class:`AdoptionError` stops the run: launching blind could train a cell twice.
         """
-        from botocore.exceptions import BotoCoreError, ClientError
-
         with self._lock:
+            if self._adoption_error is not None:
+                raise self._adoption_error  # once failed, every launch of this run is refused
             if self._orphans is None:
                 try:
                     self._orphans = self._list_orphans()
-                except (BotoCoreError, ClientError):
-                    self._orphans = {}  # not worth failing the launch over
+                except AdoptionError as e:
+                    self._adoption_error = e
+                    raise
             return self._orphans.pop(tuple(uris), None)
 
     def _list_orphans(self) -> dict[tuple[str, ...], str]:
-        pages = self.ecs.get_paginator("list_tasks").paginate(
-            cluster=self.cluster, startedBy=started_by(self.grid_prefix), desiredStatus="RUNNING")
-        arns = [a for page in pages for a in page.get("taskArns", [])]
+        """This grid's tasks not yet stopped, by their command (``--force`` left out).
+
+        ListTasks: "If you specify startedBy as the filter, it must be the only filter that
+        you use" (Amazon ECS API Reference, ListTasks, read 2026-12-01); the real API answers a
+        combination with InvalidParameterException. So startedBy goes alone (desiredStatus
+        defaults to RUNNING there) and every other condition is checked here.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            pages = self.ecs.get_paginator("list_tasks").paginate(
+                cluster=self.cluster, startedBy=started_by(self.grid_prefix))
+            arns = [a for page in pages for a in page.get("taskArns", [])]
+            tasks = [t for i in range(0, len(arns), DESCRIBE_BATCH)
+                     for t in self.ecs.describe_tasks(cluster=self.cluster, tasks=arns[i : i + DESCRIBE_BATCH])["tasks"]]
+        except (BotoCoreError, ClientError) as e:
+            raise AdoptionError(
+                f"cannot list the tasks an earlier run of {self.grid_prefix} left running ({classify_error(e)[1]}); "
+                "nothing was launched, since a blind launch could train a cell twice: fix the access and rerun"
+            ) from None
         found = {}
-        for i in range(0, len(arns), DESCRIBE_BATCH):
-            for task in self.ecs.describe_tasks(cluster=self.cluster, tasks=arns[i : i + DESCRIBE_BATCH])["tasks"]:
-                for o in task.get("overrides", {}).get("containerOverrides", []):
-                    if o.get("name") == self.container_name and task.get("lastStatus") != "STOPPED":
-                        found[tuple(a for a in o.get("command", []) if a != "--force")] = task["taskArn"]
+        for task in tasks:
+            if task.get("lastStatus") == "STOPPED" or task.get("desiredStatus") == "STOPPED":
+                continue
+            for o in task.get("overrides", {}).get("containerOverrides", []):
+                if o.get("name") == self.container_name:
+                    found[tuple(a for a in o.get("command", []) if a.startswith("s3://"))] = task["taskArn"]
         return found
 
     def launch(self, uris: list[str], force: bool, ids: list[str]) -> str:
@@ -603,6 +627,10 @@ class EcsRunner:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+class AdoptionError(RuntimeError):
+    """This grid's running tasks could not be listed: the run stops rather than risk a second trainer."""
 
 
 class _LaunchFailed(Exception):

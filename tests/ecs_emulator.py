@@ -208,6 +208,7 @@ class ContainerEmulator:
         # moto walks a task to STOPPED a step per describe; here the emulator alone moves it.
         state_manager.set_transition("ecs::task", {"progression": "manual", "times": 10**9})
         self._patch_new_tasks()
+        self._list_tasks = enforce_list_tasks_rule()
         self._thread.start()
         return self
 
@@ -218,8 +219,11 @@ class ContainerEmulator:
 
         self._stop.set()
         self._thread.join(5)
+        from moto.ecs.responses import EC2ContainerServiceResponse
+
         state_manager.unset_transition("ecs::task")
         Task.__init__ = self._task_init
+        EC2ContainerServiceResponse.list_tasks = self._list_tasks
 
     def _patch_new_tasks(self) -> None:
         """ECS tasks start in PROVISIONING with no exit code; moto's start RUNNING with exit code 0."""
@@ -365,6 +369,32 @@ class ContainerEmulator:
                                  logEvents=[{"timestamp": t, "message": line or " "} for line in run.lines])
 
 
+# ----------------------------------------------------------------------------- API rules moto lacks
+
+
+LIST_TASKS_FILTERS = ("containerInstance", "family", "serviceName", "desiredStatus", "launchType")
+
+
+def enforce_list_tasks_rule():
+    """ListTasks as AWS documents it: "If you specify startedBy as the filter, it must be the only
+    filter that you use" (Amazon ECS API Reference, ListTasks, read 2026-12-01); the real API
+    answers otherwise with InvalidParameterException. moto filters silently. Returns the original."""
+    from moto.core.exceptions import JsonRESTError
+    from moto.ecs.responses import EC2ContainerServiceResponse
+
+    original = EC2ContainerServiceResponse.list_tasks
+
+    def list_tasks(self):
+        others = [f for f in LIST_TASKS_FILTERS if self._get_param(f) is not None]
+        if self._get_param("startedBy") is not None and others:
+            raise JsonRESTError("InvalidParameterException",
+                                f"cannot specify startedBy with other arguments ({', '.join(others)})")
+        return original(self)
+
+    EC2ContainerServiceResponse.list_tasks = list_tasks
+    return original
+
+
 # ----------------------------------------------------------------------------- API faults
 
 
@@ -384,6 +414,16 @@ def fail_placements(monkeypatch, aws: StandIn, reason: str = "RESOURCE:GPU", tim
 
     monkeypatch.setattr(EC2ContainerServiceResponse, "run_task", run_task)
     return calls
+
+
+def deny_list_tasks(monkeypatch) -> None:
+    """ListTasks is refused, as for credentials without ecs:ListTasks."""
+    from moto.core.exceptions import JsonRESTError
+
+    def list_tasks(*args, **kwargs):
+        raise JsonRESTError("AccessDeniedException", "User is not authorized to perform: ecs:ListTasks")
+
+    monkeypatch.setattr(ecs_backend(), "list_tasks", list_tasks)
 
 
 def throttle_run_task(monkeypatch, times: int) -> list[int]:

@@ -28,6 +28,7 @@ from tests.ecs_emulator import (
     REGION,
     ContainerEmulator,
     StandIn,
+    deny_list_tasks,
     fail_placements,
     provision,
     start_moto,
@@ -325,27 +326,66 @@ def test_local_checkpoint_never_replaces_newer_s3_progress(aws, tmp_path):
     assert s3.get_object(Bucket=aws.bucket, Key="demo/cells/c1/checkpoint.pt")["Body"].read() == b"newer in S3"
 
 
-def test_a_rerun_adopts_the_task_an_interrupted_run_left(aws, tmp_path):
+def test_a_rerun_after_a_killed_flow_adopts_its_tasks_and_starts_none_twice(aws, tmp_path):
+    """Mid-grid, the flow dies: c0 is complete in S3, c1 and c2 train, c3's task has stopped.
+    The rerun, under ListTasks' documented rule (the emulator refuses startedBy with other
+    filters), waits for c1 and c2, downloads c0 and launches only c3."""
     grid = tmp_path / "demo"
-    cell = tiny_cell(grid, "c1")
+    cells = [tiny_cell(grid, f"c{i}") for i in range(4)]
+    aws.client("s3").put_object(Bucket=aws.bucket, Key="demo/cells/c0/metrics.json", Body=b'{"status": "complete"}')
     killed_flow = runner_for(aws, grid)
     with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
-        killed_flow.upload_inputs(cell_dir(grid, cell), killed_flow.cell_uri(cell))
-        orphan = killed_flow.launch([killed_flow.cell_uri(cell)], False, ["c1"])  # ... and the flow died
+        orphans = []
+        for c in cells[1:]:
+            killed_flow.upload_inputs(cell_dir(grid, c), killed_flow.cell_uri(c))
+            orphans.append(killed_flow.launch([killed_flow.cell_uri(c)], False, [c.id]))
+        emu.wait_for(3, "RUNNING")
+        aws.client("ecs").stop_task(cluster=aws.cluster, task=orphans[2], reason="test: stopped earlier")
+        emu.wait_for(1, "STOPPED")
+        # ... and the flow died here.
         rerun = runner_for(aws, grid)
         sent = record_calls(rerun, "RunTask")
+        listed = record_calls(rerun, "ListTasks")
 
         def release_once_adopted() -> None:
-            # Not on a timer: under load the rerun may look for orphans only after a fixed delay.
+            # Not on a timer: under load the rerun may look for orphans only after a delay.
             deadline = time.monotonic() + 60
-            while orphan not in rerun._watches and time.monotonic() < deadline:
+            while not all(a in rerun._watches for a in orphans[:2]) and time.monotonic() < deadline:
                 time.sleep(0.02)
             emu.release(0)
 
         threading.Thread(target=release_once_adopted, daemon=True).start()
-        attempt = rerun.run([cell], print)
-    assert attempt.outcome == "ok" and attempt.extra["task_arn"] == orphan
-    assert not sent and len(emu.runs) == 1, "no second trainer on the same cell"
+        attempts, _, threads = run_in_threads(rerun, [[c] for c in cells])
+        for t in threads:
+            t.join(60)
+    assert [a.outcome for a in attempts] == ["ok"] * 4, attempts
+    assert [a.extra.get("task_arn") for a in attempts[1:3]] == orphans[:2]
+    assert len(sent) == 1 and sent[0]["overrides"]["containerOverrides"][0]["command"][0].endswith("/c3")
+    per_cell = {c.id: sum(r.command[0].endswith("/" + c.id) for r in emu.runs.values()) for c in cells}
+    assert per_cell == {"c0": 0, "c1": 1, "c2": 1, "c3": 2}, "no cell has a second task running"
+    assert listed and all(set(p) == {"cluster", "startedBy"} for p in listed), listed
+
+
+def test_list_tasks_with_another_filter_is_refused_as_aws_documents(aws, tmp_path):
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None):
+        ecs = aws.client("ecs")
+        ecs.list_tasks(cluster=aws.cluster, startedBy="autolabel-demo")
+        with pytest.raises(ecs.exceptions.InvalidParameterException):
+            ecs.list_tasks(cluster=aws.cluster, startedBy="autolabel-demo", desiredStatus="RUNNING")
+
+
+def test_tasks_that_cannot_be_listed_stop_the_run_without_a_launch(aws, tmp_path, monkeypatch):
+    grid = tmp_path / "demo"
+    deny_list_tasks(monkeypatch)
+    runner = runner_for(aws, grid)
+    sent = record_calls(runner, "RunTask")
+    lines: list[str] = []
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None):
+        first = runner.run([tiny_cell(grid, "c1")], lines.append)
+        second = runner.run([tiny_cell(grid, "c2")], lines.append)
+    for a in (first, second):
+        assert a.outcome == "permanent" and "cannot list the tasks" in a.detail and "\n" not in a.detail
+    assert not sent, "a blind launch could start a second trainer"
 
 
 # ----------------------------------------------------------------------------- credentials
