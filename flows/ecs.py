@@ -56,6 +56,7 @@ from autolabel.celldir import CHECKPOINT, INPUTS, METRICS, MODEL
 from autolabel.storage import exists as storage_exists, join, split_s3
 
 from flows.cells import Cell, cell_dir
+from flows.cost import cell_gpu_seconds
 from flows.ecs_rules import (
     classify_error,
     classify_failures,
@@ -94,6 +95,12 @@ def started_by(grid_prefix: str) -> str:
 
 # ----------------------------------------------------------------------------- settings
 
+# A published cell's checkpoint is 200-450 MB. Every 300 s, one cell uploads at most
+# 12 x 0.45 = 5.4 GB an hour: free through the stack's S3 gateway endpoint, about $0.24 an hour
+# through a NAT gateway ($0.045 per GB processed, Amazon VPC pricing, read 2026-12-01). The
+# trainer's own default (60 s) would be 27 GB, $1.2 an hour. A Spot loss costs at most 300 s.
+CHECKPOINT_EVERY_S = 300.0
+
 
 # The same rules as autolabel.storage.split_s3, which checks every URI again before use.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -122,6 +129,11 @@ class EcsSettings(BaseModel):
     log_group: str | None = Field(None, description="awslogs group (default: from the task definition)")
     log_stream_prefix: str | None = Field(None, description="awslogs stream prefix (default: as above)")
     download_models: bool = Field(True, description="fetch each cell's model.pt; off for big grids (stays in S3)")
+    runtime_limit_factor: float = Field(3.0, gt=0, description="a pack may run this many times its expected GPU-seconds")
+    runtime_limit_startup_s: float = Field(900.0, ge=0, description="... plus this, for start-up and data loading")
+    runtime_limit_s: float | None = Field(None, gt=0, description="a fixed runtime limit per pack instead")
+    checkpoint_every_s: float = Field(
+        CHECKPOINT_EVERY_S, ge=0, description="the trainer's checkpoint cadence in S3 (bounds upload GB per hour)")
 
     @field_validator("bucket")
     @classmethod
@@ -177,6 +189,8 @@ class _Watch:
     timed_out: bool = False  # we stopped it for waiting too long in PROVISIONING
     misses: int = 0  # polls in a row that did not find it
     error: tuple[Outcome, str] | None = None  # the poller gave up on it
+    limit_s: float | None = None  # runtime limit from startedAt; the poller stops it after
+    over_limit: bool = False  # we stopped it for running past limit_s
 
 
 WAITING = ("PROVISIONING", "PENDING")
@@ -196,7 +210,7 @@ class EcsRunner:
     backoff_cap_s = 60.0
 
     def __init__(self, grid_dir: Path, max_parallel: int, usd_per_hour: float = 0.0,
-                 settings: EcsSettings | None = None, **ecs: Any):
+                 settings: EcsSettings | None = None, instance_type: str = "g5.xlarge", **ecs: Any):
         from botocore.config import Config
 
         if max_parallel < 1:
@@ -209,6 +223,7 @@ class EcsRunner:
         self.grid_uri = join(f"s3://{s.bucket}", self.grid_prefix)
         self.max_parallel = max_parallel
         self.usd_per_hour = usd_per_hour
+        self.instance_type = instance_type  # what the runtime limit expects a cell to take on
         self.cluster, self.capacity_provider, self.task_definition = s.cluster, s.capacity_provider, s.task_definition
         self.container_name = s.container_name
         self.provisioning_timeout_s, self.poll_interval_s = s.provisioning_timeout_s, s.poll_interval_s
@@ -275,7 +290,7 @@ class EcsRunner:
         self._note(cells, log, None, f"ECS task {task_id} {verb} on {self.capacity_provider}: {' '.join(uris)}")
 
         # 3. Wait for the shared poller to see it stop (restarting the poller should it have died).
-        watch = self.watch(arn)
+        watch = self.watch(arn, self.runtime_limit(cells))
         while not watch.done.wait(30):
             self._ensure_poller()
         return self.finish(cells, uris, watch, log)
@@ -370,7 +385,10 @@ class EcsRunner:
             "count": 1,
             "capacityProviderStrategy": [{"capacityProvider": self.capacity_provider, "weight": 1, "base": 0}],
             "overrides": {"containerOverrides": [
-                {"name": self.container_name, "command": [*uris, *(["--force"] if force else [])]},
+                {"name": self.container_name, "command": [*uris, *(["--force"] if force else [])],
+                 # The trainer reads its checkpoint cadence from here (autolabel.train).
+                 "environment": [{"name": "AUTOLABEL_CHECKPOINT_EVERY_S",
+                                  "value": f"{self.settings.checkpoint_every_s:g}"}]},
             ]},
             "startedBy": started_by(self.grid_prefix),
             # Tag values allow spaces, not commas; 256 characters at most.
@@ -416,6 +434,10 @@ class EcsRunner:
             outcome, why = rule.outcome, f"{rule.why} ({self.provisioning_timeout_s:.0f} s); the task was stopped"
         else:
             outcome, why = classify_task(task, self.container_name)
+        if watch.over_limit and outcome != "ok":
+            rule = match_rule("runner", "runtime limit")
+            assert rule is not None
+            outcome, why = rule.outcome, f"{rule.why} ({watch.limit_s:.0f} s); stopped with SIGTERM"
         seconds = task_seconds(task)
         code = essential_container(task, self.container_name).get("exitCode") if task else None
         try:
@@ -460,9 +482,9 @@ class EcsRunner:
 
     # ------------------------------------------------------------------ the shared poller
 
-    def watch(self, arn: str) -> _Watch:
+    def watch(self, arn: str, limit_s: float | None = None) -> _Watch:
         """Hand a launched task to the poller (started if it is not running)."""
-        w = _Watch(arn, time.monotonic())
+        w = _Watch(arn, time.monotonic(), limit_s=limit_s)
         with self._lock:
             self._watches[arn] = w
         self._ensure_poller()
@@ -494,6 +516,7 @@ class EcsRunner:
             try:
                 changed = self.poll_once(watches)
                 self.stop_overdue(watches)
+                self.stop_over_limit(watches)
                 errors = 0
                 delay = self.poll_interval_s if changed else min(delay * 1.5, self.poll_interval_s * 6)
             except Exception as e:  # noqa: BLE001 - the poller must outlive any one bad call
@@ -544,6 +567,33 @@ class EcsRunner:
                     self.ecs.stop_task(cluster=self.cluster, task=w.arn,
                                        reason=f"autolabel: no capacity within {self.provisioning_timeout_s:.0f} s")
                     w.timed_out = True
+                except (BotoCoreError, ClientError):
+                    pass  # tried again at the next poll
+
+    def runtime_limit(self, cells: list[Cell]) -> float:
+        """Seconds a pack may run: ``runtime_limit_s``, else factor x its expected GPU-seconds + start-up."""
+        s = self.settings
+        if s.runtime_limit_s is not None:
+            return s.runtime_limit_s
+        expected = sum(cell_gpu_seconds(c, self.instance_type, len(cells)) for c in cells)
+        return s.runtime_limit_factor * expected + s.runtime_limit_startup_s
+
+    def stop_over_limit(self, watches: list[_Watch]) -> None:
+        """StopTask on tasks running past their limit: SIGTERM, so a trainer still alive checkpoints."""
+        import datetime as dt
+
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        now = dt.datetime.now(dt.timezone.utc)
+        for w in watches:
+            started = w.task.get("startedAt")
+            if w.limit_s is None or not started or w.over_limit or w.done.is_set():
+                continue
+            if (now - started).total_seconds() > w.limit_s:
+                try:
+                    self.ecs.stop_task(cluster=self.cluster, task=w.arn,
+                                       reason=f"autolabel: runtime limit {w.limit_s:.0f} s reached")
+                    w.over_limit = True
                 except (BotoCoreError, ClientError):
                     pass  # tried again at the next poll
 

@@ -55,6 +55,10 @@ RULES: tuple[Rule, ...] = (
     Rule("stoppedReason", "EMPTY CAPACITY PROVIDER", "transient", "the capacity provider had no instances yet"),
     Rule("stoppedReason", "Capacity is unavailable", "transient", "no capacity available at this time"),
     Rule("runner", "PROVISIONING timeout", "transient", "no capacity came within provisioning_timeout_s"),
+    # Our own StopTask on a pack past its runtime limit (a hung trainer would bill forever);
+    # SIGTERM let it checkpoint, so one retry resumes, and the ledger shows what it spent.
+    Rule("runner", "runtime limit", "transient",
+         "runtime limit: the pack ran past runtime_limit_factor x its expected time + start-up"),
     # The instance went away under the task; the cell resumes from its S3 checkpoint.
     Rule("stopCode", "SpotInterruption", "transient", "the Spot instance was reclaimed"),
     Rule("stopCode", "TerminationNotice", "transient", "the instance was terminated (scale-in or maintenance)"),

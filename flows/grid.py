@@ -218,7 +218,8 @@ def make_runner(grid_dir: Path, pricing: Pricing, gpus: list[str], ecs: dict[str
                            trainer=trainer)
     from flows.ecs import EcsRunner
 
-    return EcsRunner(grid_dir, max_parallel=pricing.max_parallel, usd_per_hour=pricing.usd_per_gpu_hour, **(ecs or {}))
+    return EcsRunner(grid_dir, max_parallel=pricing.max_parallel, usd_per_hour=pricing.usd_per_gpu_hour,
+                     instance_type=pricing.instance_type, spot=pricing.spot, **(ecs or {}))
 
 
 def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger: Ledger, pricing: Pricing,

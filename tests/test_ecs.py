@@ -439,6 +439,37 @@ def test_invalid_cell_is_permanent_and_gets_the_log_tail(aws, tmp_path, cache):
         assert "testing" not in where.replace("testing:", ""), "no credentials in logs or cell files"
 
 
+@pytest.mark.slow
+def test_a_hung_pack_is_stopped_at_its_runtime_limit_and_resumes_on_retry(aws, tmp_path, cache):
+    grid = tmp_path / "demo"
+    cell = tiny_cell(grid, "c1", epochs=3)
+    # 20 s: well past a tiny cell's first checkpoint (a few seconds), so the hang comes first.
+    runner = runner_for(aws, grid, runtime_limit_s=20)
+    stops = record_calls(runner, "StopTask")
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, cache)) as emu:
+        emu.hang_cells = {"c1"}
+        hung = runner.run([cell], print)
+        retry = runner.run([cell], print)
+    first, second = emu.runs.values()
+    assert first.hung and hung.outcome == "transient" and "runtime limit" in hung.detail, hung
+    assert [s["reason"] for s in stops] == ["autolabel: runtime limit 20 s reached"]
+    assert hung.device_seconds >= 20 and hung.usd > 0, "the hung time is charged"
+    assert retry.outcome == "ok", retry
+    assert any("resumed from checkpoint.pt" in line for line in second.lines), second.lines[-5:]
+    assert second.environment == {"AUTOLABEL_CHECKPOINT_EVERY_S": "0"}
+
+
+def test_the_runtime_limit_follows_the_expected_gpu_seconds(aws, tmp_path):
+    from flows.cost import cell_gpu_seconds
+
+    grid = tmp_path / "demo"
+    cells = [tiny_cell(grid, "c1"), tiny_cell(grid, "c2")]
+    runner = runner_for(aws, grid, runtime_limit_factor=3, runtime_limit_startup_s=600)
+    expected = sum(cell_gpu_seconds(c, "g5.xlarge", 2) for c in cells)
+    assert runner.runtime_limit(cells) == pytest.approx(3 * expected + 600)
+    assert runner_for(aws, grid, runtime_limit_s=7200).runtime_limit(cells) == 7200
+
+
 # ----------------------------------------------------------------------------- the flow, end to end
 
 
