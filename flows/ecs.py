@@ -210,7 +210,10 @@ class EcsRunner:
     backoff_cap_s = 60.0
 
     def __init__(self, grid_dir: Path, max_parallel: int, usd_per_hour: float = 0.0,
-                 settings: EcsSettings | None = None, instance_type: str = "g5.xlarge", **ecs: Any):
+                 settings: EcsSettings | None = None, instance_type: str = "g5.xlarge", spot: bool | None = None,
+                 **ecs: Any):
+        """``spot``: how the run is priced; when given, the capacity provider's Auto Scaling group
+        must launch the same (:meth:`check_capacity`), or ValueError before anything launches."""
         from botocore.config import Config
 
         if max_parallel < 1:
@@ -234,6 +237,10 @@ class EcsRunner:
         self.ecs = session.client("ecs", config=config)
         self.s3 = session.client("s3", config=config)
         self.logs = session.client("logs", config=config)
+        self.autoscaling = session.client("autoscaling", config=config)
+        self.ec2 = session.client("ec2", config=config)
+        self.region = config.region_name
+        self.zones: list[str] = []  # the group's Availability Zones (check_capacity reads them)
 
         self._slots = threading.Semaphore(max_parallel)  # tasks allowed in PROVISIONING/PENDING
         self._lock = threading.Lock()
@@ -242,6 +249,51 @@ class EcsRunner:
         self._wake = threading.Event()
         self._orphans: dict[tuple[str, ...], str] | None = None  # tasks of earlier runs, by command
         self._adoption_error: AdoptionError | None = None
+        if spot is not None:
+            self.check_capacity(spot)
+
+    # ------------------------------------------------------------------ before any launch
+
+    def check_capacity(self, spot: bool) -> None:
+        """Refuse a run priced at spot on a group that launches on-demand, or the reverse.
+
+        A group at 100% on-demand bills g5.xlarge at $1.006/h; priced at spot the ledger would
+        read about 57% low and the cap would let the bill run past it.
+        """
+        group = self._capacity_group()
+        dist = (group.get("MixedInstancesPolicy") or {}).get("InstancesDistribution") or {}
+        base = dist.get("OnDemandBaseCapacity", 0)
+        pct = dist.get("OnDemandPercentageAboveBaseCapacity", 100) if group.get("MixedInstancesPolicy") else 100
+        where = f"ecs.capacity_provider {self.capacity_provider} (Auto Scaling group {group['AutoScalingGroupName']})"
+        if spot and (pct > 0 or base > 0):
+            raise ValueError(
+                f"{where} launches {pct}% on-demand (base {base}) but the run is priced at spot: the ledger would "
+                "read low and the cap would not hold; run without --spot, or deploy with "
+                "OnDemandPercentageAboveBaseCapacity=0")
+        if not spot and pct < 100:
+            raise ValueError(
+                f"{where} launches {100 - pct}% Spot but the run is priced on-demand; run with --spot (then "
+                "deploy with OnDemandPercentageAboveBaseCapacity=0), or deploy with 100")
+        self.zones = sorted(group.get("AvailabilityZones", []))
+
+    def _capacity_group(self) -> dict:
+        """The Auto Scaling group behind the capacity provider (ValueError naming what to fix)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            cps = self.ecs.describe_capacity_providers(capacityProviders=[self.capacity_provider])["capacityProviders"]
+            arn = cps[0]["autoScalingGroupProvider"]["autoScalingGroupArn"] if cps else ""
+            name = arn.rsplit("autoScalingGroupName/", 1)[-1]
+            groups = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
+        except (BotoCoreError, ClientError, KeyError) as e:
+            why = classify_error(e)[1] if not isinstance(e, KeyError) else "no Auto Scaling group"
+            raise ValueError(f"ecs.capacity_provider {self.capacity_provider}: cannot read its Auto Scaling group "
+                             f"({why}); the flow checks spot against it before launching (needs "
+                             "ecs:DescribeCapacityProviders and autoscaling:DescribeAutoScalingGroups)") from None
+        if not groups:
+            raise ValueError(f"ecs.capacity_provider {self.capacity_provider}: no such capacity provider or group; "
+                             "use the stack's CapacityProviderName output")
+        return groups[0]
 
     # ------------------------------------------------------------------ the Runner interface
 

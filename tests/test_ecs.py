@@ -546,3 +546,24 @@ def test_grid_runs_on_ecs_end_to_end_through_faults(aws, tmp_path, cache, monkey
     keys = s3_keys(aws, "grids/demo/cells/")
     assert f"grids/demo/cells/{valid[1].id}/metrics.json" in keys
     assert not any(k.endswith("checkpoint.pt") for k in keys if valid[0].id in k or valid[1].id in k)
+
+
+# ----------------------------------------------------------------------------- spot against the group
+
+
+def test_spot_pricing_on_an_on_demand_group_is_refused_before_launch(aws, tmp_path):
+    grid = tmp_path / "demo"
+    with pytest.raises(ValueError, match="100% on-demand.*priced at spot"):
+        runner_for(aws, grid, spot=True)
+    assert runner_for(aws, grid, spot=False).zones == [f"{REGION}a"]
+
+
+def test_on_demand_pricing_on_a_spot_group_is_refused(aws, tmp_path):
+    asg = aws.client("autoscaling")
+    asg.update_auto_scaling_group(AutoScalingGroupName=aws.capacity_provider, MixedInstancesPolicy={
+        "LaunchTemplate": {"LaunchTemplateSpecification": {"LaunchTemplateName": aws.capacity_provider}},
+        "InstancesDistribution": {"OnDemandBaseCapacity": 0, "OnDemandPercentageAboveBaseCapacity": 0}})
+    grid = tmp_path / "demo"
+    with pytest.raises(ValueError, match="100% Spot but the run is priced on-demand"):
+        runner_for(aws, grid, spot=False)
+    runner_for(aws, grid, spot=True)
