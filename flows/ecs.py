@@ -39,6 +39,7 @@ in its command, its environment, the cell folders or the logs.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import random
 import re
@@ -57,6 +58,8 @@ from autolabel.storage import exists as storage_exists, join, split_s3
 
 from flows.cells import Cell, cell_dir
 from flows.cost import cell_gpu_seconds
+from flows.ecs_billing import InstanceUse, bill_instances, read_instances
+from flows.prices import price_of
 from flows.ecs_rules import (
     classify_error,
     classify_failures,
@@ -249,6 +252,9 @@ class EcsRunner:
         self._wake = threading.Event()
         self._orphans: dict[tuple[str, ...], str] | None = None  # tasks of earlier runs, by command
         self._adoption_error: AdoptionError | None = None
+        self.spot = bool(spot)
+        self._uses: dict[str, InstanceUse] = {}  # container instance ARN -> what our tasks did there
+        self._run_start: dt.datetime | None = None  # this runner's first launch or adoption
         if spot is not None:
             self.check_capacity(spot)
 
@@ -325,6 +331,8 @@ class EcsRunner:
         # 2. Launch (or adopt the task an interrupted run left), within the bound on tasks
         #    waiting for capacity.
         self._slots.acquire()
+        with self._lock:
+            self._run_start = self._run_start or dt.datetime.now(dt.timezone.utc)
         try:
             arn = self.adopt(uris)
             verb = "still running from an earlier run; waiting for it" if arn else "launched"
@@ -502,8 +510,42 @@ class EcsRunner:
             extra={"task_arn": watch.arn, "stop_code": task.get("stopCode"),
                    "stopped_reason": task.get("stoppedReason"), "last_status": task.get("lastStatus")},
         )
+        self.note_use(task, attempt.usd)
         tail = [] if outcome == "ok" else self.log_tail(watch.arn)
         return self._note(cells, log, attempt, *tail)
+
+    # ------------------------------------------------------------------ instances, as AWS bills them
+
+    def note_use(self, task: dict, usd: float) -> None:
+        """Remember which instance a stopped task ran on, when, and what it was charged."""
+        ci, started, stopped = task.get("containerInstanceArn"), task.get("startedAt"), task.get("stoppedAt")
+        if not (ci and started and stopped):
+            return
+        with self._lock:
+            if ci in self._uses:
+                self._uses[ci].add(started, stopped, usd)
+            else:
+                self._uses[ci] = InstanceUse(started, stopped, usd)
+
+    def settle(self, ledger: Any) -> list[dict]:
+        """Charge the ledger for the instances this runner's tasks ran on, beyond the tasks' own
+        charges (flows/ecs_billing.py); call once the run's packs are done. Returns the entries."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        with self._lock:
+            uses, self._uses = self._uses, {}
+            start = self._run_start or dt.datetime.now(dt.timezone.utc)
+        if not uses:
+            return []
+        try:
+            described: dict[str, dict] | None = read_instances(self.ecs, self.ec2, self.cluster, list(uses))
+        except (BotoCoreError, ClientError):
+            described = None  # no ec2:DescribeInstances: the modelled start and tail, marked estimated
+        bills = bill_instances(uses, described, start, self.spot, price_of(self.instance_type))
+        for b in bills:
+            rest = {k: v for k, v in b.items() if k not in ("instance_id", "seconds", "billed_usd", "tasks_usd")}
+            ledger.charge_instance(b["instance_id"], b["seconds"], b["billed_usd"], b["tasks_usd"], **rest)
+        return bills
 
     def download_results(self, cells: list[Cell], uris: list[str]) -> None:
         """Everything the trainer wrote except the checkpoint; metrics.json last and atomically."""

@@ -548,6 +548,72 @@ def test_grid_runs_on_ecs_end_to_end_through_faults(aws, tmp_path, cache, monkey
     assert not any(k.endswith("checkpoint.pt") for k in keys if valid[0].id in k or valid[1].id in k)
 
 
+# ----------------------------------------------------------------------------- the ledger, as AWS bills
+
+
+def test_the_ledger_charges_instance_time_beyond_the_tasks(aws, tmp_path):
+    from flows.cost import IDLE_TAIL_S
+    from flows.ledger import Ledger
+
+    grid = tmp_path / "demo"
+    runner = runner_for(aws, grid, max_parallel=1)
+    ledger = Ledger.open(grid)
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        emu.release(0)
+        attempts = [runner.run([tiny_cell(grid, c)], print) for c in ("c1", "c2")]
+    for a in attempts:
+        ledger.charge(a.cells, a.device_seconds, a.usd)
+    bills = runner.settle(ledger)
+    tasks = sum(a.usd for a in attempts)
+    assert bills and all(b["estimated"] and "idle tail" in b["how"] for b in bills), bills
+    assert sum(b["seconds"] for b in bills) >= IDLE_TAIL_S * len(bills)
+    entries = ledger.entries("instance")
+    assert sum(e["tasks_usd"] for e in entries) == pytest.approx(tasks)
+    assert ledger.spent_usd == pytest.approx(sum(e["billed_usd"] for e in entries))
+    assert ledger.spent_usd > tasks + IDLE_TAIL_S / 3600 * PRICE * 0.99, "the idle tail is billed"
+    assert set(ledger.per_cell_usd) == {"c1", "c2"}, "instance time is no cell's"
+
+    # Once scale-in has terminated the instance, EC2's own times replace the model.
+    instance = entries[0]["instance_id"]
+    aws.client("ec2").terminate_instances(InstanceIds=[instance])
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        emu.release(0)
+        runner.run([tiny_cell(grid, "c3")], print)
+    bill = next(b for b in runner.settle(ledger) if b["container_instance"] == entries[0]["container_instance"])
+    assert not bill["estimated"] and bill["how"].endswith("to termination") and bill["seconds"] < IDLE_TAIL_S
+
+
+def test_the_in_run_cap_refuses_a_lane_whose_start_and_tail_do_not_fit(aws, tmp_path, prefect_api):
+    from prefect import flow
+
+    from flows import cost, grid as grid_mod, plan
+    from flows.ledger import Ledger
+
+    grid = tmp_path / "demo"
+    packs = [[tiny_cell(grid, "c1")], [tiny_cell(grid, "c2")]]
+    pricing = plan.make_pricing("ecs", "g5.xlarge", max_parallel=2, cells_per_gpu=1)
+    lane = cost.lane_usd(pricing, 0, 2)
+    assert lane == pytest.approx(1200 / 3600 * 1.006) and cost.lane_usd(pricing, 1, 2) == lane
+    cells_usd = sum(cost.cell_usd(p[0], pricing) for p in packs)
+    ledger = Ledger.open(grid, cap_usd=lane + cells_usd)  # every cell fits, one lane's start and tail
+    runner = runner_for(aws, grid, max_parallel=2)
+    sent = record_calls(runner, "RunTask")
+
+    @flow
+    def two_lanes():
+        return grid_mod.launch_packs(grid, packs, runner, ledger, pricing, 0, 0.1, False)
+
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        emu.release(0)
+        outcomes = two_lanes()
+    assert outcomes["c2"] == "skipped: cost cap"
+    assert len(sent) == 1
+    (skip,) = ledger.entries("skip")
+    assert skip["cells"] == ["c2"] and skip["estimate_usd"] == pytest.approx(lane)
+    assert ledger.entries("instance"), "the lane's instance was charged at the end"
+    assert not ledger._open, "every hold released"
+
+
 # ----------------------------------------------------------------------------- spot against the group
 
 
