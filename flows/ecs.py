@@ -194,9 +194,11 @@ class _Watch:
     error: tuple[Outcome, str] | None = None  # the poller gave up on it
     limit_s: float | None = None  # runtime limit from startedAt; the poller stops it after
     over_limit: bool = False  # we stopped it for running past limit_s
+    stop_asked: bool = False  # stop() asked it to stop (the flow is being stopped)
 
 
 WAITING = ("PROVISIONING", "PENDING")
+STOPPED_BY_FLOW = "the flow was asked to stop; a rerun resumes from the S3 checkpoint"
 MISSING_POLLS = 10  # describe_tasks is eventually consistent: a new task may be briefly unknown
 DESCRIBE_BATCH = 100  # DescribeTasks' limit
 POLL_ERRORS = 8  # failed polls in a row before the tasks in flight are given up
@@ -252,6 +254,7 @@ class EcsRunner:
         self._wake = threading.Event()
         self._orphans: dict[tuple[str, ...], str] | None = None  # tasks of earlier runs, by command
         self._adoption_error: AdoptionError | None = None
+        self._stopping = threading.Event()  # stop() was called: launch nothing more
         self.spot = bool(spot)
         self._uses: dict[str, InstanceUse] = {}  # container instance ARN -> what our tasks did there
         self._run_start: dt.datetime | None = None  # this runner's first launch or adoption
@@ -331,6 +334,9 @@ class EcsRunner:
         # 2. Launch (or adopt the task an interrupted run left), within the bound on tasks
         #    waiting for capacity.
         self._slots.acquire()
+        if self._stopping.is_set():
+            self._slots.release()
+            return self._note(cells, log, Attempt(ids, "transient", STOPPED_BY_FLOW + "; not launched"))
         with self._lock:
             self._run_start = self._run_start or dt.datetime.now(dt.timezone.utc)
         try:
@@ -354,6 +360,28 @@ class EcsRunner:
         while not watch.done.wait(30):
             self._ensure_poller()
         return self.finish(cells, uris, watch, log)
+
+    def stop(self) -> None:
+        """Ask every running pack to stop; returns at once.
+
+        StopTask, with a reason, on every task this runner started or adopted: ECS sends SIGTERM,
+        the trainer checkpoints to S3 within the stop timeout, and a rerun resumes from there.
+        """
+        self._stopping.set()
+        with self._lock:
+            watches = [w for w in self._watches.values() if not w.done.is_set()]
+        for w in watches:
+            w.stop_asked = True
+        threading.Thread(target=self._stop_tasks, args=(watches,), name="ecs-stop", daemon=True).start()
+
+    def _stop_tasks(self, watches: list[_Watch]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for w in watches:
+            try:
+                self.ecs.stop_task(cluster=self.cluster, task=w.arn, reason="autolabel: the flow was asked to stop")
+            except (BotoCoreError, ClientError):
+                pass  # a task already gone; the poller still sees how each one ended
 
     # ------------------------------------------------------------------ steps of run()
 
@@ -494,7 +522,9 @@ class EcsRunner:
             outcome, why = rule.outcome, f"{rule.why} ({self.provisioning_timeout_s:.0f} s); the task was stopped"
         else:
             outcome, why = classify_task(task, self.container_name)
-        if watch.over_limit and outcome != "ok":
+        if watch.stop_asked and outcome != "ok":
+            outcome, why = "transient", STOPPED_BY_FLOW
+        elif watch.over_limit and outcome != "ok":
             rule = match_rule("runner", "runtime limit")
             assert rule is not None
             outcome, why = rule.outcome, f"{rule.why} ({watch.limit_s:.0f} s); stopped with SIGTERM"

@@ -35,6 +35,10 @@ class Rule:
 # The one table. First match wins, so the specific rules come before the general ones.
 # A stopped task that matches no rule is classified by its exit code (flows.runners.classify_exit).
 RULES: tuple[Rule, ...] = (
+    # A pull that timed out on the network passes; the instance's route to ECR/S3 was slow.
+    *(Rule(where, pattern, "transient", "the image pull timed out on the network: retried")
+      for where in ("stoppedReason", "container")
+      for pattern in ("i/o timeout", "context deadline exceeded", "TLS handshake timeout", "connection reset by peer")),
     # Permanent before anything else: an image that cannot be pulled also "fails to start".
     Rule("stoppedReason", "CannotPullContainerError", "permanent",
          "the image cannot be pulled: check the task definition's image and the execution role"),
@@ -64,7 +68,10 @@ RULES: tuple[Rule, ...] = (
     Rule("stopCode", "TerminationNotice", "transient", "the instance was terminated (scale-in or maintenance)"),
     # Our call: ECS stops a task on an unhealthy host; the cell is not at fault, so retry it.
     Rule("stopCode", "InfrastructureHealth", "transient", "ECS stopped the task because its host was unhealthy"),
-    Rule("container", "OutOfMemoryError", "transient", "out of memory (exit 137): retried, may need a bigger instance"),
+    # ECS's OutOfMemoryError is the task's memory limit: the same cell at the same limit runs out
+    # again, so a retry would only spend GPU time. (A bare exit 137 stays transient.)
+    Rule("container", "OutOfMemoryError", "permanent",
+         "out of memory at the task's memory limit: raise TaskMemoryMiB, or pack fewer cells per GPU"),
     # Someone ran stop_task (console, CLI): retrying would go against their wish.
     Rule("stopCode", "UserInitiated", "permanent", "the task was stopped by a user"),
     # API errors. Throttling and server faults pass; a wrong configuration never does.

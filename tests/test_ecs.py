@@ -548,6 +548,26 @@ def test_grid_runs_on_ecs_end_to_end_through_faults(aws, tmp_path, cache, monkey
     assert not any(k.endswith("checkpoint.pt") for k in keys if valid[0].id in k or valid[1].id in k)
 
 
+def test_stop_asks_every_task_to_stop_and_launches_nothing_more(aws, tmp_path):
+    grid = tmp_path / "demo"
+    runner = runner_for(aws, grid)
+    stops = record_calls(runner, "StopTask")
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        attempts, _, threads = run_in_threads(runner, [[tiny_cell(grid, f"c{i}")] for i in range(2)])
+        emu.wait_for(2, "RUNNING")
+        t0 = time.monotonic()
+        runner.stop()
+        assert time.monotonic() - t0 < 0.5, "stop() returns at once"
+        for t in threads:
+            t.join(30)
+        late = runner.run([tiny_cell(grid, "c9")], print)
+    assert sorted(s["task"] for s in stops) == sorted(emu.runs)
+    assert all(s["reason"] == "autolabel: the flow was asked to stop" for s in stops)
+    assert all(r.stop_code == "UserInitiated" and r.exit_code == 143 for r in emu.runs.values())
+    assert [a.outcome for a in attempts] == ["transient"] * 2 and "asked to stop" in attempts[0].detail
+    assert late.outcome == "transient" and "not launched" in late.detail and len(emu.runs) == 2
+
+
 # ----------------------------------------------------------------------------- the ledger, as AWS bills
 
 
