@@ -218,7 +218,7 @@ class EcsRunner:
                  settings: EcsSettings | None = None, instance_type: str = "g5.xlarge", spot: bool | None = None,
                  **ecs: Any):
         """``spot``: how the run is priced; when given, the capacity provider's Auto Scaling group
-        must launch the same (:meth:`check_capacity`), or ValueError before anything launches."""
+        must launch the same (:meth:`check_capacity`, before the first launch), or no pack launches."""
         from botocore.config import Config
 
         if max_parallel < 1:
@@ -258,8 +258,8 @@ class EcsRunner:
         self.spot = bool(spot)
         self._uses: dict[str, InstanceUse] = {}  # container instance ARN -> what our tasks did there
         self._run_start: dt.datetime | None = None  # this runner's first launch or adoption
-        if spot is not None:
-            self.check_capacity(spot)
+        self._capacity_checked = spot is None  # checked once, before the first launch
+        self._capacity_error: str | None = None
 
     # ------------------------------------------------------------------ before any launch
 
@@ -284,6 +284,16 @@ class EcsRunner:
                 f"{where} launches {100 - pct}% Spot but the run is priced on-demand; run with --spot (then "
                 "deploy with OnDemandPercentageAboveBaseCapacity=0), or deploy with 100")
         self.zones = sorted(group.get("AvailabilityZones", []))
+
+    def _check_capacity_once(self) -> str | None:
+        with self._lock:
+            if not self._capacity_checked:
+                self._capacity_checked = True
+                try:
+                    self.check_capacity(self.spot)
+                except ValueError as e:
+                    self._capacity_error = f"{e}; nothing was launched"
+            return self._capacity_error
 
     def _capacity_group(self) -> dict:
         """The Auto Scaling group behind the capacity provider (ValueError naming what to fix)."""
@@ -319,6 +329,10 @@ class EcsRunner:
 
         ids = [c.id for c in cells]
         uris = [self.cell_uri(c) for c in cells]
+        # 0. Priced as the group launches? Asked once, before the first upload or launch.
+        refusal = self._check_capacity_once()
+        if refusal:
+            return self._note(cells, log, Attempt(ids, "permanent", refusal))
         # 1. Inputs up; a pack already complete in S3 (a flow killed after its task) costs nothing.
         try:
             for c, uri in zip(cells, uris):

@@ -186,7 +186,8 @@ def test_run_task_request_and_cost(aws, tmp_path):
     assert "launchType" not in req and req["count"] == 1
     assert req["capacityProviderStrategy"] == [{"capacityProvider": aws.capacity_provider, "weight": 1, "base": 0}]
     assert req["overrides"]["containerOverrides"] == [{"name": "trainer", "command": [
-        f"s3://{aws.bucket}/demo/cells/c1", f"s3://{aws.bucket}/demo/cells/c2", "--force"]}]
+        f"s3://{aws.bucket}/demo/cells/c1", f"s3://{aws.bucket}/demo/cells/c2", "--force"],
+        "environment": [{"name": "AUTOLABEL_CHECKPOINT_EVERY_S", "value": "0"}]}]
     assert req["startedBy"] == "autolabel-demo" and req["propagateTags"] == "TASK_DEFINITION"
     assert {"key": "autolabel:cells", "value": "c1 c2"} in req["tags"]
     assert "networkConfiguration" not in req
@@ -542,6 +543,12 @@ def test_grid_runs_on_ecs_end_to_end_through_faults(aws, tmp_path, cache, monkey
                       "dice_V1", "dice_V2", "dice_V3", *summary.METRIC_TAIL]
     assert all(rows[c.id]["cost_usd"] > 0 for c in valid), "ECS runtime is billed at the GPU price"
     assert (grid / "summary.md").is_file() and (grid / "best" / "full-area" / "options.json").is_file()
+    # The ledger bills the instances the tasks ran on, beyond the tasks' own runtime.
+    from flows.ledger import Ledger
+
+    ledger = Ledger.open(grid)
+    assert ledger.entries("instance") and ledger.spent_usd > sum(ledger.per_cell_usd.values())
+    assert not ledger._open, "every reservation and lane hold was released"
     # What lands in S3: each cell's folder under the grid prefix, the results, no checkpoint left.
     keys = s3_keys(aws, "grids/demo/cells/")
     assert f"grids/demo/cells/{valid[1].id}/metrics.json" in keys
@@ -639,9 +646,16 @@ def test_the_in_run_cap_refuses_a_lane_whose_start_and_tail_do_not_fit(aws, tmp_
 
 def test_spot_pricing_on_an_on_demand_group_is_refused_before_launch(aws, tmp_path):
     grid = tmp_path / "demo"
-    with pytest.raises(ValueError, match="100% on-demand.*priced at spot"):
-        runner_for(aws, grid, spot=True)
-    assert runner_for(aws, grid, spot=False).zones == [f"{REGION}a"]
+    runner = runner_for(aws, grid, spot=True)
+    sent = record_calls(runner, "RunTask")
+    first = runner.run([tiny_cell(grid, "c1")], print)
+    second = runner.run([tiny_cell(grid, "c2")], print)
+    for a in (first, second):
+        assert a.outcome == "permanent" and "100% on-demand" in a.detail and "priced at spot" in a.detail
+    assert not sent and not s3_keys(aws, "demo/"), "refused before any upload or launch"
+    on_demand = runner_for(aws, grid, spot=False)
+    on_demand.check_capacity(False)
+    assert on_demand.zones == [f"{REGION}a"]
 
 
 def test_on_demand_pricing_on_a_spot_group_is_refused(aws, tmp_path):
@@ -649,7 +663,7 @@ def test_on_demand_pricing_on_a_spot_group_is_refused(aws, tmp_path):
     asg.update_auto_scaling_group(AutoScalingGroupName=aws.capacity_provider, MixedInstancesPolicy={
         "LaunchTemplate": {"LaunchTemplateSpecification": {"LaunchTemplateName": aws.capacity_provider}},
         "InstancesDistribution": {"OnDemandBaseCapacity": 0, "OnDemandPercentageAboveBaseCapacity": 0}})
-    grid = tmp_path / "demo"
+    runner = runner_for(aws, tmp_path / "demo")
     with pytest.raises(ValueError, match="100% Spot but the run is priced on-demand"):
-        runner_for(aws, grid, spot=False)
-    runner_for(aws, grid, spot=True)
+        runner.check_capacity(False)
+    runner.check_capacity(True)
