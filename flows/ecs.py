@@ -1,10 +1,12 @@
 """The ECS backend: each pack of cells trains as one GPU task of the training image.
 
-The flow picks it with ``backend="ecs"`` and passes its ``ecs`` settings (:class:`EcsSettings`,
-the CloudFormation stack's outputs) through; on the CLI they are ``--ecs KEY=VALUE`` pairs:
+The flow picks it with ``backend="ecs"`` and passes its ``ecs`` settings (:class:`EcsSettings`
+in flows/ecs_settings.py, the CloudFormation stack's outputs) through; on the CLI they are
+``--ecs KEY=VALUE`` pairs (the stack names its cluster and capacity provider itself: take them
+from its outputs, as README.md "Running on AWS" shows):
 
     python -m flows.grid grid-search/demo.yaml --backend ecs --max-cost 5 \
-        --ecs cluster=autolabel --ecs capacity_provider=autolabel-gpu \
+        --ecs cluster=autolabel-Cluster-AbC --ecs capacity_provider=autolabel-CapacityProvider-XyZ \
         --ecs task_definition=autolabel-train --ecs bucket=my-autolabel-cells --ecs prefix=grids
 
 From code (what ``flows.grid`` does for each pack):
@@ -24,12 +26,15 @@ One launch, step by step:
    A task waits in PROVISIONING while the Auto Scaling group scales out from zero; at most
    ``max_parallel`` wait at once, and one that waits past ``provisioning_timeout_s`` is stopped
    and retried.
-3. One poller thread per runner describes every task in flight, 100 ARNs per call.
+3. One poller thread per runner describes every task in flight, 100 ARNs per call, and stops
+   (StopTask, SIGTERM) a pack running past its runtime limit.
 4. When the task has stopped, the cells' results come down from S3 and the rules of
    ``flows/ecs_rules.py`` classify the outcome; a failure gets the tail of the task's CloudWatch log.
 
 A rerun after the flow was killed waits for the tasks it left running instead of starting
 second trainers on the same cells, and a pack already complete in S3 is only downloaded.
+Once the packs are done, :meth:`EcsRunner.settle` charges the ledger for the instances, as
+AWS bills them (flows/ecs_billing.py).
 
 Credentials come from a prefect-aws ``AwsCredentials`` block when one is named, else from
 boto3's default chain; ``AWS_ENDPOINT_URL`` is honoured (the tests point it at moto). The
@@ -51,15 +56,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from autolabel.celldir import CHECKPOINT, INPUTS, METRICS, MODEL
 from autolabel.storage import exists as storage_exists, join, split_s3
 
 from flows.cells import Cell, cell_dir
 from flows.cost import cell_gpu_seconds
 from flows.ecs_billing import InstanceUse, bill_instances, read_instances
-from flows.prices import price_of
 from flows.ecs_rules import (
     classify_error,
     classify_failures,
@@ -70,6 +72,8 @@ from flows.ecs_rules import (
     redact,
     task_seconds,
 )
+from flows.ecs_settings import CHECKPOINT_EVERY_S, EcsSettings, parse_ecs_pairs  # noqa: F401 - the runner's API
+from flows.prices import price_of
 from flows.runners import Attempt, Log, Outcome
 
 # ----------------------------------------------------------------------------- sessions, S3
@@ -94,87 +98,6 @@ def aws_session(credentials_block: str | None = None):
 def started_by(grid_prefix: str) -> str:
     # startedBy allows letters, digits, '-', '_' and '/' (128 at most); list_tasks filters by it.
     return ("autolabel-" + re.sub(r"[^A-Za-z0-9_/-]", "-", grid_prefix))[:128]
-
-
-# ----------------------------------------------------------------------------- settings
-
-# A published cell's checkpoint is 200-450 MB. Every 300 s, one cell uploads at most
-# 12 x 0.45 = 5.4 GB an hour: free through the stack's S3 gateway endpoint, about $0.24 an hour
-# through a NAT gateway ($0.045 per GB processed, Amazon VPC pricing, read 2026-12-01). The
-# trainer's own default (60 s) would be 27 GB, $1.2 an hour. A Spot loss costs at most 300 s.
-CHECKPOINT_EVERY_S = 300.0
-
-
-# The same rules as autolabel.storage.split_s3, which checks every URI again before use.
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_KEY_PART = re.compile(r"^[A-Za-z0-9_.=+-]+$")
-
-
-class EcsSettings(BaseModel):
-    """The flow's ``ecs`` parameter: where cells train on AWS (the CloudFormation stack's outputs)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    cluster: str = Field(min_length=1, description="ECS cluster name or ARN (stack output ClusterName)")
-    capacity_provider: str = Field(min_length=1, description="GPU capacity provider (CapacityProviderName)")
-    task_definition: str = Field(min_length=1, description="training task definition, family[:revision] or ARN")
-    bucket: str = Field(description="S3 bucket for cells (BucketName)")
-    container_name: str = Field("trainer", description="container whose command becomes the cell URIs")
-    prefix: str | None = Field(None, description="part of the bucket the task role may write (CellsPrefix)")
-    grid_prefix: str | None = Field(None, description="the grid's folder under prefix (default: grid name)")
-    subnets: list[str] | None = Field(None, description="awsvpc subnets, only for an awsvpc task definition")
-    security_groups: list[str] | None = Field(None, description="awsvpc security groups")
-    assign_public_ip: bool = Field(False, description="awsvpc: give tasks a public IP (no NAT gateway)")
-    region: str | None = Field(None, description="AWS region (default: the credentials' or boto3's)")
-    aws_credentials_block: str | None = Field(None, description="prefect-aws AwsCredentials block name")
-    provisioning_timeout_s: float = Field(1800.0, gt=0, description="longest wait for capacity, then retry")
-    poll_interval_s: float = Field(5.0, gt=0, description="describe_tasks cadence (grows while idle)")
-    log_group: str | None = Field(None, description="awslogs group (default: from the task definition)")
-    log_stream_prefix: str | None = Field(None, description="awslogs stream prefix (default: as above)")
-    download_models: bool = Field(True, description="fetch each cell's model.pt; off for big grids (stays in S3)")
-    runtime_limit_factor: float = Field(3.0, gt=0, description="a pack may run this many times its expected GPU-seconds")
-    runtime_limit_startup_s: float = Field(900.0, ge=0, description="... plus this, for start-up and data loading")
-    runtime_limit_s: float | None = Field(None, gt=0, description="a fixed runtime limit per pack instead")
-    checkpoint_every_s: float = Field(
-        CHECKPOINT_EVERY_S, ge=0, description="the trainer's checkpoint cadence in S3 (bounds upload GB per hour)")
-
-    @field_validator("bucket")
-    @classmethod
-    def _bucket(cls, v: str) -> str:
-        if not _BUCKET.match(v):
-            raise ValueError(f"{v!r}: not an S3 bucket name (3-63 lowercase letters, digits, '.', '-')")
-        return v
-
-    @field_validator("prefix", "grid_prefix")
-    @classmethod
-    def _key_prefix(cls, v: str | None) -> str | None:
-        if v is not None and not all(_KEY_PART.match(p) and p not in (".", "..") for p in v.strip("/").split("/")):
-            raise ValueError(f"{v!r}: use folder names of letters, digits, _ . = + - joined by '/' (no '..')")
-        return v
-
-    @classmethod
-    def parse(cls, ecs: dict[str, Any]) -> EcsSettings:
-        """Validate the ``ecs`` dict; every problem on one line each, as ``ecs.field: problem``."""
-        try:
-            return cls.model_validate({k: v for k, v in ecs.items() if v not in ("", None)})
-        except ValidationError as e:
-            lines = [f"ecs.{'.'.join(map(str, err['loc'])) or '(settings)'}: {err['msg'].removeprefix('Value error, ')}"
-                     for err in e.errors()]
-            raise ValueError("\n".join(lines)) from None
-
-
-def parse_ecs_pairs(pairs: list[str]) -> dict[str, Any]:
-    """CLI ``--ecs KEY=VALUE`` pairs -> the flow's ``ecs`` dict, validated (lists comma-separated)."""
-    raw: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--ecs {pair}: expected KEY=VALUE, e.g. --ecs cluster=autolabel")
-        raw[key.strip().replace("-", "_")] = value.strip()
-    for key in ("subnets", "security_groups"):
-        if key in raw:
-            raw[key] = [v.strip() for v in raw[key].split(",") if v.strip()]
-    return EcsSettings.parse(raw).model_dump(exclude_defaults=True)
 
 
 # ----------------------------------------------------------------------------- watching tasks
