@@ -166,7 +166,7 @@ class Estimate:
     validation_images: int  # forward only
     pflop: float
     gpu_hours_cells: float  # the cells' own GPU time, task start-ups included
-    gpu_hours_overhead: float  # instance start and idle tail, per parallel lane (0 without instances)
+    gpu_hours_overhead: float  # instance start and idle tail, per billed lane (0 without instances)
     usd_per_gpu_hour: float  # what this run pays: the ledger's rate
     usd_per_gpu_hour_on_demand: float
     usd_per_gpu_hour_spot: float
@@ -203,6 +203,25 @@ def lane_overhead_s(instances: bool) -> float:
     """GPU-seconds each parallel lane pays besides its packs: an instance's start and idle tail.
     ``instances=False`` is for GPUs already running (the local backend), which pay neither."""
     return INSTANCE_START_S + IDLE_TAIL_S if instances else 0.0
+
+
+def billed_lanes(pricing: Pricing, packs: int) -> int:
+    """GPUs a run pays for at once: its parallel lanes, rounded up to whole instances (AWS bills a
+    p4d's 8 GPUs whether or not 8 tasks run on it)."""
+    lanes = min(pricing.max_parallel, packs)
+    if not pricing.instances:
+        return lanes
+    gpus = pricing.price.gpus
+    return -(-lanes // gpus) * gpus
+
+
+def lane_usd(pricing: Pricing, index: int, packs: int) -> float:
+    """What the ``index``-th pack must reserve besides its cells: the start and idle tail of the
+    instance it opens (a lane's first pack; on a multi-GPU instance the first of its GPUs, for the
+    whole instance), else 0. The in-run cap holds it until the instances are charged."""
+    if not pricing.instances or index >= min(pricing.max_parallel, packs) or index % pricing.price.gpus:
+        return 0.0
+    return pricing.price.gpus * lane_overhead_s(True) / 3600 * pricing.usd_per_gpu_hour
 
 
 def make_packs(cells: list[Cell], cells_per_gpu: int) -> list[list[Cell]]:
@@ -243,7 +262,7 @@ def estimate(cells: list[Cell], pricing: Pricing) -> Estimate:
         validation_images=sum(w.validation_images for w in works.values()),
         pflop=sum(w.gflop for w in works.values()) / 1e6,
         gpu_hours_cells=sum(durations) / 3600,
-        gpu_hours_overhead=lanes * lane_overhead_s(instances) / 3600,
+        gpu_hours_overhead=billed_lanes(pricing, len(packs)) * lane_overhead_s(instances) / 3600,
         usd_per_gpu_hour=pricing.usd_per_gpu_hour,
         usd_per_gpu_hour_on_demand=price.per_gpu(False),
         usd_per_gpu_hour_spot=price.per_gpu(True),

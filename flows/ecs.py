@@ -1,10 +1,12 @@
 """The ECS backend: each pack of cells trains as one GPU task of the training image.
 
-The flow picks it with ``backend="ecs"`` and passes its ``ecs`` settings (:class:`EcsSettings`,
-the CloudFormation stack's outputs) through; on the CLI they are ``--ecs KEY=VALUE`` pairs:
+The flow picks it with ``backend="ecs"`` and passes its ``ecs`` settings (:class:`EcsSettings`
+in flows/ecs_settings.py, the CloudFormation stack's outputs) through; on the CLI they are
+``--ecs KEY=VALUE`` pairs (the stack names its cluster and capacity provider itself: take them
+from its outputs, as README.md "Running on AWS" shows):
 
     python -m flows.grid grid-search/demo.yaml --backend ecs --max-cost 5 \
-        --ecs cluster=autolabel --ecs capacity_provider=autolabel-gpu \
+        --ecs cluster=autolabel-Cluster-AbC --ecs capacity_provider=autolabel-CapacityProvider-XyZ \
         --ecs task_definition=autolabel-train --ecs bucket=my-autolabel-cells --ecs prefix=grids
 
 From code (what ``flows.grid`` does for each pack):
@@ -24,12 +26,15 @@ One launch, step by step:
    A task waits in PROVISIONING while the Auto Scaling group scales out from zero; at most
    ``max_parallel`` wait at once, and one that waits past ``provisioning_timeout_s`` is stopped
    and retried.
-3. One poller thread per runner describes every task in flight, 100 ARNs per call.
+3. One poller thread per runner describes every task in flight, 100 ARNs per call, and stops
+   (StopTask, SIGTERM) a pack running past its runtime limit.
 4. When the task has stopped, the cells' results come down from S3 and the rules of
    ``flows/ecs_rules.py`` classify the outcome; a failure gets the tail of the task's CloudWatch log.
 
 A rerun after the flow was killed waits for the tasks it left running instead of starting
 second trainers on the same cells, and a pack already complete in S3 is only downloaded.
+Once the packs are done, :meth:`EcsRunner.settle` charges the ledger for the instances, as
+AWS bills them (flows/ecs_billing.py).
 
 Credentials come from a prefect-aws ``AwsCredentials`` block when one is named, else from
 boto3's default chain; ``AWS_ENDPOINT_URL`` is honoured (the tests point it at moto). The
@@ -39,6 +44,7 @@ in its command, its environment, the cell folders or the logs.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import random
 import re
@@ -50,12 +56,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from autolabel.celldir import CHECKPOINT, INPUTS, METRICS, MODEL
 from autolabel.storage import exists as storage_exists, join, split_s3
 
 from flows.cells import Cell, cell_dir
+from flows.cost import cell_gpu_seconds
+from flows.ecs_billing import InstanceUse, bill_instances, read_instances
 from flows.ecs_rules import (
     classify_error,
     classify_failures,
@@ -66,6 +72,8 @@ from flows.ecs_rules import (
     redact,
     task_seconds,
 )
+from flows.ecs_settings import CHECKPOINT_EVERY_S, EcsSettings, parse_ecs_pairs  # noqa: F401 - the runner's API
+from flows.prices import price_of
 from flows.runners import Attempt, Log, Outcome
 
 # ----------------------------------------------------------------------------- sessions, S3
@@ -92,76 +100,6 @@ def started_by(grid_prefix: str) -> str:
     return ("autolabel-" + re.sub(r"[^A-Za-z0-9_/-]", "-", grid_prefix))[:128]
 
 
-# ----------------------------------------------------------------------------- settings
-
-
-# The same rules as autolabel.storage.split_s3, which checks every URI again before use.
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_KEY_PART = re.compile(r"^[A-Za-z0-9_.=+-]+$")
-
-
-class EcsSettings(BaseModel):
-    """The flow's ``ecs`` parameter: where cells train on AWS (the CloudFormation stack's outputs)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    cluster: str = Field(min_length=1, description="ECS cluster name or ARN (stack output ClusterName)")
-    capacity_provider: str = Field(min_length=1, description="GPU capacity provider (CapacityProviderName)")
-    task_definition: str = Field(min_length=1, description="training task definition, family[:revision] or ARN")
-    bucket: str = Field(description="S3 bucket for cells (BucketName)")
-    container_name: str = Field("trainer", description="container whose command becomes the cell URIs")
-    prefix: str | None = Field(None, description="part of the bucket the task role may write (CellsPrefix)")
-    grid_prefix: str | None = Field(None, description="the grid's folder under prefix (default: grid name)")
-    subnets: list[str] | None = Field(None, description="awsvpc subnets, only for an awsvpc task definition")
-    security_groups: list[str] | None = Field(None, description="awsvpc security groups")
-    assign_public_ip: bool = Field(False, description="awsvpc: give tasks a public IP (no NAT gateway)")
-    region: str | None = Field(None, description="AWS region (default: the credentials' or boto3's)")
-    aws_credentials_block: str | None = Field(None, description="prefect-aws AwsCredentials block name")
-    provisioning_timeout_s: float = Field(1800.0, gt=0, description="longest wait for capacity, then retry")
-    poll_interval_s: float = Field(5.0, gt=0, description="describe_tasks cadence (grows while idle)")
-    log_group: str | None = Field(None, description="awslogs group (default: from the task definition)")
-    log_stream_prefix: str | None = Field(None, description="awslogs stream prefix (default: as above)")
-    download_models: bool = Field(True, description="fetch each cell's model.pt; off for big grids (stays in S3)")
-
-    @field_validator("bucket")
-    @classmethod
-    def _bucket(cls, v: str) -> str:
-        if not _BUCKET.match(v):
-            raise ValueError(f"{v!r}: not an S3 bucket name (3-63 lowercase letters, digits, '.', '-')")
-        return v
-
-    @field_validator("prefix", "grid_prefix")
-    @classmethod
-    def _key_prefix(cls, v: str | None) -> str | None:
-        if v is not None and not all(_KEY_PART.match(p) and p not in (".", "..") for p in v.strip("/").split("/")):
-            raise ValueError(f"{v!r}: use folder names of letters, digits, _ . = + - joined by '/' (no '..')")
-        return v
-
-    @classmethod
-    def parse(cls, ecs: dict[str, Any]) -> EcsSettings:
-        """Validate the ``ecs`` dict; every problem on one line each, as ``ecs.field: problem``."""
-        try:
-            return cls.model_validate({k: v for k, v in ecs.items() if v not in ("", None)})
-        except ValidationError as e:
-            lines = [f"ecs.{'.'.join(map(str, err['loc'])) or '(settings)'}: {err['msg'].removeprefix('Value error, ')}"
-                     for err in e.errors()]
-            raise ValueError("\n".join(lines)) from None
-
-
-def parse_ecs_pairs(pairs: list[str]) -> dict[str, Any]:
-    """CLI ``--ecs KEY=VALUE`` pairs -> the flow's ``ecs`` dict, validated (lists comma-separated)."""
-    raw: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--ecs {pair}: expected KEY=VALUE, e.g. --ecs cluster=autolabel")
-        raw[key.strip().replace("-", "_")] = value.strip()
-    for key in ("subnets", "security_groups"):
-        if key in raw:
-            raw[key] = [v.strip() for v in raw[key].split(",") if v.strip()]
-    return EcsSettings.parse(raw).model_dump(exclude_defaults=True)
-
-
 # ----------------------------------------------------------------------------- watching tasks
 
 
@@ -177,9 +115,13 @@ class _Watch:
     timed_out: bool = False  # we stopped it for waiting too long in PROVISIONING
     misses: int = 0  # polls in a row that did not find it
     error: tuple[Outcome, str] | None = None  # the poller gave up on it
+    limit_s: float | None = None  # runtime limit from startedAt; the poller stops it after
+    over_limit: bool = False  # we stopped it for running past limit_s
+    stop_asked: bool = False  # stop() asked it to stop (the flow is being stopped)
 
 
 WAITING = ("PROVISIONING", "PENDING")
+STOPPED_BY_FLOW = "the flow was asked to stop; a rerun resumes from the S3 checkpoint"
 MISSING_POLLS = 10  # describe_tasks is eventually consistent: a new task may be briefly unknown
 DESCRIBE_BATCH = 100  # DescribeTasks' limit
 POLL_ERRORS = 8  # failed polls in a row before the tasks in flight are given up
@@ -196,7 +138,10 @@ class EcsRunner:
     backoff_cap_s = 60.0
 
     def __init__(self, grid_dir: Path, max_parallel: int, usd_per_hour: float = 0.0,
-                 settings: EcsSettings | None = None, **ecs: Any):
+                 settings: EcsSettings | None = None, instance_type: str = "g5.xlarge", spot: bool | None = None,
+                 **ecs: Any):
+        """``spot``: how the run is priced; when given, the capacity provider's Auto Scaling group
+        must launch the same (:meth:`check_capacity`, before the first launch), or no pack launches."""
         from botocore.config import Config
 
         if max_parallel < 1:
@@ -209,6 +154,7 @@ class EcsRunner:
         self.grid_uri = join(f"s3://{s.bucket}", self.grid_prefix)
         self.max_parallel = max_parallel
         self.usd_per_hour = usd_per_hour
+        self.instance_type = instance_type  # what the runtime limit expects a cell to take on
         self.cluster, self.capacity_provider, self.task_definition = s.cluster, s.capacity_provider, s.task_definition
         self.container_name = s.container_name
         self.provisioning_timeout_s, self.poll_interval_s = s.provisioning_timeout_s, s.poll_interval_s
@@ -219,6 +165,10 @@ class EcsRunner:
         self.ecs = session.client("ecs", config=config)
         self.s3 = session.client("s3", config=config)
         self.logs = session.client("logs", config=config)
+        self.autoscaling = session.client("autoscaling", config=config)
+        self.ec2 = session.client("ec2", config=config)
+        self.region = config.region_name
+        self.zones: list[str] = []  # the group's Availability Zones (check_capacity reads them)
 
         self._slots = threading.Semaphore(max_parallel)  # tasks allowed in PROVISIONING/PENDING
         self._lock = threading.Lock()
@@ -226,6 +176,66 @@ class EcsRunner:
         self._poller: threading.Thread | None = None
         self._wake = threading.Event()
         self._orphans: dict[tuple[str, ...], str] | None = None  # tasks of earlier runs, by command
+        self._adoption_error: AdoptionError | None = None
+        self._stopping = threading.Event()  # stop() was called: launch nothing more
+        self.spot = bool(spot)
+        self._uses: dict[str, InstanceUse] = {}  # container instance ARN -> what our tasks did there
+        self._run_start: dt.datetime | None = None  # this runner's first launch or adoption
+        self._capacity_checked = spot is None  # checked once, before the first launch
+        self._capacity_error: str | None = None
+
+    # ------------------------------------------------------------------ before any launch
+
+    def check_capacity(self, spot: bool) -> None:
+        """Refuse a run priced at spot on a group that launches on-demand, or the reverse.
+
+        A group at 100% on-demand bills g5.xlarge at $1.006/h; priced at spot the ledger would
+        read about 57% low and the cap would let the bill run past it.
+        """
+        group = self._capacity_group()
+        dist = (group.get("MixedInstancesPolicy") or {}).get("InstancesDistribution") or {}
+        base = dist.get("OnDemandBaseCapacity", 0)
+        pct = dist.get("OnDemandPercentageAboveBaseCapacity", 100) if group.get("MixedInstancesPolicy") else 100
+        where = f"ecs.capacity_provider {self.capacity_provider} (Auto Scaling group {group['AutoScalingGroupName']})"
+        if spot and (pct > 0 or base > 0):
+            raise ValueError(
+                f"{where} launches {pct}% on-demand (base {base}) but the run is priced at spot: the ledger would "
+                "read low and the cap would not hold; run without --spot, or deploy with "
+                "OnDemandPercentageAboveBaseCapacity=0")
+        if not spot and pct < 100:
+            raise ValueError(
+                f"{where} launches {100 - pct}% Spot but the run is priced on-demand; run with --spot (then "
+                "deploy with OnDemandPercentageAboveBaseCapacity=0), or deploy with 100")
+        self.zones = sorted(group.get("AvailabilityZones", []))
+
+    def _check_capacity_once(self) -> str | None:
+        with self._lock:
+            if not self._capacity_checked:
+                self._capacity_checked = True
+                try:
+                    self.check_capacity(self.spot)
+                except ValueError as e:
+                    self._capacity_error = f"{e}; nothing was launched"
+            return self._capacity_error
+
+    def _capacity_group(self) -> dict:
+        """The Auto Scaling group behind the capacity provider (ValueError naming what to fix)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            cps = self.ecs.describe_capacity_providers(capacityProviders=[self.capacity_provider])["capacityProviders"]
+            arn = cps[0]["autoScalingGroupProvider"]["autoScalingGroupArn"] if cps else ""
+            name = arn.rsplit("autoScalingGroupName/", 1)[-1]
+            groups = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
+        except (BotoCoreError, ClientError, KeyError) as e:
+            why = classify_error(e)[1] if not isinstance(e, KeyError) else "no Auto Scaling group"
+            raise ValueError(f"ecs.capacity_provider {self.capacity_provider}: cannot read its Auto Scaling group "
+                             f"({why}); the flow checks spot against it before launching (needs "
+                             "ecs:DescribeCapacityProviders and autoscaling:DescribeAutoScalingGroups)") from None
+        if not groups:
+            raise ValueError(f"ecs.capacity_provider {self.capacity_provider}: no such capacity provider or group; "
+                             "use the stack's CapacityProviderName output")
+        return groups[0]
 
     # ------------------------------------------------------------------ the Runner interface
 
@@ -242,6 +252,10 @@ class EcsRunner:
 
         ids = [c.id for c in cells]
         uris = [self.cell_uri(c) for c in cells]
+        # 0. Priced as the group launches? Asked once, before the first upload or launch.
+        refusal = self._check_capacity_once()
+        if refusal:
+            return self._note(cells, log, Attempt(ids, "permanent", refusal))
         # 1. Inputs up; a pack already complete in S3 (a flow killed after its task) costs nothing.
         try:
             for c, uri in zip(cells, uris):
@@ -257,6 +271,11 @@ class EcsRunner:
         # 2. Launch (or adopt the task an interrupted run left), within the bound on tasks
         #    waiting for capacity.
         self._slots.acquire()
+        if self._stopping.is_set():
+            self._slots.release()
+            return self._note(cells, log, Attempt(ids, "transient", STOPPED_BY_FLOW + "; not launched"))
+        with self._lock:
+            self._run_start = self._run_start or dt.datetime.now(dt.timezone.utc)
         try:
             arn = self.adopt(uris)
             verb = "still running from an earlier run; waiting for it" if arn else "launched"
@@ -264,6 +283,9 @@ class EcsRunner:
         except _LaunchFailed as e:
             self._slots.release()
             return self._note(cells, log, Attempt(ids, e.outcome, e.detail))
+        except AdoptionError as e:
+            self._slots.release()
+            return self._note(cells, log, Attempt(ids, "permanent", str(e)))
         except BaseException:
             self._slots.release()
             raise
@@ -271,10 +293,32 @@ class EcsRunner:
         self._note(cells, log, None, f"ECS task {task_id} {verb} on {self.capacity_provider}: {' '.join(uris)}")
 
         # 3. Wait for the shared poller to see it stop (restarting the poller should it have died).
-        watch = self.watch(arn)
+        watch = self.watch(arn, self.runtime_limit(cells))
         while not watch.done.wait(30):
             self._ensure_poller()
         return self.finish(cells, uris, watch, log)
+
+    def stop(self) -> None:
+        """Ask every running pack to stop; returns at once.
+
+        StopTask, with a reason, on every task this runner started or adopted: ECS sends SIGTERM,
+        the trainer checkpoints to S3 within the stop timeout, and a rerun resumes from there.
+        """
+        self._stopping.set()
+        with self._lock:
+            watches = [w for w in self._watches.values() if not w.done.is_set()]
+        for w in watches:
+            w.stop_asked = True
+        threading.Thread(target=self._stop_tasks, args=(watches,), name="ecs-stop", daemon=True).start()
+
+    def _stop_tasks(self, watches: list[_Watch]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for w in watches:
+            try:
+                self.ecs.stop_task(cluster=self.cluster, task=w.arn, reason="autolabel: the flow was asked to stop")
+            except (BotoCoreError, ClientError):
+                pass  # a task already gone; the poller still sees how each one ended
 
     # ------------------------------------------------------------------ steps of run()
 
@@ -312,28 +356,48 @@ class EcsRunner:
         """The ARN of a task of this grid, started before this runner, that trains exactly ``uris``.
 
         A flow killed mid-run leaves its tasks running; a rerun waits for them rather than
-        starting a second trainer on the same cells.
+        starting a second trainer on the same cells. When this grid's tasks cannot be listed,
+        :class:`AdoptionError` stops the run: launching blind could train a cell twice.
         """
-        from botocore.exceptions import BotoCoreError, ClientError
-
         with self._lock:
+            if self._adoption_error is not None:
+                raise self._adoption_error  # once failed, every launch of this run is refused
             if self._orphans is None:
                 try:
                     self._orphans = self._list_orphans()
-                except (BotoCoreError, ClientError):
-                    self._orphans = {}  # not worth failing the launch over
+                except AdoptionError as e:
+                    self._adoption_error = e
+                    raise
             return self._orphans.pop(tuple(uris), None)
 
     def _list_orphans(self) -> dict[tuple[str, ...], str]:
-        pages = self.ecs.get_paginator("list_tasks").paginate(
-            cluster=self.cluster, startedBy=started_by(self.grid_prefix), desiredStatus="RUNNING")
-        arns = [a for page in pages for a in page.get("taskArns", [])]
+        """This grid's tasks not yet stopped, by their command (``--force`` left out).
+
+        ListTasks: "If you specify startedBy as the filter, it must be the only filter that
+        you use" (Amazon ECS API Reference, ListTasks, read 2026-12-01); the real API answers a
+        combination with InvalidParameterException. So startedBy goes alone (desiredStatus
+        defaults to RUNNING there) and every other condition is checked here.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            pages = self.ecs.get_paginator("list_tasks").paginate(
+                cluster=self.cluster, startedBy=started_by(self.grid_prefix))
+            arns = [a for page in pages for a in page.get("taskArns", [])]
+            tasks = [t for i in range(0, len(arns), DESCRIBE_BATCH)
+                     for t in self.ecs.describe_tasks(cluster=self.cluster, tasks=arns[i : i + DESCRIBE_BATCH])["tasks"]]
+        except (BotoCoreError, ClientError) as e:
+            raise AdoptionError(
+                f"cannot list the tasks an earlier run of {self.grid_prefix} left running ({classify_error(e)[1]}); "
+                "nothing was launched, since a blind launch could train a cell twice: fix the access and rerun"
+            ) from None
         found = {}
-        for i in range(0, len(arns), DESCRIBE_BATCH):
-            for task in self.ecs.describe_tasks(cluster=self.cluster, tasks=arns[i : i + DESCRIBE_BATCH])["tasks"]:
-                for o in task.get("overrides", {}).get("containerOverrides", []):
-                    if o.get("name") == self.container_name and task.get("lastStatus") != "STOPPED":
-                        found[tuple(a for a in o.get("command", []) if a != "--force")] = task["taskArn"]
+        for task in tasks:
+            if task.get("lastStatus") == "STOPPED" or task.get("desiredStatus") == "STOPPED":
+                continue
+            for o in task.get("overrides", {}).get("containerOverrides", []):
+                if o.get("name") == self.container_name:
+                    found[tuple(a for a in o.get("command", []) if a.startswith("s3://"))] = task["taskArn"]
         return found
 
     def launch(self, uris: list[str], force: bool, ids: list[str]) -> str:
@@ -346,7 +410,10 @@ class EcsRunner:
             "count": 1,
             "capacityProviderStrategy": [{"capacityProvider": self.capacity_provider, "weight": 1, "base": 0}],
             "overrides": {"containerOverrides": [
-                {"name": self.container_name, "command": [*uris, *(["--force"] if force else [])]},
+                {"name": self.container_name, "command": [*uris, *(["--force"] if force else [])],
+                 # The trainer reads its checkpoint cadence from here (autolabel.train).
+                 "environment": [{"name": "AUTOLABEL_CHECKPOINT_EVERY_S",
+                                  "value": f"{self.settings.checkpoint_every_s:g}"}]},
             ]},
             "startedBy": started_by(self.grid_prefix),
             # Tag values allow spaces, not commas; 256 characters at most.
@@ -392,6 +459,12 @@ class EcsRunner:
             outcome, why = rule.outcome, f"{rule.why} ({self.provisioning_timeout_s:.0f} s); the task was stopped"
         else:
             outcome, why = classify_task(task, self.container_name)
+        if watch.stop_asked and outcome != "ok":
+            outcome, why = "transient", STOPPED_BY_FLOW
+        elif watch.over_limit and outcome != "ok":
+            rule = match_rule("runner", "runtime limit")
+            assert rule is not None
+            outcome, why = rule.outcome, f"{rule.why} ({watch.limit_s:.0f} s); stopped with SIGTERM"
         seconds = task_seconds(task)
         code = essential_container(task, self.container_name).get("exitCode") if task else None
         try:
@@ -404,8 +477,42 @@ class EcsRunner:
             extra={"task_arn": watch.arn, "stop_code": task.get("stopCode"),
                    "stopped_reason": task.get("stoppedReason"), "last_status": task.get("lastStatus")},
         )
+        self.note_use(task, attempt.usd)
         tail = [] if outcome == "ok" else self.log_tail(watch.arn)
         return self._note(cells, log, attempt, *tail)
+
+    # ------------------------------------------------------------------ instances, as AWS bills them
+
+    def note_use(self, task: dict, usd: float) -> None:
+        """Remember which instance a stopped task ran on, when, and what it was charged."""
+        ci, started, stopped = task.get("containerInstanceArn"), task.get("startedAt"), task.get("stoppedAt")
+        if not (ci and started and stopped):
+            return
+        with self._lock:
+            if ci in self._uses:
+                self._uses[ci].add(started, stopped, usd)
+            else:
+                self._uses[ci] = InstanceUse(started, stopped, usd)
+
+    def settle(self, ledger: Any) -> list[dict]:
+        """Charge the ledger for the instances this runner's tasks ran on, beyond the tasks' own
+        charges (flows/ecs_billing.py); call once the run's packs are done. Returns the entries."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        with self._lock:
+            uses, self._uses = self._uses, {}
+            start = self._run_start or dt.datetime.now(dt.timezone.utc)
+        if not uses:
+            return []
+        try:
+            described: dict[str, dict] | None = read_instances(self.ecs, self.ec2, self.cluster, list(uses))
+        except (BotoCoreError, ClientError):
+            described = None  # no ec2:DescribeInstances: the modelled start and tail, marked estimated
+        bills = bill_instances(uses, described, start, self.spot, price_of(self.instance_type))
+        for b in bills:
+            rest = {k: v for k, v in b.items() if k not in ("instance_id", "seconds", "billed_usd", "tasks_usd")}
+            ledger.charge_instance(b["instance_id"], b["seconds"], b["billed_usd"], b["tasks_usd"], **rest)
+        return bills
 
     def download_results(self, cells: list[Cell], uris: list[str]) -> None:
         """Everything the trainer wrote except the checkpoint; metrics.json last and atomically."""
@@ -436,9 +543,9 @@ class EcsRunner:
 
     # ------------------------------------------------------------------ the shared poller
 
-    def watch(self, arn: str) -> _Watch:
+    def watch(self, arn: str, limit_s: float | None = None) -> _Watch:
         """Hand a launched task to the poller (started if it is not running)."""
-        w = _Watch(arn, time.monotonic())
+        w = _Watch(arn, time.monotonic(), limit_s=limit_s)
         with self._lock:
             self._watches[arn] = w
         self._ensure_poller()
@@ -470,6 +577,7 @@ class EcsRunner:
             try:
                 changed = self.poll_once(watches)
                 self.stop_overdue(watches)
+                self.stop_over_limit(watches)
                 errors = 0
                 delay = self.poll_interval_s if changed else min(delay * 1.5, self.poll_interval_s * 6)
             except Exception as e:  # noqa: BLE001 - the poller must outlive any one bad call
@@ -520,6 +628,33 @@ class EcsRunner:
                     self.ecs.stop_task(cluster=self.cluster, task=w.arn,
                                        reason=f"autolabel: no capacity within {self.provisioning_timeout_s:.0f} s")
                     w.timed_out = True
+                except (BotoCoreError, ClientError):
+                    pass  # tried again at the next poll
+
+    def runtime_limit(self, cells: list[Cell]) -> float:
+        """Seconds a pack may run: ``runtime_limit_s``, else factor x its expected GPU-seconds + start-up."""
+        s = self.settings
+        if s.runtime_limit_s is not None:
+            return s.runtime_limit_s
+        expected = sum(cell_gpu_seconds(c, self.instance_type, len(cells)) for c in cells)
+        return s.runtime_limit_factor * expected + s.runtime_limit_startup_s
+
+    def stop_over_limit(self, watches: list[_Watch]) -> None:
+        """StopTask on tasks running past their limit: SIGTERM, so a trainer still alive checkpoints."""
+        import datetime as dt
+
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        now = dt.datetime.now(dt.timezone.utc)
+        for w in watches:
+            started = w.task.get("startedAt")
+            if w.limit_s is None or not started or w.over_limit or w.done.is_set():
+                continue
+            if (now - started).total_seconds() > w.limit_s:
+                try:
+                    self.ecs.stop_task(cluster=self.cluster, task=w.arn,
+                                       reason=f"autolabel: runtime limit {w.limit_s:.0f} s reached")
+                    w.over_limit = True
                 except (BotoCoreError, ClientError):
                     pass  # tried again at the next poll
 
@@ -603,6 +738,10 @@ class EcsRunner:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+class AdoptionError(RuntimeError):
+    """This grid's running tasks could not be listed: the run stops rather than risk a second trainer."""
 
 
 class _LaunchFailed(Exception):

@@ -35,6 +35,10 @@ class Rule:
 # The one table. First match wins, so the specific rules come before the general ones.
 # A stopped task that matches no rule is classified by its exit code (flows.runners.classify_exit).
 RULES: tuple[Rule, ...] = (
+    # A pull that timed out on the network passes; the instance's route to ECR/S3 was slow.
+    *(Rule(where, pattern, "transient", "the image pull timed out on the network: retried")
+      for where in ("stoppedReason", "container")
+      for pattern in ("i/o timeout", "context deadline exceeded", "TLS handshake timeout", "connection reset by peer")),
     # Permanent before anything else: an image that cannot be pulled also "fails to start".
     Rule("stoppedReason", "CannotPullContainerError", "permanent",
          "the image cannot be pulled: check the task definition's image and the execution role"),
@@ -55,12 +59,19 @@ RULES: tuple[Rule, ...] = (
     Rule("stoppedReason", "EMPTY CAPACITY PROVIDER", "transient", "the capacity provider had no instances yet"),
     Rule("stoppedReason", "Capacity is unavailable", "transient", "no capacity available at this time"),
     Rule("runner", "PROVISIONING timeout", "transient", "no capacity came within provisioning_timeout_s"),
+    # Our own StopTask on a pack past its runtime limit (a hung trainer would bill forever);
+    # SIGTERM let it checkpoint, so one retry resumes, and the ledger shows what it spent.
+    Rule("runner", "runtime limit", "transient",
+         "runtime limit: the pack ran past runtime_limit_factor x its expected time + start-up"),
     # The instance went away under the task; the cell resumes from its S3 checkpoint.
     Rule("stopCode", "SpotInterruption", "transient", "the Spot instance was reclaimed"),
     Rule("stopCode", "TerminationNotice", "transient", "the instance was terminated (scale-in or maintenance)"),
     # Our call: ECS stops a task on an unhealthy host; the cell is not at fault, so retry it.
     Rule("stopCode", "InfrastructureHealth", "transient", "ECS stopped the task because its host was unhealthy"),
-    Rule("container", "OutOfMemoryError", "transient", "out of memory (exit 137): retried, may need a bigger instance"),
+    # ECS's OutOfMemoryError is the task's memory limit: the same cell at the same limit runs out
+    # again, so a retry would only spend GPU time. (A bare exit 137 stays transient.)
+    Rule("container", "OutOfMemoryError", "permanent",
+         "out of memory at the task's memory limit: raise TaskMemoryMiB, or pack fewer cells per GPU"),
     # Someone ran stop_task (console, CLI): retrying would go against their wish.
     Rule("stopCode", "UserInitiated", "permanent", "the task was stopped by a user"),
     # API errors. Throttling and server faults pass; a wrong configuration never does.

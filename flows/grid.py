@@ -218,7 +218,8 @@ def make_runner(grid_dir: Path, pricing: Pricing, gpus: list[str], ecs: dict[str
                            trainer=trainer)
     from flows.ecs import EcsRunner
 
-    return EcsRunner(grid_dir, max_parallel=pricing.max_parallel, usd_per_hour=pricing.usd_per_gpu_hour, **(ecs or {}))
+    return EcsRunner(grid_dir, max_parallel=pricing.max_parallel, usd_per_hour=pricing.usd_per_gpu_hour,
+                     instance_type=pricing.instance_type, spot=pricing.spot, **(ecs or {}))
 
 
 def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger: Ledger, pricing: Pricing,
@@ -254,7 +255,12 @@ def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger
             collect()
         key = f"pack-{i}"
         est = sum(cost.cell_usd(c, pricing) for c in pack)
-        if not ledger.reserve(key, [c.id for c in pack], est):
+        # (ECS) A lane's first pack also reserves its instance's start and idle tail, held until
+        # the instances are charged below.
+        lane = cost.lane_usd(pricing, i, len(packs))
+        if (lane and not ledger.reserve(f"lane-{i}", [c.id for c in pack], lane)) \
+                or not ledger.reserve(key, [c.id for c in pack], est):
+            ledger.release(f"lane-{i}")
             for c in pack:
                 outcomes[c.id] = "skipped: cost cap"
             finished += 1
@@ -267,4 +273,9 @@ def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger
         fut.add_done_callback(lambda f, k=key, p=pack: done.put((k, p, f)))
     while running:
         collect()
+    # (ECS) The instances as AWS bills them (launch to termination), then the lanes' holds end.
+    if hasattr(runner, "settle"):
+        runner.settle(ledger)
+    for i in range(min(len(packs), pricing.max_parallel)):
+        ledger.release(f"lane-{i}")
     return outcomes

@@ -8,6 +8,10 @@ resumed run counts what earlier runs spent. One line per event:
 - ``reserve``: a launch's estimate, held against the cap until its ``release``; it names
   its holder (``pid``, ``host``, ``start``) and the ledger instance (``run``);
 - ``release``: the end of a reservation (``run`` and ``key``);
+- ``instance``: an EC2 instance the grid's tasks ran on, as AWS bills it: ``seconds`` from its
+  launch (or the grid's first task on it) to its termination (or, not yet known, the modelled
+  idle tail: ``estimated``) x its hourly price is ``billed_usd``; ``usd`` is what that adds to
+  the charges of the tasks on it (``tasks_usd``): boot, image pull, gaps, idle tail, idle GPUs;
 - ``skip``: a launch refused because spent + every open reservation + its own estimate
   would pass the cap, with the numbers that refused it.
 
@@ -45,7 +49,7 @@ from typing import Any
 from autolabel.lock import holder_alive, process_start
 
 LEDGER_FILE = "ledger.jsonl"
-EVENTS = ("charge", "reserve", "release", "skip")
+EVENTS = ("charge", "instance", "reserve", "release", "skip")
 SLACK_USD = 1e-12  # float sums of the same numbers in another order
 
 # The ledgers alive in this process, by run: a reservation made here by a ledger that is gone
@@ -172,7 +176,9 @@ class Ledger:
 
     def _apply(self, entry: dict[str, Any]) -> None:
         kind = entry["event"]
-        if kind == "charge":
+        if kind == "instance":
+            self._spent += entry["usd"]  # no cell's: the summary's per-cell split leaves it out
+        elif kind == "charge":
             self._spent += entry["usd"]
             for cell, usd in entry.get("split_usd", {}).items():
                 self._per_cell[cell] = self._per_cell.get(cell, 0.0) + usd
@@ -274,6 +280,18 @@ class Ledger:
         with self._locked() as fd:
             self._append(fd, entry)
 
+    def charge_instance(self, instance_id: str, seconds: float, billed_usd: float, tasks_usd: float,
+                        **detail: Any) -> float:
+        """Record an instance's bill beyond its tasks' charges (never below 0); returns that excess."""
+        for name, v in (("seconds", seconds), ("billed_usd", billed_usd), ("tasks_usd", tasks_usd)):
+            require_amount(name, v)
+        usd = max(0.0, billed_usd - tasks_usd)
+        entry = {"event": "instance", "instance_id": instance_id, "seconds": round(seconds, 3), "usd": usd,
+                 "billed_usd": billed_usd, "tasks_usd": tasks_usd, **detail}
+        with self._locked() as fd:
+            self._append(fd, entry)
+        return usd
+
     def over_cap(self) -> bool:
         """True when what is spent and reserved already passes the cap (or spend is unknown)."""
         with self._locked(shared=True):
@@ -295,7 +313,7 @@ def check_entry(entry: Any) -> str | None:
     kind = entry.get("event")
     if kind not in EVENTS:
         return f"unknown event {kind!r} (known: {', '.join(EVENTS)})"
-    if kind in ("charge", "reserve") and not is_amount(entry.get("usd")):
+    if kind in ("charge", "instance", "reserve") and not is_amount(entry.get("usd")):
         return f"{kind} without a finite usd >= 0"
     if kind == "charge":
         split = entry.get("split_usd", {})

@@ -147,7 +147,7 @@ def select_subset(cells: list[Cell], cap_usd: float, pricing: Pricing) -> list[C
     Returns cells in grid order; raises CostError when even the covering cells do not fit.
     """
     usd = {c.id: cost.cell_usd(c, pricing) for c in cells}
-    lanes_usd = min(pricing.max_parallel, len(cells)) * cost.lane_overhead_s(pricing.instances) / 3600
+    lanes_usd = cost.billed_lanes(pricing, len(cells)) * cost.lane_overhead_s(pricing.instances) / 3600
     budget = cap_usd - lanes_usd * pricing.usd_per_gpu_hour
     chosen = cover(cells, usd)
     spent = sum(usd[c.id] for c in chosen)

@@ -33,8 +33,9 @@ class Price:
 
     @property
     def spot(self) -> float:
-        """The middle of the spot range: zones differ and the launch picks none in particular."""
-        return (self.spot_low + self.spot_high) / 2
+        """The dearest zone's spot price: zones differ, the group may launch in any of them, and
+        the cap must hold wherever it does."""
+        return self.spot_high
 
     def per_gpu(self, spot: bool = False) -> float:
         return (self.spot if spot else self.on_demand) / self.gpus

@@ -25,6 +25,7 @@ import copy
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -40,6 +41,7 @@ ACCOUNT = "123456789012"  # moto's default account
 REGION = "us-east-1"
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = [sys.executable, "-m", "autolabel.train"]  # the image's ENTRYPOINT
+STOP_TIMEOUT_S = 2.0  # SIGTERM -> SIGKILL on a stop (the stack's stopTimeout is 120 s)
 
 
 @dataclass
@@ -70,6 +72,8 @@ class StandIn:
             "task_definition": self.task_definition,
             "bucket": self.bucket,
             "container_name": self.container,
+            # Tiny cells train for seconds: checkpoint after every epoch, so faults meet one.
+            "checkpoint_every_s": 0,
             **override,
         }
 
@@ -169,6 +173,8 @@ class Run:
     lines: list[str] = field(default_factory=list)
     exit_code: int | None = None
     stop_code: str = ""
+    hung: bool = False
+    environment: dict[str, str] = field(default_factory=dict)  # the container override's
     done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -185,7 +191,8 @@ class ContainerEmulator:
 
     ``entrypoint=None`` runs no process: tasks stay RUNNING until :meth:`release`.
     Fault injection: ``hold_provisioning`` keeps new tasks in PROVISIONING; ``spot_cells``
-    names cells whose task is Spot-interrupted once, right after its first checkpoint upload.
+    names cells whose task is Spot-interrupted once, right after its first checkpoint upload;
+    ``hang_cells`` those whose trainer hangs (SIGSTOP) once, right after it.
     """
 
     def __init__(self, aws: StandIn, env: dict[str, str], entrypoint: list[str] | None = ENTRYPOINT):
@@ -198,6 +205,7 @@ class ContainerEmulator:
         self.runs: dict[str, Run] = {}
         self.hold_provisioning = False
         self.spot_cells: set[str] = set()
+        self.hang_cells: set[str] = set()
         self.release_code: int | None = None  # set by release() for entrypoint=None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._scan, name="ecs-emulator", daemon=True)
@@ -208,6 +216,8 @@ class ContainerEmulator:
         # moto walks a task to STOPPED a step per describe; here the emulator alone moves it.
         state_manager.set_transition("ecs::task", {"progression": "manual", "times": 10**9})
         self._patch_new_tasks()
+        self._list_tasks = enforce_list_tasks_rule()
+        self._patch_stop_task()
         self._thread.start()
         return self
 
@@ -218,8 +228,12 @@ class ContainerEmulator:
 
         self._stop.set()
         self._thread.join(5)
+        from moto.ecs.responses import EC2ContainerServiceResponse
+
         state_manager.unset_transition("ecs::task")
         Task.__init__ = self._task_init
+        EC2ContainerServiceResponse.list_tasks = self._list_tasks
+        del self.backend.stop_task  # the class's own again
 
     def _patch_new_tasks(self) -> None:
         """ECS tasks start in PROVISIONING with no exit code; moto's start RUNNING with exit code 0."""
@@ -234,6 +248,22 @@ class ContainerEmulator:
                 c.exitCode = None
 
         Task.__init__ = provisioning
+
+    def _patch_stop_task(self) -> None:
+        """StopTask asks; the task is STOPPED only once its container has exited (stoppedAt then).
+        moto marks it STOPPED at once, which would hide the seconds it ran."""
+        original = self.backend.stop_task
+
+        def stop_task(cluster_str, task_str, reason):
+            task = next((t for arn, t in self.backend.tasks.get(self.aws.cluster, {}).items()
+                         if arn.endswith(task_str.split("/")[-1])), None)
+            before = task.last_status if task is not None else None
+            done = original(cluster_str, task_str, reason)
+            if task is not None and before != "STOPPED":
+                task.last_status = before
+            return done
+
+        self.backend.stop_task = stop_task
 
     def release(self, exit_code: int = 0) -> None:
         """End every process-less task with ``exit_code``."""
@@ -255,9 +285,10 @@ class ContainerEmulator:
         while not self._stop.is_set():
             for task in list(self.backend.tasks.get(self.aws.cluster, {}).values()):
                 if task.task_arn not in self.runs:
-                    command = next((o.get("command", []) for o in task.overrides.get("containerOverrides", [])
-                                    if o.get("name") == self.aws.container), [])
-                    run = self.runs[task.task_arn] = Run(task.task_arn, list(command))
+                    override = next((o for o in task.overrides.get("containerOverrides", [])
+                                     if o.get("name") == self.aws.container), {})
+                    run = self.runs[task.task_arn] = Run(task.task_arn, list(override.get("command", [])))
+                    run.environment = {e["name"]: e["value"] for e in override.get("environment", [])}
                     self._set(task, run, "PROVISIONING")
                     threading.Thread(target=self._lifecycle, args=(task, run), daemon=True).start()
             time.sleep(0.02)
@@ -284,20 +315,29 @@ class ContainerEmulator:
 
     def _execute(self, task, run: Run) -> None:
         """Run the entry point with the command override; Spot-kill it if asked."""
-        proc = subprocess.Popen([*self.entrypoint, *run.command], cwd=REPO, env=self.env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*self.entrypoint, *run.command], cwd=REPO, env={**self.env, **run.environment},
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         reader = threading.Thread(target=lambda: run.lines.extend(line.rstrip("\n") for line in proc.stdout))
         reader.start()
         spot = next((c for c in self.spot_cells if any(u.rstrip("/").endswith("/" + c) for u in run.command)), None)
+        hang = next((c for c in self.hang_cells if any(u.rstrip("/").endswith("/" + c) for u in run.command)), None)
         interrupted = user = False
+        term_at = None
         while proc.poll() is None:
             if spot and self._has_checkpoint(run.command, spot):
                 self.spot_cells.discard(spot)
                 proc.kill()  # a reclaimed instance gives the container no chance to finish
                 interrupted = True
-            if self._user_stopped(task, run):
-                proc.terminate()
-                user = True
+            if hang and self._has_checkpoint(run.command, hang):
+                self.hang_cells.discard(hang)
+                hang = None
+                proc.send_signal(signal.SIGSTOP)  # hung: alive, holding its GPU, doing nothing
+                run.hung = True
+            if self._user_stopped(task, run) and term_at is None:
+                proc.terminate()  # docker stop: SIGTERM, then SIGKILL after the stop timeout
+                term_at, user = time.monotonic(), True
+            if term_at is not None and time.monotonic() - term_at > STOP_TIMEOUT_S:
+                proc.kill()
             time.sleep(0.02)
         reader.join()
         code = proc.wait()
@@ -365,6 +405,32 @@ class ContainerEmulator:
                                  logEvents=[{"timestamp": t, "message": line or " "} for line in run.lines])
 
 
+# ----------------------------------------------------------------------------- API rules moto lacks
+
+
+LIST_TASKS_FILTERS = ("containerInstance", "family", "serviceName", "desiredStatus", "launchType")
+
+
+def enforce_list_tasks_rule():
+    """ListTasks as AWS documents it: "If you specify startedBy as the filter, it must be the only
+    filter that you use" (Amazon ECS API Reference, ListTasks, read 2026-12-01); the real API
+    answers otherwise with InvalidParameterException. moto filters silently. Returns the original."""
+    from moto.core.exceptions import JsonRESTError
+    from moto.ecs.responses import EC2ContainerServiceResponse
+
+    original = EC2ContainerServiceResponse.list_tasks
+
+    def list_tasks(self):
+        others = [f for f in LIST_TASKS_FILTERS if self._get_param(f) is not None]
+        if self._get_param("startedBy") is not None and others:
+            raise JsonRESTError("InvalidParameterException",
+                                f"cannot specify startedBy with other arguments ({', '.join(others)})")
+        return original(self)
+
+    EC2ContainerServiceResponse.list_tasks = list_tasks
+    return original
+
+
 # ----------------------------------------------------------------------------- API faults
 
 
@@ -384,6 +450,16 @@ def fail_placements(monkeypatch, aws: StandIn, reason: str = "RESOURCE:GPU", tim
 
     monkeypatch.setattr(EC2ContainerServiceResponse, "run_task", run_task)
     return calls
+
+
+def deny_list_tasks(monkeypatch) -> None:
+    """ListTasks is refused, as for credentials without ecs:ListTasks."""
+    from moto.core.exceptions import JsonRESTError
+
+    def list_tasks(*args, **kwargs):
+        raise JsonRESTError("AccessDeniedException", "User is not authorized to perform: ecs:ListTasks")
+
+    monkeypatch.setattr(ecs_backend(), "list_tasks", list_tasks)
 
 
 def throttle_run_task(monkeypatch, times: int) -> list[int]:

@@ -48,7 +48,7 @@ def test_dry_run_reports_factors_cost_and_wall_clock(capsys):
     assert "  lr          5: 0.00167, 0.0025, 0.00375, 0.00562, 0.00844" in out
     assert "plan: 3 rounds of 10/10/10 epochs, until 2; lr x (1, 0.666667, 0.333333); bce_weight x (1, 0.5, 0)" in out
     assert "(0 of 1800 cells complete)" in out
-    assert "estimate for 1800 cells to train on g5.xlarge (A10G, $1.006/GPU-h on-demand, $0.440 spot" in out
+    assert "estimate for 1800 cells to train on g5.xlarge (A10G, $1.006/GPU-h on-demand, $0.450 spot" in out
     for key in ("GPU-hours", "on-demand,", "spot", "wall-clock", "at --max-parallel 8", "cap: none set",
                 "(this run: on-demand)", "(--backend ecs)"):
         assert key in out

@@ -67,7 +67,7 @@ def test_gpu_seconds_on_hand_checked_numbers():
     # An instance type names its GPU; the A10G is scaled from the H200 by bf16 peak 70/989.
     assert cost.cell_gpu_seconds(cell, "g5.xlarge") == pytest.approx(EQUIVALENT / A10G_PACKED + 30)
     assert cost.cell_usd(cell, ecs()) == pytest.approx((EQUIVALENT / A10G_PACKED + 30) / 3600 * 1.006)
-    assert cost.cell_usd(cell, ecs(spot=True)) == pytest.approx((EQUIVALENT / A10G_PACKED + 30) / 3600 * 0.44)
+    assert cost.cell_usd(cell, ecs(spot=True)) == pytest.approx((EQUIVALENT / A10G_PACKED + 30) / 3600 * 0.45)
     with pytest.raises(cost.CostError, match="unknown GPU or instance type 'Z80'"):
         cost.cell_gpu_seconds(cell, "Z80")
 
@@ -80,7 +80,7 @@ def test_estimate_on_hand_checked_numbers():
     assert one.gpu_hours_cells == pytest.approx(2 * per_cell / 3600)
     assert one.gpu_hours_overhead == pytest.approx((300 + 900) / 3600)  # one lane: start + idle tail
     assert one.usd_on_demand == pytest.approx(one.gpu_hours * 1.006)
-    assert one.usd_spot == pytest.approx(one.gpu_hours * 0.44) and one.usd == one.usd_on_demand
+    assert one.usd_spot == pytest.approx(one.gpu_hours * 0.45) and one.usd == one.usd_on_demand
     assert one.wall_hours == pytest.approx((300 + 2 * per_cell) / 3600)
     two = cost.estimate(cells, ecs(spot=True, max_parallel=2))
     assert two.wall_hours == pytest.approx((300 + per_cell) / 3600)

@@ -383,3 +383,23 @@ def test_unskipped_step_runs_the_real_prefect_step(steps):
     step = {"prefect.deployments.steps.run_shell_script": {"script": "echo built", "stream_output": False}}
     out = asyncio.run(steps.run_step_unless_skipped(step, skip="0"))
     assert out["stdout"] == "built"
+
+
+def test_s3_gateway_endpoint_keeps_checkpoints_off_the_nat(template):
+    (endpoint,) = resources_of(template, "AWS::EC2::VPCEndpoint")
+    assert endpoint["VpcEndpointType"] == "Gateway" and endpoint["RouteTableIds"] == {"Ref": "RouteTableIds"}
+    assert endpoint["ServiceName"] == {"Fn::Sub": "com.amazonaws.${AWS::Region}.s3"}
+    assert template["Resources"]["S3GatewayEndpoint"]["Condition"] == "HasS3Endpoint"
+    assert template["Parameters"]["CreateS3Endpoint"]["Default"] == "true"
+
+
+def test_scale_out_may_add_every_instance_in_one_step(template):
+    (cp,) = resources_of(template, "AWS::ECS::CapacityProvider")
+    assert cp["AutoScalingGroupProvider"]["ManagedScaling"]["MaximumScalingStepSize"] == {"Ref": "MaxInstances"}
+
+
+def test_orchestrator_may_read_what_the_spot_check_and_the_instance_ledger_need(template):
+    doc = template["Resources"]["OrchestratorPolicy"]["Properties"]["PolicyDocument"]
+    actions = {a for st in doc["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+    assert {"autoscaling:DescribeAutoScalingGroups", "ecs:DescribeCapacityProviders", "ec2:DescribeInstances",
+            "ecs:DescribeContainerInstances", "ecs:ListTasks", "ecs:StopTask"} <= actions

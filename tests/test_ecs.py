@@ -28,6 +28,7 @@ from tests.ecs_emulator import (
     REGION,
     ContainerEmulator,
     StandIn,
+    deny_list_tasks,
     fail_placements,
     provision,
     start_moto,
@@ -185,7 +186,8 @@ def test_run_task_request_and_cost(aws, tmp_path):
     assert "launchType" not in req and req["count"] == 1
     assert req["capacityProviderStrategy"] == [{"capacityProvider": aws.capacity_provider, "weight": 1, "base": 0}]
     assert req["overrides"]["containerOverrides"] == [{"name": "trainer", "command": [
-        f"s3://{aws.bucket}/demo/cells/c1", f"s3://{aws.bucket}/demo/cells/c2", "--force"]}]
+        f"s3://{aws.bucket}/demo/cells/c1", f"s3://{aws.bucket}/demo/cells/c2", "--force"],
+        "environment": [{"name": "AUTOLABEL_CHECKPOINT_EVERY_S", "value": "0"}]}]
     assert req["startedBy"] == "autolabel-demo" and req["propagateTags"] == "TASK_DEFINITION"
     assert {"key": "autolabel:cells", "value": "c1 c2"} in req["tags"]
     assert "networkConfiguration" not in req
@@ -325,27 +327,66 @@ def test_local_checkpoint_never_replaces_newer_s3_progress(aws, tmp_path):
     assert s3.get_object(Bucket=aws.bucket, Key="demo/cells/c1/checkpoint.pt")["Body"].read() == b"newer in S3"
 
 
-def test_a_rerun_adopts_the_task_an_interrupted_run_left(aws, tmp_path):
+def test_a_rerun_after_a_killed_flow_adopts_its_tasks_and_starts_none_twice(aws, tmp_path):
+    """Mid-grid, the flow dies: c0 is complete in S3, c1 and c2 train, c3's task has stopped.
+    The rerun, under ListTasks' documented rule (the emulator refuses startedBy with other
+    filters), waits for c1 and c2, downloads c0 and launches only c3."""
     grid = tmp_path / "demo"
-    cell = tiny_cell(grid, "c1")
+    cells = [tiny_cell(grid, f"c{i}") for i in range(4)]
+    aws.client("s3").put_object(Bucket=aws.bucket, Key="demo/cells/c0/metrics.json", Body=b'{"status": "complete"}')
     killed_flow = runner_for(aws, grid)
     with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
-        killed_flow.upload_inputs(cell_dir(grid, cell), killed_flow.cell_uri(cell))
-        orphan = killed_flow.launch([killed_flow.cell_uri(cell)], False, ["c1"])  # ... and the flow died
+        orphans = []
+        for c in cells[1:]:
+            killed_flow.upload_inputs(cell_dir(grid, c), killed_flow.cell_uri(c))
+            orphans.append(killed_flow.launch([killed_flow.cell_uri(c)], False, [c.id]))
+        emu.wait_for(3, "RUNNING")
+        aws.client("ecs").stop_task(cluster=aws.cluster, task=orphans[2], reason="test: stopped earlier")
+        emu.wait_for(1, "STOPPED")
+        # ... and the flow died here.
         rerun = runner_for(aws, grid)
         sent = record_calls(rerun, "RunTask")
+        listed = record_calls(rerun, "ListTasks")
 
         def release_once_adopted() -> None:
-            # Not on a timer: under load the rerun may look for orphans only after a fixed delay.
+            # Not on a timer: under load the rerun may look for orphans only after a delay.
             deadline = time.monotonic() + 60
-            while orphan not in rerun._watches and time.monotonic() < deadline:
+            while not all(a in rerun._watches for a in orphans[:2]) and time.monotonic() < deadline:
                 time.sleep(0.02)
             emu.release(0)
 
         threading.Thread(target=release_once_adopted, daemon=True).start()
-        attempt = rerun.run([cell], print)
-    assert attempt.outcome == "ok" and attempt.extra["task_arn"] == orphan
-    assert not sent and len(emu.runs) == 1, "no second trainer on the same cell"
+        attempts, _, threads = run_in_threads(rerun, [[c] for c in cells])
+        for t in threads:
+            t.join(60)
+    assert [a.outcome for a in attempts] == ["ok"] * 4, attempts
+    assert [a.extra.get("task_arn") for a in attempts[1:3]] == orphans[:2]
+    assert len(sent) == 1 and sent[0]["overrides"]["containerOverrides"][0]["command"][0].endswith("/c3")
+    per_cell = {c.id: sum(r.command[0].endswith("/" + c.id) for r in emu.runs.values()) for c in cells}
+    assert per_cell == {"c0": 0, "c1": 1, "c2": 1, "c3": 2}, "no cell has a second task running"
+    assert listed and all(set(p) == {"cluster", "startedBy"} for p in listed), listed
+
+
+def test_list_tasks_with_another_filter_is_refused_as_aws_documents(aws, tmp_path):
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None):
+        ecs = aws.client("ecs")
+        ecs.list_tasks(cluster=aws.cluster, startedBy="autolabel-demo")
+        with pytest.raises(ecs.exceptions.InvalidParameterException):
+            ecs.list_tasks(cluster=aws.cluster, startedBy="autolabel-demo", desiredStatus="RUNNING")
+
+
+def test_tasks_that_cannot_be_listed_stop_the_run_without_a_launch(aws, tmp_path, monkeypatch):
+    grid = tmp_path / "demo"
+    deny_list_tasks(monkeypatch)
+    runner = runner_for(aws, grid)
+    sent = record_calls(runner, "RunTask")
+    lines: list[str] = []
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None):
+        first = runner.run([tiny_cell(grid, "c1")], lines.append)
+        second = runner.run([tiny_cell(grid, "c2")], lines.append)
+    for a in (first, second):
+        assert a.outcome == "permanent" and "cannot list the tasks" in a.detail and "\n" not in a.detail
+    assert not sent, "a blind launch could start a second trainer"
 
 
 # ----------------------------------------------------------------------------- credentials
@@ -397,6 +438,39 @@ def test_invalid_cell_is_permanent_and_gets_the_log_tail(aws, tmp_path, cache):
     assert "failed" in (cell_dir(grid, bad) / "metrics.json").read_text()
     for where in [text, *(p.read_text(errors="replace") for p in cell_dir(grid, bad).iterdir() if p.is_file())]:
         assert "testing" not in where.replace("testing:", ""), "no credentials in logs or cell files"
+
+
+@pytest.mark.slow
+def test_a_hung_pack_is_stopped_at_its_runtime_limit_and_resumes_on_retry(aws, tmp_path, cache):
+    grid = tmp_path / "demo"
+    cell = tiny_cell(grid, "c1", epochs=3)
+    # 20 s: well past a tiny cell's first checkpoint (a few seconds), so the hang comes first.
+    runner = runner_for(aws, grid, runtime_limit_s=20)
+    stops = record_calls(runner, "StopTask")
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, cache)) as emu:
+        emu.hang_cells = {"c1"}
+        hung = runner.run([cell], print)
+        # The retry under the default limit (3 x expected + 900 s): a loaded test machine may
+        # take longer than 20 s for the rest of the cell.
+        retry = runner_for(aws, grid).run([cell], print)
+    first, second = emu.runs.values()
+    assert first.hung and hung.outcome == "transient" and "runtime limit" in hung.detail, hung
+    assert [s["reason"] for s in stops] == ["autolabel: runtime limit 20 s reached"]
+    assert hung.device_seconds >= 20 and hung.usd > 0, "the hung time is charged"
+    assert retry.outcome == "ok", retry
+    assert any("resumed from checkpoint.pt" in line for line in second.lines), second.lines[-5:]
+    assert second.environment == {"AUTOLABEL_CHECKPOINT_EVERY_S": "0"}
+
+
+def test_the_runtime_limit_follows_the_expected_gpu_seconds(aws, tmp_path):
+    from flows.cost import cell_gpu_seconds
+
+    grid = tmp_path / "demo"
+    cells = [tiny_cell(grid, "c1"), tiny_cell(grid, "c2")]
+    runner = runner_for(aws, grid, runtime_limit_factor=3, runtime_limit_startup_s=600)
+    expected = sum(cell_gpu_seconds(c, "g5.xlarge", 2) for c in cells)
+    assert runner.runtime_limit(cells) == pytest.approx(3 * expected + 600)
+    assert runner_for(aws, grid, runtime_limit_s=7200).runtime_limit(cells) == 7200
 
 
 # ----------------------------------------------------------------------------- the flow, end to end
@@ -471,7 +545,127 @@ def test_grid_runs_on_ecs_end_to_end_through_faults(aws, tmp_path, cache, monkey
                       "dice_V1", "dice_V2", "dice_V3", *rows_mod.METRIC_TAIL]
     assert all(rows[c.id]["cost_usd"] > 0 for c in valid), "ECS runtime is billed at the GPU price"
     assert (grid / "summary.md").is_file() and (grid / "best" / "full-area" / "options.json").is_file()
+    # The ledger bills the instances the tasks ran on, beyond the tasks' own runtime.
+    from flows.ledger import Ledger
+
+    ledger = Ledger.open(grid)
+    assert ledger.entries("instance") and ledger.spent_usd > sum(ledger.per_cell_usd.values())
+    assert not ledger._open, "every reservation and lane hold was released"
     # What lands in S3: each cell's folder under the grid prefix, the results, no checkpoint left.
     keys = s3_keys(aws, "grids/demo/cells/")
     assert f"grids/demo/cells/{valid[1].id}/metrics.json" in keys
     assert not any(k.endswith("checkpoint.pt") for k in keys if valid[0].id in k or valid[1].id in k)
+
+
+def test_stop_asks_every_task_to_stop_and_launches_nothing_more(aws, tmp_path):
+    grid = tmp_path / "demo"
+    runner = runner_for(aws, grid)
+    stops = record_calls(runner, "StopTask")
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        attempts, _, threads = run_in_threads(runner, [[tiny_cell(grid, f"c{i}")] for i in range(2)])
+        emu.wait_for(2, "RUNNING")
+        t0 = time.monotonic()
+        runner.stop()
+        assert time.monotonic() - t0 < 0.5, "stop() returns at once"
+        for t in threads:
+            t.join(30)
+        late = runner.run([tiny_cell(grid, "c9")], print)
+    assert sorted(s["task"] for s in stops) == sorted(emu.runs)
+    assert all(s["reason"] == "autolabel: the flow was asked to stop" for s in stops)
+    assert all(r.stop_code == "UserInitiated" and r.exit_code == 143 for r in emu.runs.values())
+    assert [a.outcome for a in attempts] == ["transient"] * 2 and "asked to stop" in attempts[0].detail
+    assert late.outcome == "transient" and "not launched" in late.detail and len(emu.runs) == 2
+
+
+# ----------------------------------------------------------------------------- the ledger, as AWS bills
+
+
+def test_the_ledger_charges_instance_time_beyond_the_tasks(aws, tmp_path):
+    from flows.cost import IDLE_TAIL_S
+    from flows.ledger import Ledger
+
+    grid = tmp_path / "demo"
+    runner = runner_for(aws, grid, max_parallel=1)
+    ledger = Ledger.open(grid)
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        emu.release(0)
+        attempts = [runner.run([tiny_cell(grid, c)], print) for c in ("c1", "c2")]
+    for a in attempts:
+        ledger.charge(a.cells, a.device_seconds, a.usd)
+    bills = runner.settle(ledger)
+    tasks = sum(a.usd for a in attempts)
+    assert bills and all(b["estimated"] and "idle tail" in b["how"] for b in bills), bills
+    assert sum(b["seconds"] for b in bills) >= IDLE_TAIL_S * len(bills)
+    entries = ledger.entries("instance")
+    assert sum(e["tasks_usd"] for e in entries) == pytest.approx(tasks)
+    assert ledger.spent_usd == pytest.approx(sum(e["billed_usd"] for e in entries))
+    assert ledger.spent_usd > tasks + IDLE_TAIL_S / 3600 * PRICE * 0.99, "the idle tail is billed"
+    assert set(ledger.per_cell_usd) == {"c1", "c2"}, "instance time is no cell's"
+
+    # Once scale-in has terminated the instance, EC2's own times replace the model.
+    instance = entries[0]["instance_id"]
+    aws.client("ec2").terminate_instances(InstanceIds=[instance])
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        emu.release(0)
+        runner.run([tiny_cell(grid, "c3")], print)
+    bill = next(b for b in runner.settle(ledger) if b["container_instance"] == entries[0]["container_instance"])
+    assert not bill["estimated"] and bill["how"].endswith("to termination") and bill["seconds"] < IDLE_TAIL_S
+
+
+def test_the_in_run_cap_refuses_a_lane_whose_start_and_tail_do_not_fit(aws, tmp_path, prefect_api):
+    from prefect import flow
+
+    from flows import cost, grid as grid_mod, plan
+    from flows.ledger import Ledger
+
+    grid = tmp_path / "demo"
+    packs = [[tiny_cell(grid, "c1")], [tiny_cell(grid, "c2")]]
+    pricing = plan.make_pricing("ecs", "g5.xlarge", max_parallel=2, cells_per_gpu=1)
+    lane = cost.lane_usd(pricing, 0, 2)
+    assert lane == pytest.approx(1200 / 3600 * 1.006) and cost.lane_usd(pricing, 1, 2) == lane
+    cells_usd = sum(cost.cell_usd(p[0], pricing) for p in packs)
+    ledger = Ledger.open(grid, cap_usd=lane + cells_usd)  # every cell fits, one lane's start and tail
+    runner = runner_for(aws, grid, max_parallel=2)
+    sent = record_calls(runner, "RunTask")
+
+    @flow
+    def two_lanes():
+        return grid_mod.launch_packs(grid, packs, runner, ledger, pricing, 0, 0.1, False)
+
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        emu.release(0)
+        outcomes = two_lanes()
+    assert outcomes["c2"] == "skipped: cost cap"
+    assert len(sent) == 1
+    (skip,) = ledger.entries("skip")
+    assert skip["cells"] == ["c2"] and skip["estimate_usd"] == pytest.approx(lane)
+    assert ledger.entries("instance"), "the lane's instance was charged at the end"
+    assert not ledger._open, "every hold released"
+
+
+# ----------------------------------------------------------------------------- spot against the group
+
+
+def test_spot_pricing_on_an_on_demand_group_is_refused_before_launch(aws, tmp_path):
+    grid = tmp_path / "demo"
+    runner = runner_for(aws, grid, spot=True)
+    sent = record_calls(runner, "RunTask")
+    first = runner.run([tiny_cell(grid, "c1")], print)
+    second = runner.run([tiny_cell(grid, "c2")], print)
+    for a in (first, second):
+        assert a.outcome == "permanent" and "100% on-demand" in a.detail and "priced at spot" in a.detail
+    assert not sent and not s3_keys(aws, "demo/"), "refused before any upload or launch"
+    on_demand = runner_for(aws, grid, spot=False)
+    on_demand.check_capacity(False)
+    assert on_demand.zones == [f"{REGION}a"]
+
+
+def test_on_demand_pricing_on_a_spot_group_is_refused(aws, tmp_path):
+    asg = aws.client("autoscaling")
+    asg.update_auto_scaling_group(AutoScalingGroupName=aws.capacity_provider, MixedInstancesPolicy={
+        "LaunchTemplate": {"LaunchTemplateSpecification": {"LaunchTemplateName": aws.capacity_provider}},
+        "InstancesDistribution": {"OnDemandBaseCapacity": 0, "OnDemandPercentageAboveBaseCapacity": 0}})
+    runner = runner_for(aws, tmp_path / "demo")
+    with pytest.raises(ValueError, match="100% Spot but the run is priced on-demand"):
+        runner.check_capacity(False)
+    runner.check_capacity(True)

@@ -79,7 +79,7 @@ def client_error(code: str, message: str, op: str = "RunTask", status: int = 400
         (stopped("EssentialContainerExited", "Essential container in task exited", 3), "permanent", "diverged"),
         (stopped("EssentialContainerExited", "Essential container in task exited", 1), "permanent", "exit 1"),
         (stopped("EssentialContainerExited", "Essential container in task exited", 137,
-                 "OutOfMemoryError: Container killed due to memory usage"), "transient", "out of memory"),
+                 "OutOfMemoryError: Container killed due to memory usage"), "permanent", "out of memory"),
         (stopped("EssentialContainerExited", "Essential container in task exited", 137), "transient", "137"),
         (stopped("EssentialContainerExited", "Essential container in task exited", 143), "transient", "143"),
         (stopped("EssentialContainerExited", "Essential container in task exited", None), "transient", "no exit code"),
@@ -102,6 +102,12 @@ def client_error(code: str, message: str, op: str = "RunTask", status: int = 400
                  "CannotPullContainerError: Error response from daemon: pull access denied", started=False),
          "permanent", "cannot be pulled"),
         (stopped("UserInitiated", "Task stopped by user", 143), "permanent", "stopped by a user"),
+        (stopped("TaskFailedToStart",
+                 "CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to do request: "
+                 "Head https://123456789012.dkr.ecr.us-east-1.amazonaws.com/v2/x/manifests/latest: dial tcp "
+                 "10.0.0.1:443: i/o timeout", None, started=False), "transient", "timed out"),
+        (stopped("TaskFailedToStart", "Task failed to start", None,
+                 "CannotPullContainerError: context deadline exceeded", started=False), "transient", "timed out"),
     ],
 )
 def test_classify_task(task, outcome, says):

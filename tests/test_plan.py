@@ -27,7 +27,7 @@ def benson():
 
 def test_pricing_is_what_the_ledger_charges():
     ecs = plan.make_pricing("ecs", "g5.xlarge", spot=True)
-    assert (ecs.usd_per_gpu_hour, ecs.instances, ecs.max_parallel) == (pytest.approx(0.44), True, 8)
+    assert (ecs.usd_per_gpu_hour, ecs.instances, ecs.max_parallel) == (pytest.approx(0.45), True, 8)
     gpus = plan.make_pricing("local", "p5.48xlarge", local_gpus=True)
     assert (gpus.usd_per_gpu_hour, gpus.instances, gpus.max_parallel) == (pytest.approx(55.04 / 8), False, 2)
     assert gpus.cells_per_gpu == 16  # from the throughput table, as the flow packs
