@@ -49,6 +49,7 @@ method) or autolabel.pack (several at once). ``python -m autolabel`` is the same
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from typing import Any, Callable
@@ -133,13 +134,26 @@ def stop_handler(control: RunControl) -> Callable[[int, Any], None]:
     through the flow (as SIGTERM), so a later signal of another kind is ignored; the same
     signal again kills at once (a user pressing Ctrl-C twice)."""
 
+    parent = os.getppid()
+
     def stop(signum: int, frame: Any) -> None:
         if control.stop_requested:
             return  # already stopping: the second delivery of the same stop
         control.request_stop(SIGNAL_NAMES[signal.Signals(signum)], 128 + signum)
         signal.signal(signum, signal.SIG_DFL)
+        if os.getppid() != parent:  # the parent died (PR_SET_PDEATHSIG): nobody reads our pipes now
+            silence_output()
 
     return stop
+
+
+def silence_output() -> None:
+    """Point stdout and stderr at /dev/null: a print into the dead parent's pipe would raise
+    BrokenPipeError before the epoch in progress is checkpointed."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":
