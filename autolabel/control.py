@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from autolabel.errors import BadInput
+from autolabel.errors import EXIT_TERMINATED, BadInput
 
 # Seconds between checkpoints, 0 for after every epoch: --checkpoint-every, else the variable
 # below, else the default. A graphed GPU epoch takes about a second and a checkpoint holds
@@ -44,6 +44,7 @@ class RunControl:
     # time enough to finish a GPU epoch of one cell.
     stop_requested: bool = False
     stop_reason: str = "SIGTERM"  # what asked: named in the message of a stopped cell
+    stop_code: int = EXIT_TERMINATED  # the exit code of a stopped cell: 128 + the signal that asked
     # CUDA graphs for the training step on CUDA (autolabel/step.py); --eager turns them off.
     graphs: bool = True
     # --checkpoint-every; None: $AUTOLABEL_CHECKPOINT_EVERY_S, else the default (see checkpoint_interval).
@@ -55,9 +56,9 @@ class RunControl:
     # Model initialisation seeds the process-wide RNG: cells in threads take turns.
     init_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, code: int = EXIT_TERMINATED) -> None:
         """Stop every cell after the epoch in progress is checkpointed, and start no more."""
-        self.stop_requested, self.stop_reason = True, reason
+        self.stop_requested, self.stop_reason, self.stop_code = True, reason, code
 
     def checkpoint_interval(self) -> float:
         """Seconds between checkpoints for this run; a bad environment value is BadInput."""

@@ -429,3 +429,4 @@ def publish(target: Path, build) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+

@@ -8,7 +8,8 @@ flows/ecs.py) read the same codes from here, so a retry means the same thing eve
 - 2 bad input: options, plan or dataset (permanent: fix it);
 - 3 a loss became NaN or infinite (permanent: lower the lr);
 - 75 the cell is busy: another trainer holds its lock (transient: retry once that one is done);
-- 130 stopped by Ctrl-C, 143 stopped by SIGTERM, both after checkpointing (transient: a rerun resumes).
+- 129 stopped by SIGHUP, 130 by Ctrl-C (SIGINT), 143 by SIGTERM, each after checkpointing the
+  epoch in progress (transient: a rerun resumes).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ EXIT_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_BUSY = 75  # BSD sysexits' EX_TEMPFAIL: try again later
+EXIT_HANGUP = 128 + signal.SIGHUP  # 129, the terminal went away
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, what a shell reports for Ctrl-C
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, what a kill by SIGTERM reports
 
@@ -36,9 +38,14 @@ class Stopped(Exception):
     """A stop was asked for: the epoch in progress was finished and checkpointed, then training stopped."""
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each stops a run after a checkpoint
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+
+
 def worst(codes: list[int]) -> int:
-    """The exit code of a multi-cell run: stopped (130, 143) first, then 1 (retry helps), 2 (fix input), 3."""
-    for code in (EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DIVERGED):
+    """The exit code of a multi-cell run: stopped (130, 143, 129) first, then 75 (busy: a retry helps),
+    1 (an error), 2 (fix input), 3."""
+    for code in (EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_HANGUP, EXIT_BUSY, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DIVERGED):
         if code in codes:
             return code
     return EXIT_OK

@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -43,7 +44,8 @@ from autolabel.celldir import (
 )
 from autolabel.checkpoint import load_checkpoint, restore, save_checkpoint, save_model
 from autolabel.control import RunControl
-from autolabel.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_TERMINATED, BadInput, Diverged, Stopped
+from autolabel.errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, BadInput, Diverged, Stopped
+from autolabel.lock import FolderLock, LockBusy
 from autolabel.losses import combined_loss, dice_counts, dice_score
 from autolabel.model import ModelError, build_model, count_parameters, find_weights
 from autolabel.options import CellMetrics, CellOptions, Plan, RepeatResult, Round, RoundResult
@@ -118,10 +120,13 @@ def train_one_epoch(step: TrainStep, batch_size: int, generator: torch.Generator
     step.model.train()
     n = len(step.x)
     order = torch.randperm(n, generator=generator).to(step.x.device)
+    # BatchNorm cannot train on one image: a final batch of one is left out of this epoch (a
+    # different image each epoch, since the order is reshuffled). n == 1 is refused as bad input.
+    used = n - 1 if n > 1 and n % batch_size == 1 else n
     step.sums.zero_()
-    for start in range(0, n, batch_size):
-        step(order[start : start + batch_size])
-    return step.sums / n
+    for start in range(0, used, batch_size):
+        step(order[start : min(start + batch_size, used)])
+    return step.sums / used
 
 
 @torch.no_grad()
@@ -374,7 +379,31 @@ def train_cell(
 def run_cell(
     uri: str, control: RunControl, force: bool = False, device: str | None = None, say: Callable[[str], None] = print
 ) -> int:
-    """Train one cell and turn the outcome into an exit code; never raises."""
+    """Train one cell and turn the outcome into an exit code; never raises.
+
+    A local cell is trained under its folder's lock (autolabel.lock): a second trainer of the
+    same cell (a rerun racing a dying one, two flows) exits 75 at once without touching it.
+    An s3:// cell is guarded by its grid's lock and the ECS runner's adoption of running tasks.
+    """
+    lock = FolderLock(uri) if not storage.is_s3(uri) and Path(uri).is_dir() else None
+    try:
+        if lock is not None:
+            lock.acquire()
+    except LockBusy as e:
+        print(e, file=sys.stderr, flush=True)
+        return EXIT_BUSY
+    except OSError as e:  # an unwritable cell folder
+        print(f"{uri}: cannot lock the cell folder ({e.strerror or e}); make it writable", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    try:
+        return train_opened(uri, control, force, device, say)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def train_opened(uri: str, control: RunControl, force: bool, device: str | None, say: Callable[[str], None]) -> int:
+    """run_cell once the cell is ours: open it, train it, map the outcome to an exit code."""
     try:
         with open_cell(uri, force, GATE.idle) as cell:
             if is_complete(cell.work) and not force:
@@ -394,7 +423,7 @@ def run_cell(
                 return EXIT_DIVERGED
             except Stopped as e:
                 print(f"{cell.uri}: {e}", file=sys.stderr, flush=True)
-                return EXIT_TERMINATED
+                return control.stop_code
     except storage.StorageError as e:
         print(e, file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT

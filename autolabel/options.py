@@ -120,6 +120,23 @@ def split_counts(partition: float | ExplicitPartition, n_subjects: int) -> tuple
     n_val = min(max(1, round(float(partition) * n_subjects)), n_subjects - 1)
     return n_subjects - n_val, n_val
 
+def training_problem(train_subjects: int, size: tuple[int, int]) -> str | None:
+    """What makes a training set untrainable by the U-Net, as ``field: problem``; None when fine.
+
+    One subject cannot train: BatchNorm needs two images in a batch (a final batch of one in a
+    larger set is dropped from its epoch, autolabel.loop.train_one_epoch; the dry run checks it too, flows/checks.py). The encoder halves
+    the image 5 times, so both sides must be multiples of 32 for the skip connections to align.
+    """
+    if train_subjects < 2:
+        return (f"partition: the training set has {train_subjects} subject; BatchNorm needs at least 2: "
+                "lower the validation fraction or add subjects")
+    if any(side % 32 for side in size):
+        fixed = tuple(max(32, round(side / 32) * 32) for side in size)
+        return (f"image_size: the images are {size[0]}x{size[1]}; both sides must be multiples of 32 "
+                f"(set image_size, e.g. [{fixed[0]}, {fixed[1]}])")
+    return None
+
+
 class CellOptions(_Strict):
     """Everything about one training run except its plan (``options.json``)."""
 

@@ -25,10 +25,11 @@ or 130).
 Worker management:
 - at most ``workers`` at once; the next cell starts when one finishes;
 - every output line is streamed with the cell's name in front (stdout to stdout, stderr to stderr);
-- SIGTERM or SIGINT to this process is forwarded to the running workers (each checkpoints the
-  epoch in progress and stops), no new worker starts, and the run exits 143 (or 130) once they are gone;
-- a worker gets SIGKILL when this process dies, even by SIGKILL (Linux PR_SET_PDEATHSIG),
-  so a rerun never races an orphan writing into the same cell;
+- SIGTERM, SIGINT or SIGHUP to this process stops the running workers (SIGTERM: each
+  checkpoints the epoch in progress and stops), no new worker starts, and the run exits 143
+  (130, 129) once they are gone; the same signal again kills them (SIGKILL);
+- a worker gets SIGTERM when this process dies, even by SIGKILL (Linux PR_SET_PDEATHSIG), so it
+  checkpoints and exits; its cell's lock keeps a rerun from racing it (autolabel.loop.run_cell);
 - on CPU each worker gets an equal share of the threads (OMP_NUM_THREADS).
 
 Exit code: a worker killed by a signal makes the pack exit 128+signal (transient: a retry
@@ -52,7 +53,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import IO
 
 from autolabel.control import RunControl
-from autolabel.errors import EXIT_TERMINATED, worst
+from autolabel.errors import STOP_SIGNALS, worst
 
 # Eager processes at batch 4 on one H200 (PyTorch 2.11, 2026-11-27) reached ~1045 images/s
 # with 4, ~1060 with 8 and ~1530 with 16 at once: 16 was the best measured; more only add
@@ -110,9 +111,12 @@ def cell_label(uri: str) -> str:
 
 
 def die_with_parent() -> None:
-    """Runs in the worker before exec: SIGKILL when the parent dies (Linux only)."""
+    """Runs in the child before exec: SIGTERM when the parent (the thread that started it) dies
+    (Linux PR_SET_PDEATHSIG). A trainer stops on SIGTERM after checkpointing the epoch in
+    progress, so a killed flow or pack loses no trained epoch; the cell's lock keeps a quick
+    rerun from racing the dying trainer (it exits 75 and is retried)."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
@@ -160,11 +164,16 @@ class Pack:
                 sink.flush()
 
     def forward(self, signum: int, _frame=None) -> None:
-        """Signal handler: pass the signal on to every running worker and start no more."""
-        self.stop_signal = signum
+        """Signal handler: stop every running worker (SIGTERM) and start no more.
+
+        Workers share this process group, so a terminal's Ctrl-C reaches them directly too;
+        forwarding SIGTERM rather than the same signal keeps that double delivery a single stop
+        (autolabel.train.stop_handler). The same signal again is forwarded as SIGKILL."""
+        again = self.stop_signal == signum
+        self.stop_signal = self.stop_signal or signum
         for proc in self.running.values():
             if proc.poll() is None:
-                proc.send_signal(signum)
+                proc.send_signal(signal.SIGKILL if again else signal.SIGTERM)
 
 
 def exit_code(code: int) -> int:
@@ -199,9 +208,9 @@ def train_packed(
     pending = [unique[i : i + threads] for i in range(0, len(unique), threads)]
     codes: list[int] = []
     main = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
-    previous = {s: signal.signal(s, pack.forward) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
-    if control.stop_requested:  # SIGTERM came while this process was starting: start nothing
-        pack.stop_signal = signal.SIGTERM
+    previous = {s: signal.signal(s, pack.forward) for s in STOP_SIGNALS} if main else {}
+    if control.stop_requested:  # a stop came while this process was starting: start nothing
+        pack.stop_signal = control.stop_code - 128
     try:
         while pending or pack.running:
             while pending and len(pack.running) < workers and pack.stop_signal is None:
@@ -257,24 +266,20 @@ def train_threaded(
             torch.cuda.current_stream().synchronize()
             return code
 
-    interrupted = False
     control.shared_data = {}
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cell") as pool:
             futures = [pool.submit(run, uri) for uri in dict.fromkeys(cells)]
             waiting = set(futures)
-            while waiting:  # in short waits, so that SIGTERM's handler runs in this thread
+            while waiting:  # in short waits, so that the stop handler (autolabel.train) runs in this thread
                 try:
                     _, waiting = wait(waiting, timeout=POLL_S, return_when=FIRST_COMPLETED)
-                except KeyboardInterrupt:  # Ctrl-C: as SIGTERM, every cell checkpoints and stops
-                    control.request_stop("Ctrl-C")
-                    interrupted = True
+                except KeyboardInterrupt:  # Ctrl-C without autolabel.train's handler (called from code)
+                    control.request_stop("Ctrl-C", 128 + signal.SIGINT)
                     if threading.current_thread() is threading.main_thread():
                         signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C kills at once
     finally:
         control.shared_data = None
     codes = [f.result() for f in futures]
-    if interrupted:
-        return 128 + signal.SIGINT
-    unstarted = [EXIT_TERMINATED] if None in codes else []
+    unstarted = [control.stop_code] if None in codes else []
     return worst([c for c in codes if c is not None] + unstarted)

@@ -19,7 +19,7 @@ import torch
 from autolabel.control import RunControl
 from autolabel.data import INPUT_SETS, LABELS, DatasetError, split_subjects
 from autolabel.errors import BadInput
-from autolabel.options import CellOptions
+from autolabel.options import CellOptions, training_problem
 from autolabel.sources import open_dataset
 
 
@@ -130,6 +130,9 @@ def read_data(options: CellOptions, device: torch.device, shown: str) -> Data:
         raise BadInput(f"{shown}: {msg}" if msg.startswith(("partition", "inputs", "dataset")) else msg) from None
     if not len(train_ids) or not len(val_ids):
         raise BadInput(f"{shown}: partition: the training and validation sets must both be non-empty")
+    problem = training_problem(len(train_ids), tuple(x_tr.shape[-2:]))
+    if problem:
+        raise BadInput(f"{shown}: {problem}")
     for name, x in (("training", x_tr), ("validation", x_va)):
         if not np.isfinite(x).all():
             raise BadInput(f"{shown}: dataset: the {name} features contain NaN or infinite values; fix the dataset")

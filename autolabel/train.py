@@ -25,10 +25,13 @@ A remote cell (any S3-compatible endpoint; credentials from boto3's default chai
 
 Exit codes: 0 every cell complete (or skipped as complete); 1 an unexpected error in
 some cell (traceback printed; the flow does not retry it, a rerun skips complete cells); 2 bad input (options, plan,
-dataset: fix it); 3 a cell diverged (NaN/inf loss); 143 stopped by SIGTERM after
-checkpointing the epoch in progress (a rerun resumes; a second SIGTERM kills at once).
-With several cells the worst wins, in the order 143, 1, 2, 3; every cell is attempted
-regardless of the others (unless stopped).
+dataset: fix it); 3 a cell diverged (NaN/inf loss); 75 a cell is busy (another trainer
+holds its folder's lock; the cell is left untouched); 143, 130, 129 stopped by SIGTERM,
+Ctrl-C (SIGINT) or SIGHUP after checkpointing the epoch in progress (a rerun resumes). Once
+stopping, a signal of another kind is ignored (a terminal's Ctrl-C arrives directly and again
+from the flow as SIGTERM); the same signal a second time kills at once.
+With several cells the worst wins, in the order 130, 143, 129, 75, 1, 2, 3; every cell is
+attempted regardless of the others (unless stopped).
 
 Several cells train side by side. On CUDA, by default, all of them in this process, 16 at
 a time, each in a thread with its own CUDA stream, its steps replayed from CUDA graphs
@@ -39,20 +42,21 @@ turns the graphs off. Elsewhere the default is one cell after another. A worker 
 killed by a signal makes the pack exit 128+signal, so a retry resumes it.
 
 This module is the command line only: it makes the run's :class:`autolabel.control.RunControl`
-from the flags, sets it from SIGTERM, and hands the cells to autolabel.loop (one cell, the
+from the flags, sets it from SIGTERM, SIGINT or SIGHUP, and hands the cells to autolabel.loop (one cell, the
 method) or autolabel.pack (several at once). ``python -m autolabel`` is the same command.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from autolabel import pack
 from autolabel.control import CHECKPOINT_ENV, DEFAULT_CHECKPOINT_EVERY_S, RunControl, parse_seconds
-from autolabel.errors import EXIT_TERMINATED, BadInput, worst
+from autolabel.errors import SIGNAL_NAMES, STOP_SIGNALS, BadInput, worst
 from autolabel.loop import run_cell
 
 
@@ -79,7 +83,7 @@ def train_cells(
             break  # the cells not started yet wait for the rerun
         prefix = f"[{pack.cell_label(uri)}] " if len(cells) > 1 else ""
         codes.append(run_cell(uri, control, force, device, say=lambda line, p=prefix: print(p + line, flush=True)))
-    return worst(codes + ([EXIT_TERMINATED] if control.stop_requested else []))
+    return worst(codes + ([control.stop_code] if control.stop_requested else []))
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunControl]:
@@ -116,17 +120,40 @@ def main(argv: list[str] | None = None) -> int:
     run = (args.cells, control, args.force, args.device, args.workers, args.threads)
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         return train_cells(*run)
-
-    def request_stop(signum: int, frame: Any) -> None:
-        """SIGTERM: stop after the epoch in progress is checkpointed; a second SIGTERM kills."""
-        control.request_stop("SIGTERM")
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    previous = signal.signal(signal.SIGTERM, request_stop)
+    previous = {s: signal.signal(s, stop_handler(control)) for s in STOP_SIGNALS}
     try:
         return train_cells(*run)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def stop_handler(control: RunControl) -> Callable[[int, Any], None]:
+    """The handler of SIGINT, SIGTERM and SIGHUP: the first stops after the epoch in progress is
+    checkpointed (exit 128 + its number). A terminal's Ctrl-C reaches the trainer directly and
+    through the flow (as SIGTERM), so a later signal of another kind is ignored; the same
+    signal again kills at once (a user pressing Ctrl-C twice)."""
+
+    parent = os.getppid()
+
+    def stop(signum: int, frame: Any) -> None:
+        if control.stop_requested:
+            return  # already stopping: the second delivery of the same stop
+        control.request_stop(SIGNAL_NAMES[signal.Signals(signum)], 128 + signum)
+        signal.signal(signum, signal.SIG_DFL)
+        if os.getppid() != parent:  # the parent died (PR_SET_PDEATHSIG): nobody reads our pipes now
+            silence_output()
+
+    return stop
+
+
+def silence_output() -> None:
+    """Point stdout and stderr at /dev/null: a print into the dead parent's pipe would raise
+    BrokenPipeError before the epoch in progress is checkpointed."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

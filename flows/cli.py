@@ -14,8 +14,11 @@ torch: a real run imports flows.grid only after the spec, the flags and the pric
 validated.
 
 Exit codes: 0 valid and within --max-cost (or --on-cap subset found a subset that is) and,
-for a run, every cell complete; 2 invalid spec or flag; 3 over the cap (refused, or cells
-skipped by it); 4 some cells failed (the others are complete).
+for a run, every cell complete; 2 invalid spec, flag or input (a dry-run flag without
+--dry-run, an output folder that is not a writable folder, a dataset training would refuse,
+a malformed ledger); 3 over the cap (refused, or cells skipped by it); 4 some cells failed
+(the others are complete); 75 another run holds this grid; 129, 130, 143 stopped by SIGHUP,
+Ctrl-C or SIGTERM after every running cell checkpointed (rerun to resume).
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autolabel.errors import EXIT_BUSY, EXIT_INTERRUPTED
 from flows import plan
 from flows.cells import Cell, cell_record, complete_ids, expand, grid_dir
+from flows.checks import check_run
 from flows.cost import Estimate, Pricing
 from flows.prices import PRICES, CostError, Price, refresh_prices
 from flows.spec import GridSpec, SpecError, load_spec
@@ -37,6 +42,8 @@ EXIT_OK = 0
 EXIT_INVALID = 2  # invalid spec or flag
 EXIT_OVER_CAP = 3  # refused by the cost pre-flight, or cells skipped by the cap
 EXIT_CELLS_FAILED = 4  # some cells failed or diverged; the others are complete
+# EXIT_BUSY 75: another run holds the grid's folder; a stopped run exits 128 + the signal
+# (129 SIGHUP, 130 Ctrl-C = EXIT_INTERRUPTED, 143 SIGTERM): the trainer's own codes.
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,27 +97,47 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+DRY_RUN_ONLY = ("json", "refresh_prices")  # flags that mean nothing to a real run
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse and validate; then dry-run here, or run the flow (run_grid)."""
+    """Parse and validate; then dry-run here, or run the flow (run_grid).
+
+    A real run first makes the dry run's checks (reads only, a fraction of a second): what the
+    dry run refuses, the run refuses with the same line, before Prefect is even imported.
+    """
     args = parse_args(argv)
+    if not args.dry_run:
+        given = [f"--{f.replace('_', '-')}" for f in DRY_RUN_ONLY if getattr(args, f)]
+        if given:
+            print(f"{given[0]}: applies only to --dry-run; add --dry-run (without it this command trains and pays)",
+                  file=sys.stderr)
+            return EXIT_INVALID
     try:
-        ecs = ecs_settings(args)  # the run refuses bad settings: so does its dry run
-        if args.dry_run:
-            report = dry_run(args)
-        else:
-            load_spec(args.spec)  # fail fast, before paying for Prefect's import
-            pricing_of(args)
+        ecs, ecs_problem = None, None
+        try:
+            ecs = ecs_settings(args)  # the run refuses bad settings: so does its dry run
+        except ValueError as e:
+            if not (args.dry_run and args.backend == "ecs"):
+                raise
+            ecs_problem = str(e)  # priced first, then refused: a lab prices a cloud run before its stack
+        report = dry_run(args)
+        if ecs_problem:
+            report.problems.append(ecs_problem)
     except SpecError as e:
         print(e, file=sys.stderr)
         return EXIT_INVALID
     except (OSError, CostError) as e:
         print(f"{args.spec}: {describe(e)}", file=sys.stderr)
         return EXIT_INVALID
-    except ValueError as e:  # ECS settings: one "ecs.field: problem" line each
+    except ValueError as e:  # ECS settings, a malformed ledger: one line each naming the field or line
         print(e, file=sys.stderr)
         return EXIT_INVALID
     if args.dry_run:
         print(json.dumps(report.as_json(), indent=2) if args.json else render(report))
+    for problem in report.problems:
+        print(problem, file=sys.stderr)
+    if args.dry_run or report.problems:
         return report.exit_code
     return run_grid(args.spec, **run_params(args, ecs))
 
@@ -173,25 +200,44 @@ def describe(e: Exception) -> str:
 
 
 def run_grid(spec: str | Path, *, out_dir: str | Path | None = None, **params: Any) -> int:
-    """Run the flow, print the summary table, and map the outcome to an exit code."""
-    from flows import report, summary  # Prefect and the runners: only for a real run
-    from flows.grid import grid_search
+    """Run the flow, print the summary table, and map the outcome to an exit code.
 
-    state = grid_search(spec=str(spec), out_dir=str(out_dir) if out_dir else None, return_state=True, **params)
+    Without PREFECT_API_URL the flow talks to a temporary API server that dies with this
+    process (flows.server). SIGINT, SIGTERM and SIGHUP stop the flow cleanly (flows.grid.StopRequest):
+    the exit code is then 128 + the signal, and the last line says how to resume.
+    """
+    from flows import report, summary  # Prefect and the runners: only for a real run
+    from flows.grid import BUSY, STOPPED, grid_search
+    from flows.server import temporary_api
+
+    try:
+        with temporary_api():
+            state = grid_search(spec=str(spec), out_dir=str(out_dir) if out_dir else None, return_state=True,
+                                **params)
+    except KeyboardInterrupt:  # Ctrl-C before the flow's own handler was set (Prefect starting up)
+        print(f"{spec}: interrupted before any cell started; nothing to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     try:  # the Summary, also when the flow ended Failed; nothing when it refused to start
         result = state.result(raise_on_failure=False)
     except Exception:  # noqa: BLE001 - a state without data has no table to print
         result = None
     if isinstance(result, summary.Summary):
         print(report.console_table(result.rows, grid_dir=result.grid_dir))
+    message = state.message or ""
     if state.is_completed():
-        print(f"{spec}: {state.message}")
+        print(f"{spec}: {message}")
         return EXIT_OK
-    print(f"{spec}: {state.message}", file=sys.stderr)
-    if (state.message or "").startswith("cost cap") or (
+    print(f"{spec}: {message}", file=sys.stderr)
+    if message.startswith(STOPPED):
+        return int(message.split("(exit ", 1)[1].split(")", 1)[0])
+    if message.startswith(BUSY):
+        return EXIT_BUSY
+    if message.startswith("cost cap") or (
         isinstance(result, summary.Summary) and any(r["status"] == "skipped" for r in result.rows)
     ):
         return EXIT_OVER_CAP
+    if not isinstance(result, summary.Summary):  # refused before any launch: bad input the dry run missed
+        return EXIT_INVALID
     return EXIT_CELLS_FAILED
 
 
@@ -211,6 +257,7 @@ class DryRun:
     pricing: Pricing
     decision: plan.Decision
     notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # what training would refuse (flows.checks)
 
     @property
     def estimate(self) -> Estimate:
@@ -218,6 +265,8 @@ class DryRun:
 
     @property
     def exit_code(self) -> int:
+        if self.problems:
+            return EXIT_INVALID
         return EXIT_OK if self.decision.runs else EXIT_OVER_CAP
 
     def as_json(self) -> dict[str, Any]:
@@ -245,6 +294,7 @@ class DryRun:
                 "verdict": plan.verdict(d),
             },
             "notes": self.notes,
+            "problems": self.problems,
             "exit_code": self.exit_code,
             "cells": [cell_record(c) | {"complete": c.id in self.complete} for c in self.cells],
         }
@@ -271,7 +321,8 @@ def dry_run(args: argparse.Namespace) -> DryRun:
     if pricing.backend == "local" and pricing.usd_per_gpu_hour == 0:
         notes.append("a local run without GPUs is charged $0 (--local-usd-per-hour says what an hour of this "
                      "machine costs); --backend ecs prices the cloud run")
-    return DryRun(spec, Path(args.spec), out, cells, done, todo, pricing, decision, notes)
+    problems = check_run(todo, out)  # the flow calls the same check before it launches
+    return DryRun(spec, Path(args.spec), out, cells, done, todo, pricing, decision, notes, problems)
 
 
 def spent_usd(out: Path) -> float:

@@ -24,6 +24,8 @@ import os
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import queue  # noqa: E402
+import signal  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -34,11 +36,13 @@ from prefect.states import Completed, Failed  # noqa: E402
 from prefect.utilities.annotations import quote  # noqa: E402
 
 from autolabel.celldir import is_complete  # noqa: E402
+from autolabel.errors import SIGNAL_NAMES, STOP_SIGNALS  # noqa: E402
+from autolabel.lock import FolderLock, LockBusy  # noqa: E402
 from flows import cells as cells_mod  # noqa: E402
-from flows import artifacts, cost, plan, rows as rows_mod, spec as spec_mod, summary  # noqa: E402
+from flows import artifacts, checks, cost, plan, rows as rows_mod, spec as spec_mod, summary  # noqa: E402
 from flows.cells import Cell  # noqa: E402
 from flows.cost import Backend, Pricing  # noqa: E402
-from flows.ledger import Ledger  # noqa: E402
+from flows.ledger import Ledger, LedgerError  # noqa: E402
 from flows.plan import OnCap  # noqa: E402
 from flows.runners import (  # noqa: E402
     Attempt,
@@ -49,6 +53,49 @@ from flows.runners import (  # noqa: E402
     detect_gpus,
     pack_outcomes,
 )
+
+
+# What a stopped or refused flow's message starts with; flows/cli.py maps it to the exit code.
+STOPPED = "stopped by "  # "stopped by SIGTERM (exit 143): ..."
+BUSY = "busy: "  # another run holds the grid's lock
+
+
+class StoppedError(RuntimeError):
+    """The flow was asked to stop: the pack checkpointed and stopped; a rerun resumes it (never retried)."""
+
+
+class StopRequest:
+    """The flow's SIGINT/SIGTERM/SIGHUP handler: no new launch, and the runner stops every trainer.
+
+    A second signal of the same kind asks the runner again (a second SIGTERM kills a trainer)."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGTERM)
+
+    def __call__(self, signum: int, _frame: Any = None) -> None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        if first or signum == self.signum:
+            self.runner.stop()
+
+    def message(self) -> str:
+        return (f"{STOPPED}{SIGNAL_NAMES[signal.Signals(self.exit_code - 128)]} (exit {self.exit_code}): every "
+                f"running cell checkpointed its epoch in progress; rerun the same command to resume")
+
+    def install(self) -> dict[int, Any]:
+        """Handle the stop signals while the flow runs (main thread only: Python's rule); the previous handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {s: signal.signal(s, self) for s in STOP_SIGNALS}
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -88,10 +135,12 @@ def _is_transient(task, task_run, state) -> bool:
 
 @task(name="train-pack", cache_policy=NO_CACHE, retry_condition_fn=_is_transient)
 def train_pack(
-    grid_dir: Path, pack: list[Cell], runner: Runner, ledger: Ledger, force: bool
+    grid_dir: Path, pack: list[Cell], runner: Runner, ledger: Ledger, force: bool, stop: StopRequest
 ) -> dict[str, str]:
-    """Train one pack of cells; raise TransientError to be retried, PermanentError to stop."""
+    """Train one pack of cells; raise TransientError to be retried, PermanentError or StoppedError to stop."""
     log = get_run_logger()
+    if stop.requested:  # a retry after the flow was asked to stop: leave the cells for the rerun
+        raise StoppedError("stopped: rerun to resume")
     if task_run.run_count > 1 and ledger.over_cap():
         # A retry is a new launch: it too must fit under what is left of the cap.
         raise PermanentError(f"skipped: cost cap (spent ${ledger.spent_usd:.2f} of ${ledger.cap_usd:.2f})")
@@ -107,6 +156,8 @@ def train_pack(
         detail=attempt.detail,
         **attempt.extra,
     )
+    if stop.requested and attempt.outcome != "ok":
+        raise StoppedError("stopped: checkpointed; rerun to resume")
     outcomes = pack_outcomes(grid_dir, pack, f"failed: {attempt.detail}")
     if attempt.outcome == "transient":
         raise TransientError(f"{attempt.detail} (will resume from checkpoint)")
@@ -178,10 +229,36 @@ def grid_search(
         runner = make_runner(grid_dir, pricing, gpus, ecs, trainer)
     except ValueError as e:  # CostError included
         return Failed(message=str(e))
+    problems = checks.check_run(cells, grid_dir)  # what the dry run checks: the same function
+    if problems:
+        return Failed(message="; ".join(problems))
+    lock = FolderLock(grid_dir)  # one runner per grid: a second run of it refuses at once
+    try:
+        lock.acquire()
+    except LockBusy as e:
+        return Failed(message=f"{BUSY}{e}")
+    stop = StopRequest(runner)
+    previous = stop.install()
+    try:
+        return run_locked(cells, grid_dir, pricing, runner, stop, max_cost_usd, on_cap, force, retries,
+                          retry_delay_s)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        lock.release()
+
+
+def run_locked(cells: list[Cell], grid_dir: Path, pricing: Pricing, runner: Runner, stop: StopRequest,
+               max_cost_usd: float | None, on_cap: OnCap, force: bool, retries: int, retry_delay_s: float):
+    """The flow once it holds the grid's lock: pre-flight, write, launch, summarize."""
+    log = get_run_logger()
     pending = [c for c in cells if force or not is_complete(cells_mod.cell_dir(grid_dir, c))]
 
     # 1. Cost pre-flight on what is left to train: the dry run's own decision (flows.plan).
-    ledger = Ledger.open(grid_dir, max_cost_usd)
+    try:
+        ledger = Ledger.open(grid_dir, max_cost_usd)
+    except LedgerError as e:
+        return Failed(message=str(e))
     decision = preflight(quote(pending), pricing, max_cost_usd, ledger.spent_usd, on_cap)
     if not decision.runs:
         return Failed(message=decision.message())
@@ -191,18 +268,22 @@ def grid_search(
 
     # 2. Materialize cell directories (complete ones are left as they are).
     write_cells(grid_dir, cells)
-    log.info("%d cells, %d already complete, %d to train", len(cells), len(cells) - len(pending), len(todo))
+    log.info("%d cells, %d already complete, %d to train%s", len(cells), len(cells) - len(pending), len(todo),
+             f", {len(pending) - len(todo)} left out by the cost cap" if len(todo) < len(pending) else "")
 
     # 3. Launch packs, at most max_parallel at once, each only if it fits under the cap.
     chosen = {c.id for c in todo}
     outcomes = {c.id: "skipped: cost cap" for c in pending if c.id not in chosen}
     outcomes |= launch_packs(grid_dir, cost.make_packs(todo, pricing.cells_per_gpu), runner, ledger, pricing,
-                            retries, retry_delay_s, force)
+                            retries, retry_delay_s, force, stop)
 
     # 4. Summarize, whatever happened to the cells.
     result = summarize(grid_dir, cells, outcomes, ledger)
     failed = [r for r in result.rows if r["status"] != "complete"]
     verdict = plan.verdict(decision)
+    if stop.requested:
+        return Failed(message=f"{stop.message()}; summary of {len(cells) - len(failed)} complete cells in "
+                      f"{grid_dir}", data=result)
     if failed:
         return Failed(message=f"{len(failed)} of {len(cells)} cells did not complete; see {grid_dir}/summary.md "
                       f"(pre-flight: {verdict})", data=result)
@@ -223,7 +304,7 @@ def make_runner(grid_dir: Path, pricing: Pricing, gpus: list[str], ecs: dict[str
 
 
 def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger: Ledger, pricing: Pricing,
-                 retries: int, retry_delay_s: float, force: bool) -> dict[str, str]:
+                 retries: int, retry_delay_s: float, force: bool, stop: StopRequest) -> dict[str, str]:
     """Sliding window over packs: launch while under max_parallel and the cap; collect outcomes."""
     from prefect.tasks import exponential_backoff
 
@@ -243,7 +324,9 @@ def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger
         finished += 1
         ledger.release(key)
         result = fut.result(raise_on_failure=False)
-        if isinstance(result, BaseException):
+        if isinstance(result, StoppedError):
+            outcomes.update(pack_outcomes(grid_dir, pack, str(result)))
+        elif isinstance(result, BaseException):
             reason = str(result) if isinstance(result, (TransientError, PermanentError)) else repr(result)
             outcomes.update(pack_outcomes(grid_dir, pack, f"failed: {reason}"))
         else:
@@ -253,6 +336,10 @@ def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger
     for i, pack in enumerate(packs):
         while running >= pricing.max_parallel:
             collect()
+        if stop.requested:  # no launch after a stop: these cells wait for the rerun
+            outcomes.update({c.id: "stopped: not started; rerun to resume" for c in pack})
+            finished += 1
+            continue
         key = f"pack-{i}"
         est = sum(cost.cell_usd(c, pricing) for c in pack)
         # (ECS) A lane's first pack also reserves its instance's start and idle tail, held until
@@ -268,7 +355,7 @@ def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger
         # quote(): Prefect would otherwise walk these objects looking for futures while other
         # threads mutate them (the ledger, the runner's GPU queue).
         fut = trainer.with_options(task_run_name=pack[0].label if len(pack) == 1 else f"pack-{i}-{len(pack)}-cells") \
-            .submit(grid_dir, quote(pack), quote(runner), quote(ledger), force)
+            .submit(grid_dir, quote(pack), quote(runner), quote(ledger), force, quote(stop))
         running += 1
         fut.add_done_callback(lambda f, k=key, p=pack: done.put((k, p, f)))
     while running:

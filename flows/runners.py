@@ -6,7 +6,8 @@ and report an :class:`Attempt`. What happened is classified in one place
 (:func:`classify_exit`) so that retries mean the same thing everywhere:
 
 - transient (retried, resuming from the checkpoint): killed by a signal, out of memory
-  (137), terminated (143), or the infrastructure was lost;
+  (137), stopped (143, 130, 129), busy (75: another trainer still holds the cell, e.g. one of a
+  killed flow still checkpointing), or the infrastructure was lost;
 - permanent (never retried): invalid options (2), diverged (3), any other error.
 """
 
@@ -18,14 +19,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Protocol
 
 from autolabel.celldir import RUNNER_LOG, read_metrics
-from autolabel.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_OK
-from autolabel.pack import die_with_parent  # the trainer dies with the thread that launched it
+from autolabel.errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DIVERGED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK
+from autolabel.pack import die_with_parent  # SIGTERM to the trainer when the thread that launched it dies
 
 from flows.cells import Cell, cell_dir
 
@@ -59,6 +61,10 @@ class Runner(Protocol):
 
     def run(self, cells: list[Cell], log: Log, force: bool = False) -> Attempt: ...
 
+    def stop(self) -> None:
+        """Ask every running pack to stop (each checkpoints the epoch in progress); returns at once."""
+        ...
+
 
 def classify_exit(code: int | None) -> tuple[Outcome, str]:
     """Map a trainer's exit status (negative: killed by that signal) to an outcome."""
@@ -73,6 +79,10 @@ def classify_exit(code: int | None) -> tuple[Outcome, str]:
         return "transient", "exit 137: killed (SIGKILL, often out of memory)"
     if code == 143:
         return "transient", "exit 143: terminated (SIGTERM)"
+    if code in (EXIT_INTERRUPTED, EXIT_HANGUP):
+        return "transient", f"exit {code}: stopped ({'Ctrl-C' if code == EXIT_INTERRUPTED else 'SIGHUP'})"
+    if code == EXIT_BUSY:
+        return "transient", "exit 75: busy (another trainer holds the cell's lock)"
     if code == EXIT_BAD_INPUT:
         return "permanent", "exit 2: invalid options or data"
     if code == EXIT_DIVERGED:
@@ -121,6 +131,18 @@ class LocalRunner:
             self._free_gpus.put(g)
         # Without GPUs, parallel cells split the cores rather than oversubscribing them.
         self.threads = max(1, (os.cpu_count() or 1) // max(1, max_parallel))
+        self._running: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self.stopping = False
+
+    def stop(self) -> None:
+        """SIGTERM to every running trainer (each checkpoints the epoch in progress and exits 143);
+        no trainer starts after this. Called again, it signals them again: a second SIGTERM kills."""
+        with self._lock:
+            self.stopping = True
+            for proc in self._running:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
 
     def _env(self, gpu: str | None) -> dict[str, str]:
         env = dict(os.environ)
@@ -161,17 +183,25 @@ class LocalRunner:
             for f in logs:
                 f.write(f"$ {' '.join(cmd)}\n")
                 f.flush()
-            proc = subprocess.Popen(
-                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                bufsize=1, preexec_fn=die_with_parent if sys.platform == "linux" else None,
-            )
+            with self._lock:  # a stop between the check and the start would miss this trainer
+                if self.stopping:
+                    return -signal.SIGTERM  # never started: the cell waits for the rerun
+                proc = subprocess.Popen(
+                    cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    bufsize=1, preexec_fn=die_with_parent if sys.platform == "linux" else None,
+                )
+                self._running.add(proc)
             assert proc.stdout is not None
-            for line in proc.stdout:
-                for f in logs:
-                    f.write(line)
-                    f.flush()
-                log(line.rstrip())
-            return proc.wait()
+            try:
+                for line in proc.stdout:
+                    for f in logs:
+                        f.write(line)
+                        f.flush()
+                    log(line.rstrip())
+                return proc.wait()
+            finally:
+                with self._lock:
+                    self._running.discard(proc)
         finally:
             for f in logs:
                 f.close()

@@ -12,6 +12,10 @@ Faults on request, by cell id, in ``$STAND_IN_FAULTS`` (JSON ``{"<cell id>": "<f
 ``kill-once`` (SIGKILL itself after the first epoch's checkpoint, the first time only),
 ``fail`` (invalid options: exit 2), ``diverge`` (exit 3). ``$STAND_IN_EPOCH_S`` makes each
 epoch take that long (default 0). Exit status: the worst of its cells, as the trainer's.
+
+Stopping as the trainer does: SIGINT, SIGTERM or SIGHUP ends the epoch in progress (its
+checkpoint is written), then exits 128 + the signal; a signal of another kind after the first
+is ignored, the same one again kills. A cell whose folder's lock is held exits 75.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import time
 from pathlib import Path
 
 from autolabel import celldir
-from autolabel.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_OK, worst
+from autolabel.errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DIVERGED, EXIT_OK, STOP_SIGNALS, worst
+from autolabel.lock import FolderLock, LockBusy
 from autolabel.options import CellMetrics, CellOptions, Plan
 
 LABELS = {"area": ("V1", "V2", "V3"), "ring": ("E0", "E1", "E2", "E3", "E4")}
@@ -36,6 +41,24 @@ def dice_of(content: str, labels: tuple[str, ...]) -> dict[str, float]:
     """Scores in [0.5, 0.9) that depend only on the cell's options and plan: reruns give the same."""
     digest = hashlib.sha256(content.encode()).digest()
     return {name: round(0.5 + 0.4 * digest[i] / 256, 4) for i, name in enumerate(labels)}
+
+
+STOP: list[int] = []  # the signal that asked this process to stop (set by its handler only)
+
+
+def stop(signum: int, _frame) -> None:
+    if not STOP:
+        STOP.append(signum)
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def train_locked(cell: Path, fault: str, force: bool, epoch_s: float) -> int:
+    try:
+        with FolderLock(cell):
+            return train(cell, fault, force, epoch_s)
+    except LockBusy as e:
+        print(e, file=sys.stderr, flush=True)
+        return EXIT_BUSY
 
 
 def train(cell: Path, fault: str, force: bool, epoch_s: float) -> int:
@@ -72,6 +95,9 @@ def train(cell: Path, fault: str, force: bool, epoch_s: float) -> int:
         if fault == "kill-once" and not (cell / KILLED).exists():
             (cell / KILLED).touch()
             os.kill(os.getpid(), signal.SIGKILL)
+        if STOP and epoch < total:
+            print(f"{cell.name}: stopped after epoch {epoch}; checkpoint saved", file=sys.stderr, flush=True)
+            return 128 + STOP[0]
     dice = dice_of(text + plan_text, LABELS[options.prediction])
     result = CellMetrics(status="complete", dice=dice, mean_dice=round(sum(dice.values()) / len(dice), 6),
                          best_val_dice_loss=round(1 - min(dice.values()), 6), epochs=total, device="stand-in")
@@ -85,7 +111,14 @@ def main(argv: list[str]) -> int:
     faults = json.loads(os.environ.get("STAND_IN_FAULTS") or "{}")
     epoch_s = float(os.environ.get("STAND_IN_EPOCH_S") or 0)
     cells = [Path(a) for a in argv if not a.startswith("-")]
-    return worst([train(c, faults.get(c.name, ""), force, epoch_s) for c in cells])
+    for s in STOP_SIGNALS:
+        signal.signal(s, stop)
+    codes = []
+    for c in cells:
+        if STOP:
+            break
+        codes.append(train_locked(c, faults.get(c.name, ""), force, epoch_s))
+    return worst(codes + [128 + s for s in STOP])
 
 
 if __name__ == "__main__":

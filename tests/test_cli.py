@@ -75,8 +75,11 @@ def test_the_dry_run_refuses_what_the_run_refuses(capsys):
                  [DEMO, *ECS, "--ecs", "colour=blue"], [DEMO, "--instance-type", "m5.large"]):
         dry = run(capsys, *args, "--dry-run")
         real = run(capsys, *args)
-        assert dry[0] == real[0] == 2 and dry[1] == real[1] == "", args
+        assert dry[0] == real[0] == 2 and real[1] == "", args
         assert dry[2] == real[2] and "Traceback" not in dry[2], args
+        # Bad ECS settings still get the price first: a lab prices a cloud run before its stack exists.
+        ecs_settings_problem = "--backend" in args and "ecs" in args
+        assert ("estimate for 8 cells" in dry[1]) == ecs_settings_problem, args
 
 
 def test_over_the_cap_exits_3_and_says_how_many_fit(capsys):
@@ -211,3 +214,63 @@ def test_ecs_backend_without_its_settings_is_refused_before_anything_runs(demo, 
     assert not (demo.parent / "demo").exists()
     err = capsys.readouterr().err
     assert "ecs.bucket" in err and "ecs.task_definition" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- what training would refuse, refused first
+
+
+@pytest.mark.parametrize("flag", ["--json", "--refresh-prices"])
+def test_a_dry_run_flag_without_dry_run_starts_nothing(capsys, demo, flag, monkeypatch):
+    monkeypatch.setattr(cli, "run_grid", lambda *a, **k: pytest.fail("a real run started"))
+    code, out, err = run(capsys, str(demo), flag)
+    assert code == 2 and err.strip() == f"{flag}: applies only to --dry-run; add --dry-run (without it this command " \
+                                       "trains and pays)"
+    assert not (demo.parent / "demo").exists()
+
+
+def bad_spec(tmp_path: Path, **static) -> Path:
+    from tests.conftest import write_grid_spec
+
+    return write_grid_spec(tmp_path, "bad", {"lr": [0.002]}, static=static)
+
+
+@pytest.mark.parametrize("case, static, words", [
+    ("one-training-subject", {"dataset": {"kind": "synthetic", "subjects": 4, "rows": 32, "cols": 64},
+                              "partition": {"train": ["sub000"], "validation": ["sub001"]}},
+     "partition: the training set has 1 subject"),
+    ("unknown-ids", {"partition": {"train": ["sub000", "nobody"], "validation": ["sub001"]}},
+     "partition: subject ids not in the dataset: nobody"),
+    ("image-size", {"image_size": [40, 64]}, "image_size: rows and cols must be positive multiples of 32"),
+    ("no-manifest", {"dataset": {"kind": "path", "path": "/nonexistent/ds"}}, "manifest.json: not found"),
+])
+def test_inputs_training_would_refuse_are_one_line_exit_2_in_dry_run_and_run(capsys, tmp_path, case, static, words,
+                                                                              monkeypatch):
+    monkeypatch.setattr(cli, "run_grid", lambda *a, **k: pytest.fail("a real run started"))
+    spec = bad_spec(tmp_path, **static)
+    dry, real = run(capsys, str(spec), "--dry-run"), run(capsys, str(spec))
+    assert dry[0] == real[0] == 2 and dry[2] == real[2], (dry, real)
+    (line,) = real[2].strip().splitlines()
+    assert words in line and "Traceback" not in line, line
+    assert not (tmp_path / "bad").exists()
+
+
+def test_an_out_folder_that_is_a_file_or_unwritable_is_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "run_grid", lambda *a, **k: pytest.fail("a real run started"))
+    spec = bad_spec(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    code, _, err = run(capsys, str(spec), "--out", str(tmp_path / "a-file" / "grid"))
+    assert code == 2 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        code, _, err = run(capsys, str(spec), "--out", str(locked / "grid"))
+        assert code == 2 and "is not writable" in err
+
+
+def test_a_malformed_ledger_is_one_line_exit_2_on_a_real_run(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "run_grid", lambda *a, **k: pytest.fail("a real run started"))
+    spec = bad_spec(tmp_path)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "ledger.jsonl").write_text('{"event": "charge", "usd": "lots"}\nnot json\n')
+    code, _, err = run(capsys, str(spec))
+    assert code == 2 and "ledger.jsonl" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -243,3 +243,159 @@ def test_killed_flow_rerun_trains_only_missing_cells(prefect_api, tmp_path):
         assert launches(cells_root / name) == 1
     assert all(json.loads((d / "metrics.json").read_text())["status"] == "complete" for d in cells_root.iterdir())
     assert "Traceback" not in rerun.stdout + rerun.stderr
+
+
+# ----------------------------------------------------------------------------- stopping, and two runs at once
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live processes of a session (what a terminal's job leaves behind): trainers, API servers."""
+    left = []
+    for d in Path("/proc").iterdir():
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[3] == str(sid) and fields[0] != "Z":
+            left.append(int(d.name))
+    return left
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Live processes whose environment has name=value (the flow's API server runs in a session of its own)."""
+    want, found = f"{name}={value}".encode(), []
+    for d in Path("/proc").iterdir():
+        try:
+            if want in (d / "environ").read_bytes().split(b"\0") and (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(int(d.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def flow_env(tmp_path: Path, own_api: bool = False) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    if not own_api:  # the session's server: no temporary one to start (seconds)
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def start_flow(spec: Path, env: dict, log: Path, trainer: list[str] | None = STAND_IN, **params) -> subprocess.Popen:
+    """``python -m flows.grid SPEC`` as run_grid runs it, in its own session (as a terminal's job)."""
+    kw = ", ".join(f"{k}={v!r}" for k, v in {"max_parallel": 2, "trainer": trainer, **params}.items())
+    code = f"import sys; from flows.cli import run_grid; sys.exit(run_grid({str(spec)!r}, {kw}))"
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_until(condition, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "timed out:\n" + log.read_text()[-3000:]
+        time.sleep(0.05)
+
+
+def end_session(proc: subprocess.Popen, seconds: float = 15) -> list[int]:
+    """Wait for the whole session to end; what is still alive after ``seconds`` (then killed)."""
+    deadline = time.monotonic() + seconds
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = session_processes(proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    return left
+
+
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGHUP, False)],
+                         ids=["ctrl-c-to-the-job", "sigterm-to-the-flow", "sighup-to-the-flow"])
+def test_a_stopped_flow_checkpoints_summarizes_and_leaves_nothing(prefect_api, tmp_path, signum, to_group):
+    spec = write_grid_spec(tmp_path, "stop", {"lr": [0.002, 0.003, 0.004]}, epochs=3)
+    env = flow_env(tmp_path) | {"STAND_IN_EPOCH_S": "0.4"}  # 6 epochs: 2.4 s a cell
+    log = tmp_path / "flow.log"
+    cells = tmp_path / "stop" / "cells"
+    proc = start_flow(spec, env, log)
+    try:
+        wait_until(lambda: any(cells.glob("*/history.csv")) if cells.exists() else False, proc, log)
+        (os.killpg if to_group else os.kill)(proc.pid, signum)
+        started = time.monotonic()
+        proc.wait(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        left = end_session(proc)
+    out = log.read_text()
+    assert proc.returncode == 128 + signum, out[-3000:]
+    assert took < 10 and not left, (took, left)  # within seconds of its trainers; no trainer or server behind
+    assert "Traceback" not in out and "rerun the same command to resume" in out.splitlines()[-1]
+    assert (tmp_path / "stop" / "summary.json").exists()
+    stopped = [d for d in cells.iterdir() if (d / "checkpoint.pt").exists()]
+    assert stopped and not any((d / "metrics.json").exists() for d in stopped)
+    saved = {d.name: (d / "history.csv").read_text() for d in stopped}
+
+    assert run_flow(spec).is_completed()  # the rerun, in this process: it resumes the stopped cells
+    for d in cells.iterdir():
+        rows = (d / "history.csv").read_text().splitlines()
+        assert len(rows) == len(set(rows)) == 7  # header + 6 epochs, none twice
+        assert (d / "history.csv").read_text().startswith(saved.get(d.name, ""))  # no checkpointed epoch lost
+        assert json.loads((d / "metrics.json").read_text())["status"] == "complete"
+
+
+def start_flow_cmd(spec: Path, **params) -> list[str]:
+    kw = ", ".join(f"{k}={v!r}" for k, v in {"max_parallel": 2, "trainer": STAND_IN, **params}.items())
+    return [sys.executable, "-c", f"import sys; from flows.cli import run_grid; sys.exit(run_grid({str(spec)!r}, {kw}))"]
+
+
+def test_a_second_run_of_a_busy_grid_refuses_at_once_and_each_cell_trains_once(prefect_api, tmp_path):
+    spec = write_grid_spec(tmp_path, "twice", {"lr": [0.002, 0.003]}, epochs=2)
+    env = flow_env(tmp_path) | {"STAND_IN_EPOCH_S": "0.3"}
+    log = tmp_path / "first.log"
+    lock = tmp_path / "twice" / ".lock"
+    first = start_flow(spec, env, log)
+    try:
+        wait_until(lock.exists, first, log)
+        second = subprocess.run(start_flow_cmd(spec), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        first.wait(timeout=120)
+    finally:
+        end_session(first)
+    assert second.returncode == 75, second.stdout[-2000:] + second.stderr[-2000:]
+    assert f"busy: held by pid {first.pid}" in second.stderr and "Traceback" not in second.stdout + second.stderr
+    assert first.returncode == 0, log.read_text()[-3000:]
+    cells = list((tmp_path / "twice" / "cells").iterdir())
+    assert len(cells) == 2 and all(launches(d) == 1 for d in cells)
+    charged = [json.loads(line) for line in (tmp_path / "twice" / "ledger.jsonl").read_text().splitlines()]
+    assert sorted(c for e in charged if e["event"] == "charge" for c in e["cells"]) == sorted(d.name for d in cells)
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_flow_the_real_trainers_checkpoint_and_its_api_server_goes(prefect_api, tmp_path, one_thread):
+    """The real trainer and the command's own temporary API server: SIGKILL to the flow alone."""
+    spec = write_grid_spec(tmp_path, "killed", {"lr": [0.002]}, epochs=4,
+                           static={"dataset": {"kind": "synthetic", "seed": 3, "subjects": 8, "rows": 32, "cols": 32}})
+    env = flow_env(tmp_path, own_api=True) | {"OMP_NUM_THREADS": "1"}
+    log = tmp_path / "flow.log"
+    proc = start_flow(spec, env, log, trainer=None, max_parallel=1)
+    (cell,) = [cell_dir(tmp_path / "killed", c) for c in expand(load_spec(spec))]
+    try:
+        wait_until(lambda: (cell / "history.csv").exists(), proc, log, seconds=240)
+        os.kill(proc.pid, signal.SIGKILL)  # an epoch takes seconds: the second is in progress
+        at_kill = (cell / "history.csv").read_text().splitlines()
+        left = end_session(proc, seconds=30)
+    finally:
+        end_session(proc, seconds=0)
+    assert not left, left  # the trainer (PR_SET_PDEATHSIG SIGTERM) is gone
+    assert not processes_with_env("PREFECT_HOME", env["PREFECT_HOME"]), "the temporary API server outlived the flow"
+    rows = (cell / "history.csv").read_text().splitlines()
+    assert (cell / "checkpoint.pt").exists() and not (cell / "metrics.json").exists()
+    assert len(rows) > len(at_kill)  # the orphaned trainer finished and checkpointed the epoch in progress
+
+    assert run_flow(spec, trainer=None, max_parallel=1).is_completed()
+    after = (cell / "history.csv").read_text().splitlines()
+    assert after[: len(rows)] == rows and len(after) == 1 + 8  # resumed: nothing lost, nothing twice

@@ -10,6 +10,7 @@ import pytest
 from autolabel.options import CellOptions, Plan, Round
 from flows.cells import Cell, cell_dir
 from flows.runners import LocalRunner, classify_exit, pack_outcomes
+from tests.conftest import grid_cells
 
 
 @pytest.mark.parametrize(
@@ -20,6 +21,9 @@ from flows.runners import LocalRunner, classify_exit, pack_outcomes
         (-signal.SIGTERM, "transient", "SIGTERM"),
         (137, "transient", "out of memory"),
         (143, "transient", "SIGTERM"),
+        (130, "transient", "Ctrl-C"),
+        (129, "transient", "SIGHUP"),
+        (75, "transient", "busy"),  # a dying trainer of a killed flow still holds the cell: retry later
         (None, "transient", "infrastructure"),
         (2, "permanent", "invalid"),
         (3, "permanent", "diverged"),
@@ -94,3 +98,23 @@ def test_a_gpu_pack_sees_only_its_gpu(tmp_path):
     attempt = runner.run([make_cell(tmp_path, "a")], lines.append)
     assert lines[0].split()[0] == "3" and attempt.extra["gpu"] == "3"
     assert attempt.device_seconds > 0 and attempt.usd == pytest.approx(attempt.device_seconds, rel=0.05)
+
+
+def test_stop_sends_sigterm_to_running_trainers_and_starts_no_more(tmp_path):
+    import threading
+
+    trainer = stand_in(tmp_path, "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
+                                 "print('training', flush=True)\ntime.sleep(60)\n")
+    runner = LocalRunner(tmp_path, 1, trainer=trainer)
+    cells = grid_cells({"lr": [0.002, 0.003]})
+    for c in cells:
+        cell_dir(tmp_path, c).mkdir(parents=True)
+    started = threading.Event()
+    result = {}
+    t = threading.Thread(target=lambda: result.update(a=runner.run(cells[:1], lambda line: started.set())))
+    t.start()
+    assert started.wait(30)
+    runner.stop()
+    t.join(10)
+    assert not t.is_alive() and result["a"].exit_code == 143 and result["a"].outcome == "transient"
+    assert runner.run(cells[1:], print).exit_code == -signal.SIGTERM  # never started after the stop

@@ -202,3 +202,48 @@ def test_a_bad_checkpoint_interval_is_refused_before_any_cell(make_cell, module,
     done = cli(str(cell), *args, module=module, env=os.environ | env)
     assert done.returncode == 2 and shown in done.stderr and "Traceback" not in done.stderr
     assert not (cell / "history.csv").exists()
+
+
+# ----------------------------------------------------------------------------- stopping alone, and a busy cell
+
+
+@pytest.mark.parametrize("signals, code", [
+    ((signal.SIGINT,), 130),                  # Ctrl-C to the trainer's process group, as a terminal sends it
+    ((signal.SIGHUP,), 129),
+    ((signal.SIGINT, signal.SIGTERM), 130),   # the terminal's Ctrl-C and the flow's SIGTERM: one stop
+], ids=["ctrl-c", "sighup", "ctrl-c-and-sigterm"])
+def test_a_trainer_alone_checkpoints_the_epoch_in_progress_on_any_stop(make_cell, signals, code):
+    cell = make_cell(small_options(), tiny_plan(rounds=2, epochs=3))
+    proc = subprocess.Popen([sys.executable, "-m", "autolabel.train", str(cell)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (cell / "history.csv").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        seen = len(history_rows(cell))
+        for s in signals:
+            os.killpg(proc.pid, s)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "stopped by" in err and "checkpoint.pt is saved" in err
+    assert (cell / "checkpoint.pt").exists() and len(history_rows(cell)) > seen  # the epoch in progress is kept
+
+    assert cli(str(cell)).returncode == 0
+    assert epoch_keys(history_rows(cell)) == [("0", str(r), str(e)) for r in range(2) for e in (1, 2, 3)]
+
+
+def test_a_busy_cell_exits_75_untouched(make_cell):
+    from autolabel.lock import FolderLock
+
+    cell = make_cell(small_options(), tiny_plan())
+    before = sorted(p.name for p in cell.iterdir())
+    with FolderLock(cell):
+        result = cli(str(cell))
+        assert sorted(p.name for p in cell.iterdir()) == sorted(before + [".lock"])
+    assert result.returncode == 75 and f"busy: held by pid {os.getpid()}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
