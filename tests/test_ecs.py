@@ -498,11 +498,15 @@ def test_grid_runs_on_ecs_end_to_end_through_faults(aws, tmp_path, cache, monkey
     failure is retried, an invalid cell fails once and for all, and the rest complete."""
     from flows import cells as cells_mod, grid as grid_mod, rows as rows_mod, spec as spec_mod
 
-    bad = {"train": ["s0000", "s0001"], "validation": ["no-such-subject"]}
-    spec = write_spec(tmp_path, "demo", {"lr": [0.003, 0.006], "partition": [0.25, bad]})
+    # A fault only the trainer can see (the flow's pre-launch checks pass): an unreadable
+    # checkpoint, which the runner uploads with the cell's inputs.
+    spec = write_spec(tmp_path, "demo", {"lr": [0.003, 0.006], "partition": [0.25, 0.5]})
     cells = cells_mod.expand(spec_mod.load_spec(spec))
-    valid = [c for c in cells if not hasattr(c.options.partition, "validation")]
-    invalid = [c for c in cells if hasattr(c.options.partition, "validation")]
+    valid = [c for c in cells if c.options.partition == 0.25]
+    invalid = [c for c in cells if c.options.partition == 0.5]
+    for c in invalid:
+        cell_dir(tmp_path / "demo", c).mkdir(parents=True)
+        (cell_dir(tmp_path / "demo", c) / "checkpoint.pt").write_bytes(b"not a checkpoint")
     placements = fail_placements(monkeypatch, aws, "RESOURCE:GPU", times=1)
 
     with ContainerEmulator(aws, trainer_env(aws.endpoint, cache)) as emu:
@@ -534,7 +538,7 @@ def test_grid_runs_on_ecs_end_to_end_through_faults(aws, tmp_path, cache, monkey
     # Invalid cells: exit 2, one task each, never retried; the log tail reached runner.log.
     for c in invalid:
         assert [r.exit_code for r in tasks[c.id]] == [2]
-        assert "no-such-subject" in (cell_dir(grid, c) / "runner.log").read_text()
+        assert "checkpoint.pt: unreadable" in (cell_dir(grid, c) / "runner.log").read_text()
 
     # The summary has the local backend's shape: one row per cell, the same columns.
     rows = {r["id"]: r for r in json.loads((grid / "summary.json").read_text())["rows"]}

@@ -71,7 +71,7 @@ def test_functional_inputs_beat_anatomy_alone_on_the_real_brain(tmp_path, capsys
         cells[inputs] = cell
 
     started = time.perf_counter()
-    assert train.train_cells([str(c) for c in cells.values()]) == 0
+    assert train.train_cells([str(c) for c in cells.values()], RunControl()) == 0
     seconds = time.perf_counter() - started
     dice = {k: CellMetrics.model_validate_json((c / "metrics.json").read_text()).mean_dice for k, c in cells.items()}
     with capsys.disabled():
