@@ -6,7 +6,7 @@
 #
 # Without a Docker daemon (buildah; `make image-test` builds and runs it that way):
 #   buildah bud --isolation chroot --layers --format docker -t autolabel-train .
-#   buildah bud ... --from BASE_IMAGE ...   # another base for this build only; the FROM below stays
+#   buildah bud ... --build-arg BASE_IMAGE=IMAGE ...   # another base (make image-test's stand-in)
 # --format docker keeps the SHELL line (the OCI format drops it).
 #
 # It holds the training package (autolabel/) and its pinned dependencies only: no Prefect,
@@ -16,11 +16,14 @@
 # The base is pinned by tag: torch 2.14.1 + torchvision 0.29.1 built for CUDA 12.6 (the
 # versions pyproject.toml pins), Python 3.12. To pin by digest as well, resolve it once with
 #   docker buildx imagetools inspect pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime
-# and write `FROM pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime@sha256:<digest>`.
+# and write `ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime@sha256:<digest>`.
 # CUDA 12.x runs on any NVIDIA driver >= 525 (minor-version compatibility; the ECS GPU-optimized
 # AMI ships a newer one) and on T4, V100, A10G, L4, L40S, A100 and H100 alike. PyPI's default
 # torch wheel is built for CUDA 13 instead, which needs driver >= 580 and drops V100.
-FROM pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime
+# BASE_IMAGE replaces it where the registry cannot be reached (it must hold the same torch pins:
+# deployments/image_build.py checks).
+ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime
+FROM ${BASE_IMAGE}
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 

@@ -52,6 +52,9 @@ DEBIAN = {"suite": "bookworm", "mirror": "http://deb.debian.org/debian",
 VENV = "/opt/venv"
 BASE_RECIPE = 1  # bump when build_base changes what it builds
 TINY_OPTIONS = {"device": "cpu", "dataset": {"kind": "synthetic", "subjects": 12, "rows": 32, "cols": 64}}
+# The folder run trains on the fsaverage cohort, which the image generates offline from what its
+# packages ship (nilearn's fsaverage5, neuropythy's atlas and projection): what a benson2025 cell needs.
+FSAVERAGE_OPTIONS = {"device": "cpu", "dataset": {"kind": "fsaverage", "subjects": 8, "rows": 32, "cols": 64}}
 TINY_PLAN = [{"lr": 0.003, "bce_weight": 0.75, "num_epochs": 1}]
 PIP_PATH_KEYS = ("find-links", "index-url", "extra-index-url", "constraint", "cert")
 # Files that hold credentials (netrc, git, PyPI); ~/.aws and ~/.docker are checked as folders.
@@ -188,7 +191,7 @@ def build_base(tag: str, pins: list[str], volumes: list[str]) -> None:
 def build_image(base: str, volumes: list[str]) -> None:
     """The real Dockerfile on ``base``; --layers reuses every step whose inputs did not change."""
     sh(["buildah", "bud", "--isolation", "chroot", "--layers", "--format", "docker", "--pull=never",
-        "--from", base, *volumes, "-t", IMAGE, "-f", str(ROOT / "Dockerfile"), str(ROOT)])  # fmt: skip
+        "--build-arg", f"BASE_IMAGE={base}", *volumes, "-t", IMAGE, "-f", str(ROOT / "Dockerfile"), str(ROOT)])  # fmt: skip
 
 
 def image_config(name: str) -> dict:
@@ -280,9 +283,9 @@ def check_inside(image: str, moto_port: int) -> None:
     say(out + f" (as user {user} and as root)")
 
 
-def write_tiny_cell(cell: Path) -> None:
+def write_tiny_cell(cell: Path, options: dict = TINY_OPTIONS) -> None:
     cell.mkdir(parents=True, exist_ok=True)
-    (cell / "options.json").write_text(json.dumps(TINY_OPTIONS))
+    (cell / "options.json").write_text(json.dumps(options))
     (cell / "plan.json").write_text(json.dumps(TINY_PLAN))
 
 
@@ -297,9 +300,9 @@ def metrics_line(cell: Path) -> str:
 
 
 def run_folder_cell(image: str, work: Path) -> str:
-    """The ENTRYPOINT on a mounted cell folder, with no network at all."""
+    """The ENTRYPOINT on a mounted cell folder of the fsaverage cohort, with no network at all."""
     cell = work / "folder-cell"
-    write_tiny_cell(cell)
+    write_tiny_cell(cell, FSAVERAGE_OPTIONS)
     uid, _, gid = image_config(image).get("User", "0").partition(":")
     os.chown(cell, int(uid), int(gid or uid))
     entry = image_config(image)["Entrypoint"]

@@ -67,7 +67,10 @@ def test_dockerfile_passes_hadolint():
 
 def test_dockerfile_pins_the_cuda_base_image_to_the_torch_pin():
     pins = dict(pinned.split("==") for pinned in project_dependencies())
-    (base,) = [args for word, args in dockerfile_instructions() if word == "FROM"]
+    steps = dockerfile_instructions()
+    (base,) = [args for word, args in steps if word == "FROM"]
+    if base == "${BASE_IMAGE}":  # the build argument's default is the production base
+        (base,) = [a.split("=", 1)[1] for word, a in steps if word == "ARG" and a.startswith("BASE_IMAGE=")]
     name, _, tag = base.partition(":")
     assert name == "pytorch/pytorch" and tag and tag != "latest"
     assert tag.startswith(pins["torch"] + "-cuda12."), f"base {base} does not carry torch {pins['torch']}/CUDA 12"
