@@ -75,3 +75,29 @@ async def run_step_unless_skipped(
     if inspect.isawaitable(result):
         result = await result
     return result or {}
+
+
+def check_ecs_settings(ecs: dict[str, Any], variables: dict[str, str]) -> dict[str, Any]:
+    """Refuse to deploy ECS settings the flow would refuse: the same check (flows.ecs_settings).
+
+    ``ecs`` is the deployment's ``ecs`` parameter as Prefect rendered it (an unset Prefect
+    variable gives ""), ``variables`` names the Prefect variable each setting is read from, so
+    the error says which ones to set. A ValueError stops ``prefect deploy`` before it registers
+    anything. Returns the settings as the flow will receive them.
+    """
+    from flows.ecs_settings import EcsSettings
+
+    try:
+        return {"ecs": EcsSettings.parse(ecs).model_dump(mode="json")}
+    except ValueError as e:
+        lines = []
+        for line in str(e).splitlines():
+            field = line.removeprefix("ecs.").split(":", 1)[0]
+            if field in variables and not str(ecs.get(field) or ""):
+                line = (f"ecs.{field}: the Prefect variable {variables[field]} is unset; set it with "
+                        f"`prefect variable set {variables[field]} VALUE` (deployments/README.md)")
+            lines.append(line)
+        unset = [variables[f] for f in variables if not str(ecs.get(f) or "")]
+        head = f"the deployment's ECS settings are incomplete ({', '.join(unset)} unset)" if unset \
+            else "the deployment's ECS settings are invalid"
+        raise ValueError(head + ":\n" + "\n".join(lines) + "\nthen run `prefect deploy` again") from None
