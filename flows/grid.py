@@ -164,7 +164,7 @@ def grid_search(
         on_cap: "refuse" to start over the cap, or run the "subset" that fits,
             keeping every level of every factor.
         cells_per_gpu: cells trained together on one GPU (default: from the benchmark).
-        out_dir: where cells and summaries go (default: <spec folder>/<name>/).
+        out_dir: where cells and summaries go (default: the grid name's folder beside the spec).
         force: retrain cells that are already complete.
         retries: retries of a transiently failed pack (spot loss, OOM kill, ...).
         retry_delay_s: first retry delay; doubles each time, with jitter.

@@ -36,7 +36,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # /tmp instead of a small /dev/shm, and nothing that phones home.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1400,2600")
+                  "--window-size=1400,4400")
 # Settings the form fills from the deployment's defaults (prefect.yaml <- the Prefect variables).
 FILLED = {"cluster": "autolabel_cluster", "capacity_provider": "autolabel_capacity_provider",
           "task_definition": "autolabel_task_definition", "bucket": "autolabel_bucket",
