@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test dry-run bench image-test clean
+.PHONY: setup run test browser-deps dry-run bench image-test clean
 
 setup: $(STAMP)
 
@@ -23,8 +23,12 @@ dry-run: setup
 	$(BIN)/python -m flows.grid grid-search/benson2025.yaml --dry-run
 
 # pytest exits 5 when it collects no test; CI must fail then, and it does (any non-zero).
-test: setup
+test: setup browser-deps
 	$(BIN)/python -m pytest -q
+
+# Debian's chromium and chromium-driver for the browser test (tests/test_ui.py); a no-op when present.
+browser-deps:
+	tools/browser-deps.sh
 
 bench: setup
 	$(BIN)/python benchmarks/dry_run.py

@@ -75,3 +75,59 @@ async def run_step_unless_skipped(
     if inspect.isawaitable(result):
         result = await result
     return result or {}
+
+
+def check_ecs_settings(ecs: dict[str, Any], variables: dict[str, str]) -> dict[str, Any]:
+    """Refuse to deploy ECS settings the flow would refuse: the same check (flows.ecs_settings).
+
+    ``ecs`` is the deployment's ``ecs`` parameter as Prefect rendered it (an unset Prefect
+    variable gives ""), ``variables`` names the Prefect variable each setting is read from, so
+    the error says which ones to set. A ValueError stops ``prefect deploy`` before it registers
+    anything. Returns the settings as the flow will receive them.
+    """
+    from flows.ecs_settings import EcsSettings
+
+    try:
+        return {"ecs": EcsSettings.parse(ecs).model_dump(mode="json")}
+    except ValueError as e:
+        lines = []
+        for line in str(e).splitlines():
+            field = line.removeprefix("ecs.").split(":", 1)[0]
+            if field in variables and not str(ecs.get(field) or ""):
+                line = (f"ecs.{field}: the Prefect variable {variables[field]} is unset; set it with "
+                        f"`prefect variable set {variables[field]} VALUE` (deployments/README.md)")
+            lines.append(line)
+        unset = [variables[f] for f in variables if not str(ecs.get(f) or "")]
+        head = f"the deployment's ECS settings are incomplete ({', '.join(unset)} unset)" if unset \
+            else "the deployment's ECS settings are invalid"
+        raise ValueError(head + ":\n" + "\n".join(lines) + "\nthen run `prefect deploy` again") from None
+
+
+class _FailedRunOneLine:
+    """A logging filter: the engine's FailedRun traceback becomes one line (its message)."""
+
+    def filter(self, record) -> bool:
+        from prefect.exceptions import FailedRun
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, FailedRun):
+            record.msg, record.args, record.exc_info, record.exc_text = f"Flow run failed: {exc}", (), None, None
+        return True
+
+
+def quiet_failed_runs() -> dict[str, Any]:
+    """A pull step: a flow run that ends Failed logs its message, not Prefect's traceback.
+
+    prefect 3.9.1's engine (`python -m prefect.engine`, what a process worker starts) asks a run
+    that returned a Failed state for its result, which raises FailedRun, and logs "Engine
+    execution exited with unexpected exception" with a traceback through Prefect's internals
+    to the run's log, after the flow already said why it failed. Pull steps run in that same
+    process before the flow, so this filter on the flow-run logger keeps the log readable;
+    other exceptions keep their tracebacks.
+    """
+    import logging
+
+    logger = logging.getLogger("prefect.flow_runs")
+    if not any(isinstance(f, _FailedRunOneLine) for f in logger.filters):
+        logger.addFilter(_FailedRunOneLine())
+    return {}

@@ -27,7 +27,7 @@ import queue  # noqa: E402
 import signal  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Literal  # noqa: E402
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
@@ -42,8 +42,10 @@ from flows import cells as cells_mod  # noqa: E402
 from flows import artifacts, checks, cost, plan, rows as rows_mod, spec as spec_mod, summary  # noqa: E402
 from flows.cells import Cell  # noqa: E402
 from flows.cost import Backend, Pricing  # noqa: E402
+from flows.ecs_settings import EcsSettings  # noqa: E402
 from flows.ledger import Ledger, LedgerError  # noqa: E402
 from flows.plan import OnCap  # noqa: E402
+from flows.prices import PRICES  # noqa: E402
 from flows.runners import (  # noqa: E402
     Attempt,
     LocalRunner,
@@ -145,7 +147,10 @@ def train_pack(
         # A retry is a new launch: it too must fit under what is left of the cap.
         raise PermanentError(f"skipped: cost cap (spent ${ledger.spent_usd:.2f} of ${ledger.cap_usd:.2f})")
     # --force retrains complete cells once; a retry must resume, not start over again.
-    attempt: Attempt = runner.run(pack, log.info, force=force and task_run.run_count <= 1)
+    # Every line names its cell: packs of several cells run in parallel with others.
+    who = pack[0].label if len(pack) == 1 else f"pack of {len(pack)}: {pack[0].label}, ..."
+    attempt: Attempt = runner.run(pack, lambda line: log.info("[%s] %s", who, line),
+                                  force=force and task_run.run_count <= 1)
     ledger.charge(
         [c.id for c in pack],
         attempt.device_seconds,
@@ -178,6 +183,9 @@ def summarize(grid_dir: Path, cells: list[Cell], outcomes: dict[str, str], ledge
 
 # ----------------------------------------------------------------------------- flow
 
+# The priced instance types: a dropdown on Prefect's run form, not free text.
+InstanceType = Literal[tuple(PRICES)]
+
 
 @flow(name="grid-search", log_prints=True)
 def grid_search(
@@ -185,7 +193,7 @@ def grid_search(
     backend: Backend = "local",
     max_parallel: int = plan.LOCAL_MAX_PARALLEL,
     max_cost_usd: float | None = None,
-    instance_type: str = "g5.xlarge",
+    instance_type: InstanceType = "g5.xlarge",
     spot: bool = False,
     on_cap: OnCap = "refuse",
     cells_per_gpu: int | None = None,
@@ -194,7 +202,7 @@ def grid_search(
     retries: int = 3,
     retry_delay_s: float = 30.0,
     local_usd_per_hour: float | None = None,
-    ecs: dict[str, Any] | None = None,
+    ecs: EcsSettings = EcsSettings(),
     trainer: list[str] | None = None,
 ):
     """Run every cell of a grid spec, within a dollar cap, and summarize the results.
@@ -204,22 +212,24 @@ def grid_search(
         backend: "local" runs subprocesses here; "ecs" runs GPU tasks on AWS ECS.
         max_parallel: packs (cells, unless packed) running at once.
         max_cost_usd: hard cap on dollars spent by this grid, earlier runs included.
-        instance_type: the GPU instance type that prices the estimate and the ledger.
+        instance_type: the GPU instance type that prices the estimate and the ledger
+            (one of the priced types, flows/prices.py).
         spot: price at spot rates (the ECS capacity provider must use spot then).
         on_cap: "refuse" to start over the cap, or run the "subset" that fits,
             keeping every level of every factor.
         cells_per_gpu: cells trained together on one GPU (default: from the benchmark).
-        out_dir: where cells and summaries go (default: <spec folder>/<name>/).
+        out_dir: where cells and summaries go (default: the grid name's folder beside the spec).
         force: retrain cells that are already complete.
         retries: retries of a transiently failed pack (spot loss, OOM kill, ...).
         retry_delay_s: first retry delay; doubles each time, with jitter.
         local_usd_per_hour: what an hour of this machine costs, for the ledger of the local
             backend (default: the instance type's price when cells use local GPUs, else 0).
-        ecs: ECS settings (cluster, capacity_provider, task_definition, bucket, ...).
+        ecs: where ECS cells train, the CloudFormation stack's outputs (flows/ecs_settings.py);
+            cluster, capacity_provider, task_definition and bucket are required for backend "ecs",
+            and a local run ignores them.
         trainer: local backend: the command that trains cells, their folders appended
             (default: this Python's ``-m autolabel.train``).
     """
-    log = get_run_logger()
     cells, grid_dir = plan_grid(spec, out_dir)
     gpus = detect_gpus() if backend == "local" else []
     try:  # bad pricing or backend settings fail here, before anything is written or launched
@@ -291,7 +301,7 @@ def run_locked(cells: list[Cell], grid_dir: Path, pricing: Pricing, runner: Runn
                      data=result)
 
 
-def make_runner(grid_dir: Path, pricing: Pricing, gpus: list[str], ecs: dict[str, Any] | None,
+def make_runner(grid_dir: Path, pricing: Pricing, gpus: list[str], ecs: EcsSettings | dict[str, Any] | None,
                 trainer: list[str] | None) -> Runner:
     """The backend that trains packs, billing what ``pricing`` says an hour costs."""
     if pricing.backend == "local":
@@ -299,8 +309,12 @@ def make_runner(grid_dir: Path, pricing: Pricing, gpus: list[str], ecs: dict[str
                            trainer=trainer)
     from flows.ecs import EcsRunner
 
+    try:
+        settings = EcsSettings.parse(ecs)
+    except ValueError as e:  # one line: it becomes the flow run's state message
+        raise ValueError("; ".join(str(e).splitlines())) from None
     return EcsRunner(grid_dir, max_parallel=pricing.max_parallel, usd_per_hour=pricing.usd_per_gpu_hour,
-                     instance_type=pricing.instance_type, spot=pricing.spot, **(ecs or {}))
+                     instance_type=pricing.instance_type, spot=pricing.spot, settings=settings)
 
 
 def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger: Ledger, pricing: Pricing,

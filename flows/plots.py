@@ -1,9 +1,11 @@
-"""The summary's pictures: validation Dice by level of each factor, one panel per stratum.
+"""The summary's pictures: Dice by level of each factor, learning curves, a best cell's predictions.
 
     written = write_plots(grid_dir, rows)     # plots/dice_by_<factor>.png, plots/learning_curves.png
+    plot_predictions(best / "predictions.png", cell_dir, title)   # what a trained cell draws
 
-matplotlib is imported inside the drawing function (its object-oriented API with the Agg
-canvas, no pyplot state), so importing this module costs nothing. No Prefect, no torch.
+matplotlib (its object-oriented API with the Agg canvas, no pyplot state) and, for the
+predictions, torch and the trainer's model are imported inside the drawing functions, so
+importing this module costs nothing. No Prefect.
 """
 
 from __future__ import annotations
@@ -138,3 +140,74 @@ def _joined(curves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     x = np.concatenate([np.append(np.arange(1, len(c) + 1, dtype=float), np.nan) for c in curves])
     y = np.concatenate([np.append(c, np.nan) for c in curves])
     return x, y
+
+
+# ----------------------------------------------------------------------------- a best cell's predictions
+
+PREDICTIONS = "predictions.png"
+SHOWN_SUBJECTS = 3  # validation subjects drawn per best cell: enough to see, fast to predict on a CPU
+LABEL_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple")
+
+
+def predict_validation(cell: Path, subjects: int = SHOWN_SUBJECTS) -> dict[str, Any]:
+    """The trained model of ``cell`` (its model.pt) on its first validation subjects, on the CPU.
+
+    Returns ``subjects`` (ids), ``background`` [N, H, W] (curvature, else the first input
+    channel, raw units) and its ``channel`` name, ``truth`` and ``predicted`` 0/1 [N, L, H, W],
+    ``labels`` and ``dice`` [N, L]. The cohort and split are the cell's own (options.json),
+    standardised with the training statistics stored in model.pt.
+    """
+    import torch  # only here: importing flows/ stays light
+
+    from autolabel.celldir import MODEL, OPTIONS
+    from autolabel.checkpoint import load_trained
+    from autolabel.data import split_subjects
+    from autolabel.options import CellOptions
+    from autolabel.sources import open_dataset
+
+    options = CellOptions.model_validate_json((cell / OPTIONS).read_text())
+    model, info = load_trained(cell / MODEL, device="cpu")
+    cohort = open_dataset(options.dataset)
+    _, validation = split_subjects(cohort.subjects, options.partition)
+    ids = validation[:subjects]
+    x, y = cohort.arrays(ids, options.inputs, options.prediction, options.image_size)
+    mean = np.asarray(info["feature_mean"], dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(info["feature_std"], dtype=np.float32).reshape(1, -1, 1, 1)
+    with torch.inference_mode():
+        logits = model(torch.from_numpy((x - mean) / std))
+    predicted = (logits > 0).numpy().astype(np.float32)  # sigmoid > 0.5, as the trainer scores Dice
+    overlap = (predicted * y).sum(axis=(2, 3))
+    total = predicted.sum(axis=(2, 3)) + y.sum(axis=(2, 3))
+    channels = list(info["channels"])
+    c = channels.index("curvature") if "curvature" in channels else 0
+    return {"subjects": ids, "background": x[:, c], "channel": channels[c], "truth": y, "predicted": predicted,
+            "labels": list(info["labels"]), "dice": np.where(total > 0, 2 * overlap / np.maximum(total, 1), 1.0)}
+
+
+def plot_predictions(path: Path, cell: Path, title: str, subjects: int = SHOWN_SUBJECTS) -> None:
+    """A few validation subjects of a trained cell: the input's curvature, the true label borders
+    (solid) and the predicted ones (dashed), and each subject's Dice per label."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    p = predict_validation(cell, subjects)
+    n, (rows, cols) = len(p["subjects"]), p["background"].shape[1:]
+    fig = Figure(figsize=(min(12.0, 2.2 + 6.0 * cols / rows), 3.0 * n + 0.9), layout="constrained")
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    colours = dict(zip(p["labels"], LABEL_COLOURS * 2))
+    for i, ax in enumerate(axes):
+        ax.imshow(p["background"][i], cmap="gray", interpolation="nearest")
+        for j, label in enumerate(p["labels"]):
+            for mask, style in ((p["truth"][i, j], "solid"), (p["predicted"][i, j], "dashed")):
+                if mask.any() and not mask.all():
+                    ax.contour(mask, levels=[0.5], colors=[colours[label]], linestyles=style, linewidths=1.1)
+        dice = ", ".join(f"{label} {d:.3f}" for label, d in zip(p["labels"], p["dice"][i]))
+        ax.set_title(f"subject {p['subjects'][i]}: Dice {dice}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [Line2D([], [], color=colours[label], label=label) for label in p["labels"]]
+    handles += [Line2D([], [], color="black", label="true border"),
+                Line2D([], [], color="black", linestyle="dashed", label="predicted border")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
+    fig.suptitle(f"{title}: validation subjects on {p['channel']} (left | right hemisphere)", fontsize=10)
+    fig.savefig(path, dpi=90)

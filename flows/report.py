@@ -33,6 +33,8 @@ class BestCell(BaseModel):
     best_val_dice_loss: float | None = Field(description="its best validation Dice loss (tie-breaker)")
     hyper: dict[str, Any] = Field(description="its hyperparameter values")
     path: str = Field(description="folder holding its options.json and plan.json")
+    predictions: str | None = Field(None, description="its predictions.png (validation subjects), if drawn")
+    predictions_note: str = Field("", description="why predictions.png was not drawn")
 
 
 class Summary(BaseModel):
@@ -182,7 +184,7 @@ def render_markdown(s: Summary, alpha: float = ALPHA) -> str:
         f"- `{s.files['csv']}`: one row per cell (hyperparameters, status, Dice, epochs, duration, cost)",
         f"- `{s.files['json']}`: the same rows plus counts, spend, best cells and every test",
         f"- `{s.files['plots']}/`: validation Dice by level of each hyperparameter; learning curves",
-        f"- `{s.files['best']}/<inputs>-<prediction>/`: the winner's options.json and plan.json",
+        f"- `{s.files['best']}/<inputs>-<prediction>/`: the winner's options.json, plan.json and predictions.png",
         "",
     ]
     return "\n".join(lines)
@@ -226,7 +228,15 @@ def _best_table(best: list[BestCell]) -> list[str]:
     for b in best:
         per = [_dice(b.dice[k]) if k in b.dice else "" for k in labels]
         out.append(f"| {b.stratum} | {b.label} | `{b.id}` | {_dice(b.mean_dice)} | " + " | ".join(per) + " |")
-    return out + ["", "Their options.json and plan.json are in `best/<inputs>-<prediction>/`.", ""]
+    out += ["", "Their options.json and plan.json are in `best/<inputs>-<prediction>/`.", ""]
+    for b in best:
+        if b.predictions:
+            out += [f"**{b.stratum}** ({b.label}): validation subjects, true borders solid, predicted dashed, "
+                    "Dice per subject above each.", "",
+                    f"![{b.stratum} predictions](best/{Path(b.predictions).parent.name}/{Path(b.predictions).name})", ""]
+        elif b.predictions_note:
+            out += [f"**{b.stratum}**: {b.predictions_note}.", ""]
+    return out
 
 
 def _effects_table(effs: list[Effect], alpha: float) -> list[str]:

@@ -14,10 +14,11 @@ The flow calls, in order::
   counts, spend, the best cells and every test (flows/stats.py);
 - ``summary.md``: the same, for people (flows/report.py; it is also the markdown artifact);
 - ``plots/dice_by_<factor>.png``: validation Dice by level, one panel per inputs x prediction;
-- ``best/<inputs>-<prediction>/``: the winning cell's ``options.json`` and ``plan.json``.
+- ``best/<inputs>-<prediction>/``: the winning cell's ``options.json`` and ``plan.json``, and
+  ``predictions.png`` (a few validation subjects as its model.pt labels them).
 
 Benchmark (1800 cells): ``.venv/bin/python benchmarks/summarize.py``.
-No torch and no Prefect here.
+No Prefect here; torch only inside plots.plot_predictions.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from autolabel.celldir import write_json_atomic, write_text_atomic
+from autolabel.celldir import METRICS, MODEL, write_json_atomic, write_text_atomic
 from flows.cells import Cell, cell_dir
-from flows.plots import write_plots
+from flows.plots import PREDICTIONS, plot_predictions, write_plots
 from flows.report import BestCell, Summary, render_markdown
 from flows.rows import best_cells, columns_of, count_statuses, factor_columns, safe_name, stratum_of
 from flows.stats import ALPHA, effects
@@ -70,7 +71,7 @@ def write_summary(
         counts=count_statuses(rows),
         cap_usd=cap_usd,
         spent_usd=float(sum(r.get("cost_usd") or 0.0 for r in rows) if spent_usd is None else spent_usd),
-        best=write_best(grid_dir, cells, rows),
+        best=write_best(grid_dir, cells, rows, pictures=plots),
         effects=effects(rows, alpha),
         files=files,
         plots=write_plots(grid_dir, rows) if plots else [],
@@ -100,8 +101,11 @@ def _csv_value(v: Any) -> Any:
 # ----------------------------------------------------------------------------- best/
 
 
-def write_best(grid_dir: Path, cells: list[Cell], rows: list[dict[str, Any]]) -> list[BestCell]:
-    """Rebuild best/ from scratch, then swap it in, so no stale winner survives."""
+def write_best(grid_dir: Path, cells: list[Cell], rows: list[dict[str, Any]], pictures: bool = True) -> list[BestCell]:
+    """Rebuild best/ from scratch, then swap it in, so no stale winner survives.
+
+    With ``pictures``, each winner's ``predictions.png`` too (from its model.pt, when it has one).
+    """
     by_id = {c.id: c for c in cells}
     final = Path(grid_dir) / "best"
     for leftover in Path(grid_dir).glob(".best.*"):  # from a summary killed mid-swap
@@ -113,6 +117,8 @@ def write_best(grid_dir: Path, cells: list[Cell], rows: list[dict[str, Any]]) ->
         dest = staging / safe_name(stratum_of(r))
         dest.mkdir(parents=True)
         _copy_inputs(cell_dir(grid_dir, cell), dest, cell)
+        drawn, note = _draw_predictions(dest, cell_dir(grid_dir, cell), f"{stratum_of(r)} best cell {r['label']}") \
+            if pictures else (False, "")
         best = BestCell(
             stratum=stratum_of(r),
             id=r["id"],
@@ -122,6 +128,8 @@ def write_best(grid_dir: Path, cells: list[Cell], rows: list[dict[str, Any]]) ->
             best_val_dice_loss=r["best_val_dice_loss"],
             hyper={k: r[k] for k in factor_columns(rows)},
             path=str(final / safe_name(stratum_of(r))),
+            predictions=str(final / safe_name(stratum_of(r)) / PREDICTIONS) if drawn else None,
+            predictions_note=note,
         )
         write_json_atomic(dest / "best.json", best.model_dump(mode="json"))
         (dest / "README.md").write_text(_best_readme(best))
@@ -132,6 +140,19 @@ def write_best(grid_dir: Path, cells: list[Cell], rows: list[dict[str, Any]]) ->
     staging.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _draw_predictions(dest: Path, cell: Path, title: str) -> tuple[bool, str]:
+    """best/<stratum>/predictions.png; (False, why) when it cannot be drawn. Never fails the summary:
+    the numbers matter more than the picture."""
+    if not (cell / MODEL).is_file():
+        return False, f"no {MODEL} in {cell}" + (" (it stayed in S3: download_models is off)" if
+                                                 (cell / METRICS).is_file() else "")
+    try:
+        plot_predictions(dest / PREDICTIONS, cell, title)
+    except Exception as e:  # noqa: BLE001 - an unreadable model or a dataset gone from the cache
+        return False, f"predictions not drawn: {type(e).__name__}: {e}".splitlines()[0]
+    return True, ""
 
 
 def _copy_inputs(src: Path, dest: Path, cell: Cell) -> None:

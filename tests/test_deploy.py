@@ -4,57 +4,23 @@ through a process worker: the path a run started from the UI takes."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.prefect_server import ECS_VARIABLES, PREFECT, ROOT, prefect, prefect_server, set_variables
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-PREFECT = str(Path(sys.executable).parent / "prefect")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+REQUIRED = ("autolabel_cluster", "autolabel_capacity_provider", "autolabel_task_definition", "autolabel_bucket")
 
 
 @pytest.fixture
 def server(tmp_path):
     """A `prefect server start` of its own, on a free port, with a private home."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    api = f"http://127.0.0.1:{port}/api"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(api + "/health", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, "prefect server exited"
-            time.sleep(0.5)
-    else:
-        pytest.fail("prefect server did not answer within 120 s")
-    yield {**env, "PREFECT_API_URL": api}
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
-
-
-def prefect(env, *args, timeout=180, **kw) -> subprocess.CompletedProcess:
-    out = subprocess.run([PREFECT, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
-    assert out.returncode == 0, f"prefect {' '.join(args)}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out
+    with prefect_server(tmp_path / "home") as env:
+        yield env
 
 
 def test_deploy_all_then_a_ui_style_run_through_a_process_worker(server, tmp_path):
@@ -68,7 +34,16 @@ def test_deploy_all_then_a_ui_style_run_through_a_process_worker(server, tmp_pat
     }))
     prefect(server, "work-pool", "create", "autolabel-orchestrator", "--type", "process",
             "--base-job-template", "deployments/work-pool-process.json")
-    prefect({**server, "AUTOLABEL_SKIP_IMAGE_BUILD": "1"}, "--no-prompt", "deploy", "--all")
+    deploy = {**server, "AUTOLABEL_SKIP_IMAGE_BUILD": "1"}
+    # Unset ECS variables: refused, each named, nothing registered.
+    refused = prefect(deploy, "--no-prompt", "deploy", "--all", check=False)
+    assert refused.returncode != 0
+    said = refused.stdout + refused.stderr
+    for name in REQUIRED:
+        assert f"the Prefect variable {name} is unset" in said, said[-3000:]
+    assert "grid-search" not in prefect(server, "deployment", "ls").stdout
+    set_variables(server, ECS_VARIABLES)
+    prefect(deploy, "--no-prompt", "deploy", "--all")
 
     listed = prefect(server, "deployment", "ls").stdout
     assert "grid-search/grid-search" in listed
