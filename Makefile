@@ -28,7 +28,7 @@ test: setup browser-deps
 
 # Debian's chromium and chromium-driver for the browser test (tests/test_ui.py); a no-op when present.
 browser-deps:
-	tools/browser-deps.sh
+	tests/browser-deps.sh
 
 bench: setup
 	$(BIN)/python benchmarks/dry_run.py

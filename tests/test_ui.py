@@ -56,7 +56,7 @@ def browser(tmp_path):
     from selenium import webdriver
 
     for path in (CHROMIUM, CHROMEDRIVER):
-        assert Path(path).exists(), f"{path} missing: tools/browser-deps.sh installs chromium and chromium-driver"
+        assert Path(path).exists(), f"{path} missing: tests/browser-deps.sh installs chromium and chromium-driver"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS:

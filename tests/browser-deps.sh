@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The browser test's system packages (tests/test_ui.py): Debian's chromium and chromium-driver.
 # A no-op when both are installed; otherwise installs them with apt (as root, or through sudo).
-#   tools/browser-deps.sh        # `make test` runs it first
+#   tests/browser-deps.sh        # `make test` runs it first
 set -euo pipefail
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
   exit 0
 fi
 if ! command -v apt-get >/dev/null; then
-  echo "tools/browser-deps.sh: no apt-get here; install chromium and its chromedriver (/usr/bin/chromium, /usr/bin/chromedriver) for tests/test_ui.py" >&2
+  echo "tests/browser-deps.sh: no apt-get here; install chromium and its chromedriver (/usr/bin/chromium, /usr/bin/chromedriver) for tests/test_ui.py" >&2
   exit 1
 fi
 SUDO=""
