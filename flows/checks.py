@@ -14,9 +14,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from autolabel import celldir
 from autolabel.options import ExplicitPartition, PathDataset, split_counts, training_problem
 
-from flows.cells import Cell
+from flows.cells import Cell, cell_dir
+
+# What the flow writes or reads in a cell folder: each must be a regular file where it exists
+# (a folder or a device in its place would stop the writer or the trainer with a traceback).
+CELL_FILES = (*celldir.INPUTS, celldir.METRICS, celldir.CHECKPOINT, celldir.HISTORY, celldir.LOG,
+              celldir.MODEL, celldir.RUNNER_LOG)
 
 
 def check_run(cells: list[Cell], grid_dir: Path) -> list[str]:
@@ -24,7 +30,7 @@ def check_run(cells: list[Cell], grid_dir: Path) -> list[str]:
     problems = out_dir_problems(Path(grid_dir))
     seen: set[str] = set()
     for c in cells:
-        for line in cell_problems(c):
+        for line in cell_problems(c) + cell_file_problems(cell_dir(grid_dir, c)):
             if line not in seen:
                 seen.add(line)
                 problems.append(line)
@@ -41,6 +47,16 @@ def out_dir_problems(grid_dir: Path) -> list[str]:
     if not os.access(existing, os.W_OK | os.X_OK):
         return [f"--out {grid_dir}: {existing} is not writable; give a folder you can write"]
     return []
+
+
+def cell_file_problems(folder: Path) -> list[str]:
+    """A cell folder that exists must be a folder, and its files regular files (links are followed)."""
+    if not os.path.lexists(folder):
+        return []
+    if not folder.is_dir():
+        return [f"{folder}: not a folder; remove it (the flow writes the cell there)"]
+    return [f"{folder / name}: not a regular file; remove it and rerun" for name in CELL_FILES
+            if os.path.lexists(folder / name) and not (folder / name).is_file()]
 
 
 def generated_ids(n: int, partition) -> list[str]:

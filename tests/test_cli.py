@@ -267,6 +267,18 @@ def test_an_out_folder_that_is_a_file_or_unwritable_is_refused(capsys, tmp_path,
         assert code == 2 and "is not writable" in err
 
 
+@pytest.mark.parametrize("name", ["metrics.json", "options.json", "checkpoint.pt"])
+def test_a_cell_file_that_is_not_a_regular_file_is_one_line_exit_2(capsys, tmp_path, monkeypatch, name):
+    monkeypatch.setattr(cli, "run_grid", lambda *a, **k: pytest.fail("a real run started"))
+    spec = bad_spec(tmp_path)
+    (cell,) = expand(load_spec(spec))
+    (tmp_path / "bad" / "cells" / cell.id / name).mkdir(parents=True)  # a folder where a file belongs
+    dry, real = run(capsys, str(spec), "--dry-run"), run(capsys, str(spec))
+    assert dry[0] == real[0] == 2 and dry[2] == real[2], (dry, real)
+    (line,) = real[2].strip().splitlines()
+    assert f"{cell.id}/{name}: not a regular file" in line and "Traceback" not in line, line
+
+
 def test_a_malformed_ledger_is_one_line_exit_2_on_a_real_run(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "run_grid", lambda *a, **k: pytest.fail("a real run started"))
     spec = bad_spec(tmp_path)
