@@ -256,9 +256,15 @@ def read_manifest(root: Path) -> dict:
     for key, kind in (("channels", list), ("labels", dict), ("subjects", list), ("image_size", list)):
         if not isinstance(m.get(key), kind):
             raise DatasetError(f"{path}: field {key!r} missing or not a {kind.__name__}")
+    # Field by field, so that a wrong type is a sentence naming the field, never a TypeError later.
+    if not all(isinstance(c, str) for c in m["channels"]):
+        raise DatasetError(f"{path}: 'channels' must be a list of channel names (strings)")
+    for name, names in m["labels"].items():
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DatasetError(f"{path}: labels.{name} must be a list of label names (strings), got {names!r}")
     check_names(tuple(m["channels"]), {k: tuple(v) for k, v in m["labels"].items()}, path)
     size = m["image_size"]
-    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
         raise DatasetError(f"{path}: 'image_size' must be [rows, cols] of positive integers, got {size}")
     if m.get("dtype", "float32") != "float32":
         raise DatasetError(f"{path}: 'dtype' is {m.get('dtype')!r}; features must be stored as float32")

@@ -157,6 +157,9 @@ def rewrite_manifest(root: Path, **changes) -> None:
         ({"subjects": ["../etc"]}, r"'subjects' must be unique ids .*bad: \['../etc'\]"),
         ({"dtype": "float16"}, r"'dtype' is 'float16'; features must be stored as float32"),
         ({"channel_stats": {"mean": [0.0]}}, r"'channel_stats' must be .*or delete it"),
+        ({"labels": {"area": 3}}, r"labels.area must be a list of label names \(strings\), got 3"),
+        ({"channels": [{"x": 1}]}, r"'channels' must be a list of channel names \(strings\)"),
+        ({"image_size": [True, 64]}, r"'image_size' must be \[rows, cols\] of positive integers"),
     ],
 )
 def test_manifest_errors_name_the_file_and_field(tiny, changes, message):
