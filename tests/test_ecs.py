@@ -634,7 +634,7 @@ def test_the_in_run_cap_refuses_a_lane_whose_start_and_tail_do_not_fit(aws, tmp_
 
     @flow
     def two_lanes():
-        return grid_mod.launch_packs(grid, packs, runner, ledger, pricing, 0, 0.1, False)
+        return grid_mod.launch_packs(grid, packs, runner, ledger, pricing, 0, 0.1, False, grid_mod.StopRequest(runner))
 
     with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
         emu.release(0)
