@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import threading
 from typing import Any, Callable
 
@@ -121,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         return train_cells(*run)
     previous = {s: signal.signal(s, stop_handler(control)) for s in STOP_SIGNALS}
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = PipeGuard(sys.stdout), PipeGuard(sys.stderr)
     try:
         return train_cells(*run)
     finally:
+        sys.stdout, sys.stderr = streams
         for s, handler in previous.items():
             signal.signal(s, handler)
 
@@ -131,25 +135,52 @@ def main(argv: list[str] | None = None) -> int:
 def stop_handler(control: RunControl) -> Callable[[int, Any], None]:
     """The handler of SIGINT, SIGTERM and SIGHUP: the first stops after the epoch in progress is
     checkpointed (exit 128 + its number). A terminal's Ctrl-C reaches the trainer directly and
-    through the flow (as SIGTERM), so a later signal of another kind is ignored; the same
-    signal again kills at once (a user pressing Ctrl-C twice)."""
-
-    parent = os.getppid()
+    through the flow (as SIGTERM), so a later signal of another kind is ignored. A second Ctrl-C
+    kills at once (a user who will not wait); a repeated SIGTERM or SIGHUP does not: when a
+    multi-threaded parent dies, PR_SET_PDEATHSIG fires as each of its threads exits in turn
+    (seen: the epoch in progress lost). Whoever must kill sends SIGKILL (flows/runners.py)."""
 
     def stop(signum: int, frame: Any) -> None:
         if control.stop_requested:
-            return  # already stopping: the second delivery of the same stop
+            return  # already stopping: another delivery of the same stop
         control.request_stop(SIGNAL_NAMES[signal.Signals(signum)], 128 + signum)
-        signal.signal(signum, signal.SIG_DFL)
-        if os.getppid() != parent:  # the parent died (PR_SET_PDEATHSIG): nobody reads our pipes now
-            silence_output()
-
+        if signum == signal.SIGINT:
+            signal.signal(signum, signal.SIG_DFL)
     return stop
 
 
+class PipeGuard:
+    """stdout or stderr that outlives its reader.
+
+    When the flow that reads the trainer's pipes dies (SIGKILL), the trainer gets SIGTERM
+    (PR_SET_PDEATHSIG) and must still finish and checkpoint its epoch; its next print would
+    raise BrokenPipeError first. On that error both streams are pointed at /dev/null, since
+    nobody reads them any more, and training goes on. (The parent's pid cannot tell: a child
+    of a thread is first handed to a sibling thread of the same dying process.)
+    """
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            silence_output()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            silence_output()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def silence_output() -> None:
-    """Point stdout and stderr at /dev/null: a print into the dead parent's pipe would raise
-    BrokenPipeError before the epoch in progress is checkpointed."""
+    """Point file descriptors 1 and 2 at /dev/null (the reader of their pipe is gone)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     for fd in (1, 2):
         os.dup2(devnull, fd)

@@ -137,12 +137,13 @@ class LocalRunner:
 
     def stop(self) -> None:
         """SIGTERM to every running trainer (each checkpoints the epoch in progress and exits 143);
-        no trainer starts after this. Called again, it signals them again: a second SIGTERM kills."""
+        no trainer starts after this. Called again, it kills them (SIGKILL): a trainer ignores a
+        repeated SIGTERM, which a dying parent's threads can deliver several times."""
         with self._lock:
-            self.stopping = True
+            again, self.stopping = self.stopping, True
             for proc in self._running:
                 if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
+                    proc.send_signal(signal.SIGKILL if again else signal.SIGTERM)
 
     def _env(self, gpu: str | None) -> dict[str, str]:
         env = dict(os.environ)

@@ -42,7 +42,9 @@ def start_server(port: int) -> subprocess.Popen:
            "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
            "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "error", "--lifespan", "on"]
+           "--log-level", "error", "--lifespan", "on",
+           # Once its flow is gone nobody waits for its open requests: a bounded shutdown.
+           "--timeout-graceful-shutdown", "5"]
     return subprocess.Popen(cmd, env=env, start_new_session=True,
                             preexec_fn=die_with_parent if sys.platform == "linux" else None)
 
