@@ -23,8 +23,9 @@ dry-run: setup
 	$(BIN)/python -m flows.grid grid-search/benson2025.yaml --dry-run
 
 # pytest exits 5 when it collects no test; CI must fail then, and it does (any non-zero).
+# Two workers (pytest-xdist), one per core of the 2-core target machine; each trains with one thread.
 test: setup browser-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # Debian's chromium and chromium-driver for the browser test (tests/test_ui.py); a no-op when present.
 browser-deps:

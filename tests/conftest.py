@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,13 @@ def autolabel_cache(tmp_path_factory) -> Path:
         # Tiny cells' epochs take well under a second: checkpoint after every one, so that the
         # kill-and-resume tests resume from the last epoch (test_train tests the interval itself).
         mp.setenv("AUTOLABEL_CHECKPOINT_EVERY_S", "0")
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            # make test runs two workers on two cores: one thread each, in-process and in the
+            # trainers they start (more threads than free cores makes OpenMP spin).
+            import torch
+
+            mp.setenv("OMP_NUM_THREADS", "1")
+            torch.set_num_threads(1)
         yield path
 
 
