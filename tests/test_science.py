@@ -27,23 +27,28 @@ MIN_FULL_DICE = 0.7
 MIN_MARGIN = 0.15
 
 
-@pytest.mark.slow
-def test_functional_inputs_beat_anatomy_alone(tmp_path, capsys):
+def full_and_anat_dice(tmp_path, dataset: dict, name: str, capsys) -> dict[str, float]:
+    """Train a full-input and an anatomy-only cell (area labels, batch 2, CPU); their mean validation Dice."""
     cells = {}
     for inputs in ("full", "anat"):
         cell = tmp_path / inputs
         cell.mkdir()
-        options = {"inputs": inputs, "prediction": "area", "batch_size": 2, "device": "cpu", "dataset": DATASET}
+        options = {"inputs": inputs, "prediction": "area", "batch_size": 2, "device": "cpu", "dataset": dataset}
         (cell / "options.json").write_text(json.dumps(options))
         (cell / "plan.json").write_text(json.dumps(PLAN))
         cells[inputs] = cell
-
     started = time.perf_counter()
     assert train.train_cells([str(c) for c in cells.values()], RunControl()) == 0
     seconds = time.perf_counter() - started
     dice = {k: CellMetrics.model_validate_json((c / "metrics.json").read_text()).mean_dice for k, c in cells.items()}
     with capsys.disabled():
-        print(f"\nscience: mean Dice full {dice['full']:.3f}, anat {dice['anat']:.3f} in {seconds:.0f} s")
+        print(f"\nscience ({name}): mean Dice full {dice['full']:.3f}, anat {dice['anat']:.3f} in {seconds:.0f} s")
+    return dice
+
+
+@pytest.mark.slow
+def test_functional_inputs_beat_anatomy_alone(tmp_path, capsys):
+    dice = full_and_anat_dice(tmp_path, DATASET, "analytic", capsys)
     assert dice["full"] >= MIN_FULL_DICE
     assert dice["full"] - dice["anat"] >= MIN_MARGIN
 
@@ -51,7 +56,6 @@ def test_functional_inputs_beat_anatomy_alone(tmp_path, capsys):
 FSAVERAGE = {"kind": "fsaverage", "subjects": 32, "rows": 64, "cols": 128}
 # Two rounds, 3 epochs, as the analytic check. Measured 2026-12-01 on the 2-core
 # machine: full 0.751, anat 0.565, 69 s for both cells (cohort generation included).
-FSAVERAGE_PLAN = PLAN
 MIN_FSAVERAGE_MARGIN = 0.1
 MAX_FSAVERAGE_FULL = 0.95  # near-perfect would mean the cohort leaks its labels: fix the cohort then
 
@@ -59,20 +63,6 @@ MAX_FSAVERAGE_FULL = 0.95  # near-perfect would mean the cohort leaks its labels
 @pytest.mark.slow
 def test_functional_inputs_beat_anatomy_alone_on_the_real_brain(tmp_path, capsys):
     """The same check on the fsaverage cohort: full clearly above anat, and not near-perfect."""
-    cells = {}
-    for inputs in ("full", "anat"):
-        cell = tmp_path / inputs
-        cell.mkdir()
-        options = {"inputs": inputs, "prediction": "area", "batch_size": 2, "device": "cpu", "dataset": FSAVERAGE}
-        (cell / "options.json").write_text(json.dumps(options))
-        (cell / "plan.json").write_text(json.dumps(FSAVERAGE_PLAN))
-        cells[inputs] = cell
-
-    started = time.perf_counter()
-    assert train.train_cells([str(c) for c in cells.values()], RunControl()) == 0
-    seconds = time.perf_counter() - started
-    dice = {k: CellMetrics.model_validate_json((c / "metrics.json").read_text()).mean_dice for k, c in cells.items()}
-    with capsys.disabled():
-        print(f"\nscience (fsaverage): mean Dice full {dice['full']:.3f}, anat {dice['anat']:.3f} in {seconds:.0f} s")
+    dice = full_and_anat_dice(tmp_path, FSAVERAGE, "fsaverage", capsys)
     assert dice["full"] - dice["anat"] >= MIN_FSAVERAGE_MARGIN
     assert dice["full"] <= MAX_FSAVERAGE_FULL
