@@ -26,11 +26,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from autolabel import celldir
 from autolabel.celldir import METRICS, MODEL, write_json_atomic, write_text_atomic
 from flows.cells import Cell, cell_dir
 from flows.plots import PREDICTIONS, plot_predictions, write_plots
@@ -111,6 +113,7 @@ def write_best(grid_dir: Path, cells: list[Cell], rows: list[dict[str, Any]], pi
     for leftover in Path(grid_dir).glob(".best.*"):  # from a summary killed mid-swap
         shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=grid_dir, prefix=".best."))
+    os.chmod(staging, 0o777 & ~celldir.UMASK)  # best/ as a plain mkdir makes it, not mkdtemp's 0700
     out = []
     for r in best_cells(rows):
         cell = by_id[r["id"]]

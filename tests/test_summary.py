@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import stat
 
 import numpy as np
 
@@ -78,6 +79,10 @@ def test_best_holds_the_winning_cells_files(grid):
         assert (d / "plan.json").read_bytes() == (src / "plan.json").read_bytes()
         assert winner["id"] in (d / "README.md").read_text()
     assert len(result.best) == 4
+    # best/ gets a plain mkdir's permissions (0777 less the umask), not its staging folder's 0700.
+    from autolabel.celldir import UMASK
+
+    assert stat.S_IMODE((g / "best").stat().st_mode) == 0o777 & ~UMASK
 
 
 def test_best_ties_and_stale_dirs(tmp_path):
