@@ -25,7 +25,7 @@ dry-run: setup
 # pytest exits 5 when it collects no test; CI must fail then, and it does (any non-zero).
 # Two workers (pytest-xdist), one per core of the 2-core target machine; each trains with one thread.
 test: setup browser-deps
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 # Debian's chromium and chromium-driver for the browser test (tests/test_ui.py); a no-op when present.
 browser-deps:
