@@ -618,18 +618,12 @@ class EcsRunner:
 
     def stop_overdue(self, watches: list[_Watch]) -> None:
         """Stop tasks that waited in PROVISIONING/PENDING longer than provisioning_timeout_s."""
-        from botocore.exceptions import BotoCoreError, ClientError
 
         now = time.monotonic()
         for w in watches:
             overdue = now - w.launched > self.provisioning_timeout_s
             if overdue and w.holds_slot and not w.timed_out and not w.done.is_set():
-                try:
-                    self.ecs.stop_task(cluster=self.cluster, task=w.arn,
-                                       reason=f"autolabel: no capacity within {self.provisioning_timeout_s:.0f} s")
-                    w.timed_out = True
-                except (BotoCoreError, ClientError):
-                    pass  # tried again at the next poll
+                w.timed_out = self._stop_task(w, f"autolabel: no capacity within {self.provisioning_timeout_s:.0f} s")
 
     def runtime_limit(self, cells: list[Cell]) -> float:
         """Seconds a pack may run: ``runtime_limit_s``, else factor x its expected GPU-seconds + start-up."""
@@ -643,7 +637,6 @@ class EcsRunner:
         """StopTask on tasks running past their limit: SIGTERM, so a trainer still alive checkpoints."""
         import datetime as dt
 
-        from botocore.exceptions import BotoCoreError, ClientError
 
         now = dt.datetime.now(dt.timezone.utc)
         for w in watches:
@@ -651,12 +644,17 @@ class EcsRunner:
             if w.limit_s is None or not started or w.over_limit or w.done.is_set():
                 continue
             if (now - started).total_seconds() > w.limit_s:
-                try:
-                    self.ecs.stop_task(cluster=self.cluster, task=w.arn,
-                                       reason=f"autolabel: runtime limit {w.limit_s:.0f} s reached")
-                    w.over_limit = True
-                except (BotoCoreError, ClientError):
-                    pass  # tried again at the next poll
+                w.over_limit = self._stop_task(w, f"autolabel: runtime limit {w.limit_s:.0f} s reached")
+
+    def _stop_task(self, w: _Watch, reason: str) -> bool:
+        """StopTask (SIGTERM, then SIGKILL after stopTimeout); False if ECS did not take it (retried next poll)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.ecs.stop_task(cluster=self.cluster, task=w.arn, reason=reason)
+            return True
+        except (BotoCoreError, ClientError):
+            return False
 
     def _release(self, w: _Watch) -> None:
         with self._lock:
