@@ -16,7 +16,8 @@ validated.
 Exit codes: 0 valid and within --max-cost (or --on-cap subset found a subset that is) and,
 for a run, every cell complete; 2 invalid spec, flag or input (a dry-run flag without
 --dry-run, an output folder that is not a writable folder, a dataset training would refuse,
-a malformed ledger); 3 over the cap (refused, or cells skipped by it); 4 some cells failed
+a malformed ledger; on ECS a stack that cannot be read, whose market is not the run's, or
+whose region cannot be priced under a cap); 3 over the cap (refused, or cells skipped by it); 4 some cells failed
 (the others are complete); 75 another run holds this grid; 129, 130, 143 stopped by SIGHUP,
 Ctrl-C or SIGTERM after every running cell checkpointed (rerun to resume).
 """
@@ -35,7 +36,7 @@ from flows import plan
 from flows.cells import Cell, cell_record, complete_ids, expand, grid_dir
 from flows.checks import check_run
 from flows.cost import Estimate, Pricing
-from flows.prices import PRICES, CostError, Price, refresh_prices
+from flows.prices import PRICES, TABLE_REGION, CostError, Price, refresh_prices
 from flows.spec import GridSpec, SpecError, load_spec
 
 EXIT_OK = 0
@@ -61,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="dollar cap for the whole grid, earlier runs' spend included")
     p.add_argument("--instance-type", default="g5.xlarge",
                    help=f"GPU the cells are timed on and priced at; one of {', '.join(PRICES)}")
-    p.add_argument("--spot", action="store_true", help="price at spot rates (middle of the zones' range)")
+    p.add_argument("--spot", action="store_true", help="price at spot rates (the dearest of the zones')")
     p.add_argument("--local-usd-per-hour", type=non_negative_float, default=None, metavar="USD",
                    help="local backend: what an hour of this machine costs (default: the instance type's "
                         "price with local GPUs, else 0)")
@@ -76,8 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="ECS setting for --backend ecs (repeatable): cluster, capacity_provider, "
                         "task_definition, bucket, prefix, ... (see README)")
     p.add_argument("--refresh-prices", action="store_true",
-                   help="dry run: fetch on-demand and spot prices from AWS "
-                        "(needs credentials; falls back to the table)")
+                   help="dry run: fetch on-demand and spot prices from AWS for the region (needs credentials; "
+                        "falls back to the table); with the --ecs settings the stack's own are always read")
     return p.parse_args(argv)
 
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.dry_run and args.backend == "ecs"):
                 raise
             ecs_problem = str(e)  # priced first, then refused: a lab prices a cloud run before its stack
-        report = dry_run(args)
+        report = dry_run(args, ecs)
         if ecs_problem:
             report.problems.append(ecs_problem)
     except SpecError as e:
@@ -300,29 +301,59 @@ class DryRun:
         }
 
 
-def dry_run(args: argparse.Namespace) -> DryRun:
+def dry_run(args: argparse.Namespace, ecs: dict | None = None) -> DryRun:
     """Validate, expand, count what is done, and price what is left as these flags' run would. Reads only.
 
     1. spec -> cells; 2. complete cells and earlier spend in the grid's folder;
-    3. the run's pricing and pre-flight decision (flows.plan), exactly as the flow makes it.
+    3. (ECS, with its settings) the stack read as the flow reads it: market and prices;
+    4. the run's pricing and pre-flight decision (flows.plan), exactly as the flow makes it.
     """
     spec = load_spec(args.spec)
     cells = expand(spec)
     out = grid_dir(spec, args.spec, args.out)
     done = complete_ids(out)
     todo = cells if args.force else [c for c in cells if c.id not in done]
-    notes = list(spec.notes)
-    prices = None
-    if args.refresh_prices:
-        prices, price_notes = refresh_prices([args.instance_type] if args.instance_type in PRICES else None)
-        notes += price_notes
+    notes, problems = list(spec.notes), []
+    prices, price_notes = run_prices(args, ecs, problems)
+    notes += price_notes
     pricing = pricing_of(args, prices)
     decision = plan.plan_run(todo, pricing, args.max_cost, spent_usd(out), args.on_cap)
     if pricing.backend == "local" and pricing.usd_per_gpu_hour == 0:
         notes.append("a local run without GPUs is charged $0 (--local-usd-per-hour says what an hour of this "
                      "machine costs); --backend ecs prices the cloud run")
-    problems = check_run(todo, out)  # the flow calls the same check before it launches
+    problems += check_run(todo, out)  # the flow calls the same check before it launches
     return DryRun(spec, Path(args.spec), out, cells, done, todo, pricing, decision, notes, problems)
+
+
+def run_prices(args: argparse.Namespace, ecs: dict | None, problems: list[str]) -> tuple[dict[str, Price] | None,
+                                                                                           list[str]]:
+    """The price table this dry run uses, and notes on where it came from; what the run would refuse
+    goes to ``problems``.
+
+    With the ECS settings, the flow's own reading of the stack (flows.ecs_capacity.price_stack);
+    without them (or without credentials) the table, refreshed from AWS for the region with
+    --refresh-prices.
+    """
+    if ecs is not None:
+        from flows.ecs_capacity import StackUnreadable, price_stack
+        from flows.ecs_settings import EcsSettings
+
+        try:
+            stack = price_stack(EcsSettings.parse(ecs), args.instance_type, args.spot,
+                                capped=args.max_cost is not None)
+            return stack.prices, stack.notes
+        except StackUnreadable as e:  # the run could not start either; priced from the table meanwhile
+            problems.append(str(e))
+            table = refresh_prices([args.instance_type], ecs.get("region")) if args.refresh_prices else (None, [])
+            return table[0], [f"the stack was not read, so these are the {TABLE_REGION} table's prices; the run "
+                              "checks the group's market and prices its region and zones", *table[1]]
+        except ValueError as e:  # CostError included: what the run would refuse
+            problems.append(str(e))
+            return None, []
+    if args.refresh_prices:
+        region = dict(pair.split("=", 1) for pair in args.ecs if "=" in pair).get("region")
+        return refresh_prices([args.instance_type] if args.instance_type in PRICES else None, region)
+    return None, []
 
 
 def spent_usd(out: Path) -> float:
@@ -356,7 +387,7 @@ def render(r: DryRun) -> str:
     lines.append(
         f"estimate for {e.cells} cells to train on {e.instance_type} ({e.gpu}, "
         f"${e.usd_per_gpu_hour_on_demand:.3f}/GPU-h on-demand, ${e.usd_per_gpu_hour_spot:.3f} spot, "
-        f"prices {e.price_date}):"
+        f"prices {e.price_where} {e.price_date}):"
     )
     lines.append(
         f"  work        {count_text(e.train_images)} training images + {count_text(e.validation_images)} validation, "

@@ -173,6 +173,7 @@ class Estimate:
     spot_range: tuple[float, float]  # $/GPU-hour, cheapest and dearest zone
     wall_hours: float
     price_date: str
+    price_where: str  # region (and zones) the prices hold for
     throughput: dict[str, float] = field(default_factory=dict)  # "resnet18 b4" -> images/s per GPU
     sources: list[str] = field(default_factory=list)
 
@@ -269,6 +270,7 @@ def estimate(cells: list[Cell], pricing: Pricing) -> Estimate:
         spot_range=(price.spot_low / price.gpus, price.spot_high / price.gpus),
         wall_hours=((INSTANCE_START_S * instances + max(finish)) / 3600) if lanes else 0.0,
         price_date=price.date,
+        price_where=price.where,
         throughput={name: round(v, 1) for name, (v, _) in rates.items()},
-        sources=sorted({src for _, src in rates.values()} | {f"prices: {price.source}, {price.date}"}),
+        sources=sorted({src for _, src in rates.values()} | {f"prices: {price.source}, {price.where}, {price.date}"}),
     )

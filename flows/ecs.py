@@ -59,6 +59,7 @@ from typing import Any
 from autolabel.celldir import CHECKPOINT, INPUTS, METRICS, MODEL
 from autolabel.storage import exists as storage_exists, join, split_s3
 
+from flows.aws import aws_session, client_config
 from flows.cells import Cell, cell_dir
 from flows.cost import cell_gpu_seconds
 from flows.ecs_billing import InstanceUse, bill_instances, read_instances
@@ -73,26 +74,10 @@ from flows.ecs_rules import (
     task_seconds,
 )
 from flows.ecs_settings import CHECKPOINT_EVERY_S, EcsSettings, parse_ecs_pairs  # noqa: F401 - the runner's API
-from flows.prices import price_of
+from flows.prices import Price, price_of
 from flows.runners import Attempt, Log, Outcome
 
-# ----------------------------------------------------------------------------- sessions, S3
-
-# botocore's adaptive mode retries throttling and rate-limits the client itself; our own loop
-# around run_task (EcsRunner.launch_tries) covers the throttling that outlasts it.
-BOTO_RETRIES: dict[str, Any] = {"mode": "adaptive", "max_attempts": 8}
-
-
-
-def aws_session(credentials_block: str | None = None):
-    """A boto3 session: from a prefect-aws ``AwsCredentials`` block if named, else the default chain."""
-    import boto3
-
-    if not credentials_block:
-        return boto3.Session()
-    from prefect_aws import AwsCredentials  # deferred: only the flow side needs Prefect
-
-    return AwsCredentials.load(credentials_block).get_boto3_session()
+# ----------------------------------------------------------------------------- names
 
 
 def started_by(grid_prefix: str) -> str:
@@ -138,12 +123,11 @@ class EcsRunner:
     backoff_cap_s = 60.0
 
     def __init__(self, grid_dir: Path, max_parallel: int, usd_per_hour: float = 0.0,
-                 settings: EcsSettings | None = None, instance_type: str = "g5.xlarge", spot: bool | None = None,
-                 **ecs: Any):
-        """``spot``: how the run is priced; when given, the capacity provider's Auto Scaling group
-        must launch the same (:meth:`check_capacity`, before the first launch), or no pack launches."""
-        from botocore.config import Config
-
+                 settings: EcsSettings | None = None, instance_type: str = "g5.xlarge", spot: bool = False,
+                 price: Price | None = None, **ecs: Any):
+        """``spot`` and ``price``: how the run is priced (flows.ecs_capacity.price_stack checked the
+        group's market and read its region's prices before the flow built this runner); ``price``
+        bills the instances, default the table's for ``instance_type``."""
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be at least 1, got {max_parallel}")
         s = self.settings = settings or EcsSettings.parse(ecs)
@@ -161,14 +145,13 @@ class EcsRunner:
         self.log_location: tuple[str, str] | None = (s.log_group, s.log_stream_prefix or "") if s.log_group else None
 
         session = aws_session(s.aws_credentials_block)
-        config = Config(region_name=s.region or session.region_name, retries=dict(BOTO_RETRIES))
+        config = client_config(s.region or session.region_name)
         self.ecs = session.client("ecs", config=config)
         self.s3 = session.client("s3", config=config)
         self.logs = session.client("logs", config=config)
         self.autoscaling = session.client("autoscaling", config=config)
         self.ec2 = session.client("ec2", config=config)
         self.region = config.region_name
-        self.zones: list[str] = []  # the group's Availability Zones (check_capacity reads them)
 
         self._slots = threading.Semaphore(max_parallel)  # tasks allowed in PROVISIONING/PENDING
         self._lock = threading.Lock()
@@ -178,64 +161,10 @@ class EcsRunner:
         self._orphans: dict[tuple[str, ...], str] | None = None  # tasks of earlier runs, by command
         self._adoption_error: AdoptionError | None = None
         self._stopping = threading.Event()  # stop() was called: launch nothing more
-        self.spot = bool(spot)
+        self.spot = spot
+        self.price = price or price_of(instance_type)
         self._uses: dict[str, InstanceUse] = {}  # container instance ARN -> what our tasks did there
         self._run_start: dt.datetime | None = None  # this runner's first launch or adoption
-        self._capacity_checked = spot is None  # checked once, before the first launch
-        self._capacity_error: str | None = None
-
-    # ------------------------------------------------------------------ before any launch
-
-    def check_capacity(self, spot: bool) -> None:
-        """Refuse a run priced at spot on a group that launches on-demand, or the reverse.
-
-        A group at 100% on-demand bills g5.xlarge at $1.006/h; priced at spot the ledger would
-        read about 57% low and the cap would let the bill run past it.
-        """
-        group = self._capacity_group()
-        dist = (group.get("MixedInstancesPolicy") or {}).get("InstancesDistribution") or {}
-        base = dist.get("OnDemandBaseCapacity", 0)
-        pct = dist.get("OnDemandPercentageAboveBaseCapacity", 100) if group.get("MixedInstancesPolicy") else 100
-        where = f"ecs.capacity_provider {self.capacity_provider} (Auto Scaling group {group['AutoScalingGroupName']})"
-        if spot and (pct > 0 or base > 0):
-            raise ValueError(
-                f"{where} launches {pct}% on-demand (base {base}) but the run is priced at spot: the ledger would "
-                "read low and the cap would not hold; run without --spot, or deploy with "
-                "OnDemandPercentageAboveBaseCapacity=0")
-        if not spot and pct < 100:
-            raise ValueError(
-                f"{where} launches {100 - pct}% Spot but the run is priced on-demand; run with --spot (then "
-                "deploy with OnDemandPercentageAboveBaseCapacity=0), or deploy with 100")
-        self.zones = sorted(group.get("AvailabilityZones", []))
-
-    def _check_capacity_once(self) -> str | None:
-        with self._lock:
-            if not self._capacity_checked:
-                self._capacity_checked = True
-                try:
-                    self.check_capacity(self.spot)
-                except ValueError as e:
-                    self._capacity_error = f"{e}; nothing was launched"
-            return self._capacity_error
-
-    def _capacity_group(self) -> dict:
-        """The Auto Scaling group behind the capacity provider (ValueError naming what to fix)."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            cps = self.ecs.describe_capacity_providers(capacityProviders=[self.capacity_provider])["capacityProviders"]
-            arn = cps[0]["autoScalingGroupProvider"]["autoScalingGroupArn"] if cps else ""
-            name = arn.rsplit("autoScalingGroupName/", 1)[-1]
-            groups = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
-        except (BotoCoreError, ClientError, KeyError) as e:
-            why = classify_error(e)[1] if not isinstance(e, KeyError) else "no Auto Scaling group"
-            raise ValueError(f"ecs.capacity_provider {self.capacity_provider}: cannot read its Auto Scaling group "
-                             f"({why}); the flow checks spot against it before launching (needs "
-                             "ecs:DescribeCapacityProviders and autoscaling:DescribeAutoScalingGroups)") from None
-        if not groups:
-            raise ValueError(f"ecs.capacity_provider {self.capacity_provider}: no such capacity provider or group; "
-                             "use the stack's CapacityProviderName output")
-        return groups[0]
 
     # ------------------------------------------------------------------ the Runner interface
 
@@ -252,10 +181,6 @@ class EcsRunner:
 
         ids = [c.id for c in cells]
         uris = [self.cell_uri(c) for c in cells]
-        # 0. Priced as the group launches? Asked once, before the first upload or launch.
-        refusal = self._check_capacity_once()
-        if refusal:
-            return self._note(cells, log, Attempt(ids, "permanent", refusal))
         # 1. Inputs up; a pack already complete in S3 (a flow killed after its task) costs nothing.
         try:
             for c, uri in zip(cells, uris):
@@ -508,7 +433,7 @@ class EcsRunner:
             described: dict[str, dict] | None = read_instances(self.ecs, self.ec2, self.cluster, list(uses))
         except (BotoCoreError, ClientError):
             described = None  # no ec2:DescribeInstances: the modelled start and tail, marked estimated
-        bills = bill_instances(uses, described, start, self.spot, price_of(self.instance_type))
+        bills = bill_instances(uses, described, start, self.spot, self.price)
         for b in bills:
             rest = {k: v for k, v in b.items() if k not in ("instance_id", "seconds", "billed_usd", "tasks_usd")}
             ledger.charge_instance(b["instance_id"], b["seconds"], b["billed_usd"], b["tasks_usd"], **rest)

@@ -42,6 +42,7 @@ from flows import cells as cells_mod  # noqa: E402
 from flows import artifacts, checks, cost, plan, rows as rows_mod, spec as spec_mod, summary  # noqa: E402
 from flows.cells import Cell  # noqa: E402
 from flows.cost import Backend, Pricing  # noqa: E402
+from flows.ecs_capacity import price_stack  # noqa: E402
 from flows.ecs_settings import EcsSettings  # noqa: E402
 from flows.ledger import Ledger, LedgerError  # noqa: E402
 from flows.plan import OnCap  # noqa: E402
@@ -233,12 +234,18 @@ def grid_search(
     cells, grid_dir = plan_grid(spec, out_dir)
     gpus = detect_gpus() if backend == "local" else []
     try:  # bad pricing or backend settings fail here, before anything is written or launched
+        settings = ecs_settings(ecs) if backend == "ecs" else None
+        # (ECS) The dry run's own reading of the stack: its market checked against spot, prices
+        # from its region and zones (flows.ecs_capacity).
+        stack = price_stack(settings, instance_type, spot, capped=max_cost_usd is not None) if settings else None
         pricing = plan.make_pricing(backend, instance_type, spot=spot, max_parallel=max_parallel,
                                     cells_per_gpu=cells_per_gpu, local_gpus=bool(gpus),
-                                    local_usd_per_hour=local_usd_per_hour)
-        runner = make_runner(grid_dir, pricing, gpus, ecs, trainer)
-    except ValueError as e:  # CostError included
+                                    local_usd_per_hour=local_usd_per_hour, prices=stack.prices if stack else None)
+        runner = make_runner(grid_dir, pricing, gpus, settings, trainer)
+    except ValueError as e:  # CostError and StackUnreadable included
         return Failed(message=str(e))
+    for note in stack.notes if stack else []:
+        get_run_logger().info("prices: %s", note)
     problems = checks.check_run(cells, grid_dir)  # what the dry run checks: the same function
     if problems:
         return Failed(message="; ".join(problems))
@@ -301,20 +308,24 @@ def run_locked(cells: list[Cell], grid_dir: Path, pricing: Pricing, runner: Runn
                      data=result)
 
 
-def make_runner(grid_dir: Path, pricing: Pricing, gpus: list[str], ecs: EcsSettings | dict[str, Any] | None,
+def ecs_settings(ecs: EcsSettings | dict[str, Any] | None) -> EcsSettings:
+    """The flow's ``ecs`` parameter, checked; a ValueError of one line (it becomes the run's state message)."""
+    try:
+        return EcsSettings.parse(ecs)
+    except ValueError as e:
+        raise ValueError("; ".join(str(e).splitlines())) from None
+
+
+def make_runner(grid_dir: Path, pricing: Pricing, gpus: list[str], ecs: EcsSettings | None,
                 trainer: list[str] | None) -> Runner:
-    """The backend that trains packs, billing what ``pricing`` says an hour costs."""
+    """The backend that trains packs, billing what ``pricing`` says an hour costs (``ecs``: checked settings)."""
     if pricing.backend == "local":
         return LocalRunner(grid_dir, pricing.max_parallel, usd_per_hour=pricing.usd_per_gpu_hour, gpus=gpus,
                            trainer=trainer)
     from flows.ecs import EcsRunner
 
-    try:
-        settings = EcsSettings.parse(ecs)
-    except ValueError as e:  # one line: it becomes the flow run's state message
-        raise ValueError("; ".join(str(e).splitlines())) from None
     return EcsRunner(grid_dir, max_parallel=pricing.max_parallel, usd_per_hour=pricing.usd_per_gpu_hour,
-                     instance_type=pricing.instance_type, spot=pricing.spot, settings=settings)
+                     instance_type=pricing.instance_type, spot=pricing.spot, price=pricing.price, settings=ecs)
 
 
 def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger: Ledger, pricing: Pricing,

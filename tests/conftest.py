@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -129,6 +130,46 @@ def prefect_api():
 
     with prefect_test_harness():
         yield
+
+
+# ----------------------------------------------------------------------------- AWS, in moto
+
+
+@pytest.fixture(scope="module")
+def ecs_moto():
+    """One moto server per test module, for ECS, EC2, Auto Scaling, S3 and Logs; each test gets
+    its own names in it (see ``aws``)."""
+    from tests.ecs_emulator import start_moto
+
+    server, endpoint = start_moto()
+    yield endpoint
+    server.stop()
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def aws(ecs_moto, monkeypatch):
+    """A bucket, cluster, capacity provider, ... of this test's own (a tests.ecs_emulator.StandIn
+    provisioned like the stack); env pointed at moto."""
+    from autolabel import storage
+    from tests.ecs_emulator import REGION, StandIn, provision
+
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", ecs_moto)
+    # moto has no Price List API: refused at once (nothing listens on the discard port), so prices
+    # fall back to the table; tests.price_emulator.PriceList answers where a test needs prices.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_PRICING", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    storage._client.cache_clear()
+    stand_in = StandIn.named(ecs_moto, f"t{next(_names)}")
+    provision(stand_in)
+    yield stand_in
+    storage._client.cache_clear()
 
 
 # ----------------------------------------------------------------------------- the flows' cost model

@@ -77,10 +77,18 @@ class StandIn:
             **override,
         }
 
-    def client(self, service: str):
+    def client(self, service: str, region: str = REGION):
         import boto3
 
-        return boto3.client(service, region_name=REGION, endpoint_url=self.endpoint)
+        return boto3.client(service, region_name=region, endpoint_url=self.endpoint)
+
+    def spot_only(self, zones: list[str] | None = None, region: str = REGION) -> None:
+        """The group launches Spot only (deployed with OnDemandPercentageAboveBaseCapacity=0), in ``zones``."""
+        self.client("autoscaling", region).update_auto_scaling_group(
+            AutoScalingGroupName=self.capacity_provider, **({"AvailabilityZones": zones} if zones else {}),
+            MixedInstancesPolicy={
+                "LaunchTemplate": {"LaunchTemplateSpecification": {"LaunchTemplateName": self.capacity_provider}},
+                "InstancesDistribution": {"OnDemandBaseCapacity": 0, "OnDemandPercentageAboveBaseCapacity": 0}})
 
 
 # ----------------------------------------------------------------------------- moto server

@@ -20,9 +20,23 @@ from flows.spec import load_spec
 ROOT = Path(__file__).resolve().parent.parent
 BENSON = ROOT / "grid-search/benson2025.yaml"
 DEMO = ROOT / "grid-search/demo.yaml"
-# A cloud run's flags: the dry run, like the run, refuses --backend ecs without its settings.
-ECS = ["--backend", "ecs", "--ecs", "cluster=c", "--ecs", "capacity_provider=cp", "--ecs", "task_definition=td",
-       "--ecs", "bucket=my-bucket", "--ecs", "region=us-east-1"]
+# A cloud run's flags name a stack: the dry run, like the run, reads its market and prices (in moto
+# here: on-demand, us-east-1, priced from the table since moto has no Price List API).
+def ecs_flags(aws) -> list[str]:
+    return ["--backend", "ecs", *(x for k in ("cluster", "capacity_provider", "task_definition", "bucket")
+                                  for x in ("--ecs", f"{k}={aws.settings()[k]}")), "--ecs", "region=us-east-1"]
+
+
+@pytest.fixture
+def ECS(aws) -> list[str]:  # noqa: N802 - reads as the flags it stands for
+    return ecs_flags(aws)
+
+
+@pytest.fixture
+def SPOT_ECS(aws) -> list[str]:  # noqa: N802
+    """The same stack's group launching Spot only (OnDemandPercentageAboveBaseCapacity 0)."""
+    aws.spot_only()
+    return ecs_flags(aws)
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +62,7 @@ def demo(tmp_path) -> Path:
     return Path(shutil.copy(DEMO, tmp_path / "demo.yaml"))
 
 
-def test_dry_run_reports_factors_cost_and_wall_clock(capsys):
+def test_dry_run_reports_factors_cost_and_wall_clock(capsys, ECS):
     code, out, err = run(capsys, BENSON, "--dry-run", *ECS)
     assert code == 0 and err == ""
     assert out.startswith("benson2025: 1800 cells from ")
@@ -76,7 +90,7 @@ def test_a_local_dry_run_prices_what_the_local_ledger_charges(capsys, monkeypatc
     assert "note: a local run without GPUs" not in out
 
 
-def test_the_dry_run_refuses_what_the_run_refuses(capsys):
+def test_the_dry_run_refuses_what_the_run_refuses(capsys, ECS):
     for args in ([DEMO, "--backend", "ecs"], [DEMO, "--backend", "ecs", "--ecs", "cluster=c"],
                  [DEMO, *ECS, "--ecs", "bucket=Not_A_Bucket"], [DEMO, "--ecs", "cluster=c"],
                  [DEMO, *ECS, "--ecs", "colour=blue"], [DEMO, "--instance-type", "m5.large"]):
@@ -89,7 +103,7 @@ def test_the_dry_run_refuses_what_the_run_refuses(capsys):
         assert ("estimate for 8 cells" in dry[1]) == ecs_settings_problem, args
 
 
-def test_over_the_cap_exits_3_and_says_how_many_fit(capsys):
+def test_over_the_cap_exits_3_and_says_how_many_fit(capsys, ECS):
     code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "20", *ECS)
     assert code == 3
     line = next(x for x in out.splitlines() if x.startswith("cap: OVER"))
@@ -104,13 +118,13 @@ def test_over_the_cap_exits_3_and_says_how_many_fit(capsys):
     assert code == 3
 
 
-def test_within_the_cap_exits_0(capsys):
+def test_within_the_cap_exits_0(capsys, SPOT_ECS):
     code, out, _ = run(capsys, BENSON, "--dry-run", "--max-cost", "1000", "--spot", "--instance-type", "g6e.xlarge",
-                       *ECS)
+                       *SPOT_ECS)
     assert code == 0 and "cap: fits, $" in out and "(this run: spot)" in out and "on g6e.xlarge (L40S" in out
 
 
-def test_json_document(capsys):
+def test_json_document(capsys, ECS):
     code, out, _ = run(capsys, BENSON, "--dry-run", "--json", "--max-cost", "20", *ECS)
     doc = json.loads(out)
     assert code == 3 and doc["exit_code"] == 3
@@ -180,16 +194,15 @@ def test_bad_flags_exit_2(capsys):
     assert e.value.code == 2 and "must be a whole number >= 1" in capsys.readouterr().err
 
 
-def test_a_real_run_hands_every_option_to_run_grid(monkeypatch, demo):
+def test_a_real_run_hands_every_option_to_run_grid(monkeypatch, demo, aws, SPOT_ECS):
     """The contract with run_grid (which runs the flow), recorded instead of run."""
     calls = []
     monkeypatch.setattr(cli, "run_grid", lambda spec_path, **kw: calls.append((spec_path, kw)) or 5)
-    code = cli.main([str(demo), "--backend", "ecs", "--max-cost", "12.5", "--on-cap", "subset", "--spot",
-                     "--cells-per-gpu", "4", "--out", "/tmp/x", "--force", "--instance-type", "g6e.xlarge",
-                     "--ecs", "cluster=c", "--ecs", "capacity_provider=cp", "--ecs", "task_definition=td",
-                     "--ecs", "bucket=my-bucket"])
+    code = cli.main([str(demo), "--max-cost", "12.5", "--on-cap", "subset", "--spot",
+                     "--cells-per-gpu", "4", "--out", "/tmp/x", "--force", "--instance-type", "g6e.xlarge", *SPOT_ECS])
     assert code == 5
-    ecs = {"cluster": "c", "capacity_provider": "cp", "task_definition": "td", "bucket": "my-bucket"}
+    ecs = {k: aws.settings()[k] for k in ("cluster", "capacity_provider", "task_definition", "bucket")}
+    ecs["region"] = "us-east-1"
     assert calls == [(demo, {"out_dir": Path("/tmp/x"), "backend": "ecs", "max_parallel": 8, "max_cost_usd": 12.5,
                              "instance_type": "g6e.xlarge", "on_cap": "subset", "cells_per_gpu": 4, "spot": True,
                              "force": True, "ecs": ecs})]
@@ -199,19 +212,21 @@ def test_a_real_run_hands_every_option_to_run_grid(monkeypatch, demo):
     assert calls[-1][1]["local_usd_per_hour"] == 0.5
 
 
-@pytest.mark.parametrize("backend", [[], ECS], ids=["local", "ecs"])
-def test_module_entry_point_imports_neither_torch_nor_prefect(backend):
-    """``python -m flows.grid`` as a user types it, with Python's import log."""
+@pytest.mark.parametrize("backend", ["local", "ecs"])
+def test_module_entry_point_imports_neither_torch_nor_prefect(backend, request):
+    """``python -m flows.grid`` as a user types it, with Python's import log; on ECS it reads the
+    stack (boto3), as the run would."""
+    flags = request.getfixturevalue("ECS") if backend == "ecs" else []
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "flows.grid", str(BENSON), "--dry-run", "--max-cost", "1000",
-         *backend],
+         *flags],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "benson2025: 1800 cells" in proc.stdout
     imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
     assert "pydantic" in imported and "yaml" in imported  # the log is real
-    heavy = imported & {"torch", "prefect", "boto3", "numpy"}
+    heavy = imported & {"torch", "prefect", "numpy", *(["boto3"] if backend == "local" else [])}
     assert not heavy, sorted(heavy)
 
 

@@ -9,7 +9,6 @@ tests/ecs_emulator.py plays the ECS agent: it runs each started task's command a
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -19,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from autolabel import storage
 from autolabel.options import CellOptions, ExplicitPartition, Plan, Round, SyntheticDataset
-from flows import ecs as ecs_mod
+from flows import aws as aws_mod
 from flows.cells import Cell, cell_dir
 from flows.ecs import EcsRunner, EcsSettings, parse_ecs_pairs
 from tests.ecs_emulator import (
@@ -30,8 +28,6 @@ from tests.ecs_emulator import (
     StandIn,
     deny_list_tasks,
     fail_placements,
-    provision,
-    start_moto,
     throttle_run_task,
     trainer_env,
 )
@@ -41,33 +37,6 @@ EPOCH_ROW = re.compile(r"^\s*\d+\s+\d+\s+\d+\s+\d+\.\d+\s+\d+\s")  # a line of t
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def ecs_moto():
-    """One moto server for this module; each test gets its own names in it (see ``aws``)."""
-    server, endpoint = start_moto()
-    yield endpoint
-    server.stop()
-
-
-_names = itertools.count()
-
-
-@pytest.fixture
-def aws(ecs_moto, monkeypatch) -> StandIn:
-    """A bucket, cluster, capacity provider, ... of this test's own; env pointed at moto."""
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", ecs_moto)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    storage._client.cache_clear()
-    stand_in = StandIn.named(ecs_moto, f"t{next(_names)}")
-    provision(stand_in)
-    yield stand_in
-    storage._client.cache_clear()
 
 
 @pytest.fixture
@@ -276,7 +245,7 @@ def test_placement_failure_is_transient_then_runs(aws, tmp_path, monkeypatch):
 
 def test_throttling_is_retried_with_backoff(aws, tmp_path, monkeypatch):
     # botocore retries once itself (2 attempts per call); our loop covers the rest.
-    monkeypatch.setattr(ecs_mod, "BOTO_RETRIES", {"mode": "standard", "max_attempts": 2})
+    monkeypatch.setattr(aws_mod, "BOTO_RETRIES", {"mode": "standard", "max_attempts": 2})
     grid = tmp_path / "demo"
     runner = runner_for(aws, grid)
     calls = throttle_run_task(monkeypatch, times=3)
@@ -645,31 +614,3 @@ def test_the_in_run_cap_refuses_a_lane_whose_start_and_tail_do_not_fit(aws, tmp_
     assert skip["cells"] == ["c2"] and skip["estimate_usd"] == pytest.approx(lane)
     assert ledger.entries("instance"), "the lane's instance was charged at the end"
     assert not ledger._open, "every hold released"
-
-
-# ----------------------------------------------------------------------------- spot against the group
-
-
-def test_spot_pricing_on_an_on_demand_group_is_refused_before_launch(aws, tmp_path):
-    grid = tmp_path / "demo"
-    runner = runner_for(aws, grid, spot=True)
-    sent = record_calls(runner, "RunTask")
-    first = runner.run([tiny_cell(grid, "c1")], print)
-    second = runner.run([tiny_cell(grid, "c2")], print)
-    for a in (first, second):
-        assert a.outcome == "permanent" and "100% on-demand" in a.detail and "priced at spot" in a.detail
-    assert not sent and not s3_keys(aws, "demo/"), "refused before any upload or launch"
-    on_demand = runner_for(aws, grid, spot=False)
-    on_demand.check_capacity(False)
-    assert on_demand.zones == [f"{REGION}a"]
-
-
-def test_on_demand_pricing_on_a_spot_group_is_refused(aws, tmp_path):
-    asg = aws.client("autoscaling")
-    asg.update_auto_scaling_group(AutoScalingGroupName=aws.capacity_provider, MixedInstancesPolicy={
-        "LaunchTemplate": {"LaunchTemplateSpecification": {"LaunchTemplateName": aws.capacity_provider}},
-        "InstancesDistribution": {"OnDemandBaseCapacity": 0, "OnDemandPercentageAboveBaseCapacity": 0}})
-    runner = runner_for(aws, tmp_path / "demo")
-    with pytest.raises(ValueError, match="100% Spot but the run is priced on-demand"):
-        runner.check_capacity(False)
-    runner.check_capacity(True)

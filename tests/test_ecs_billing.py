@@ -55,6 +55,6 @@ def test_bills_price_the_whole_instance_type_ec2_reports():
     inst = {"arn:ci/1": {"InstanceId": "i-1", "InstanceType": "p4d.24xlarge", "LaunchTime": at(0),
                          "State": {"Name": "terminated"},
                          "StateTransitionReason": f"User initiated ({at(90):%Y-%m-%d %H:%M:%S} GMT)"}}
-    (bill,) = bill_instances(use, inst, at(0), spot=False, fallback=price_of("g5.xlarge"))
+    (bill,) = bill_instances(use, inst, at(0), spot=False, price=price_of("g5.xlarge"))
     assert bill["instance_id"] == "i-1" and bill["seconds"] == 5400
     assert bill["billed_usd"] == pytest.approx(1.5 * 21.958) and not bill["estimated"]

@@ -165,8 +165,8 @@ def test_cost_cap_stops_launches_and_ledger_says_why(prefect_api, tmp_path, monk
 
 
 # The dry run and the run on the same flags: (flags, GPUs visible to the local backend).
-ECS_FLAGS = ["--backend", "ecs", "--ecs", "cluster=c", "--ecs", "capacity_provider=cp",
-             "--ecs", "task_definition=td", "--ecs", "bucket=my-bucket", "--ecs", "region=us-east-1"]
+ECS_FLAGS = ["ECS"]  # replaced by a moto stack's flags: the dry run and the run both read it
+SPOT_ECS_FLAGS = ["SPOT_ECS"]  # ... a stack whose group launches Spot only
 AGREE = [
     ([], ""),  # local CPU: $0, no cap
     (["--max-cost", "0"], ""),  # local CPU: $0 fits a $0 cap
@@ -175,14 +175,26 @@ AGREE = [
     (["--max-cost", "0.0001", "--on-cap", "subset"], "0"),  # ... and no subset fits
     (["--max-cost", "1", "--instance-type", "g6e.xlarge"], "0"),  # fits: it runs
     (["--max-cost", "0.2", "--max-parallel", "1", *ECS_FLAGS], ""),  # ECS: an instance's start and idle: over
-    (["--max-cost", "0.25", "--spot", "--max-parallel", "4", "--on-cap", "subset", *ECS_FLAGS], ""),  # 2 lanes
+    (["--max-cost", "0.25", "--spot", "--max-parallel", "4", "--on-cap", "subset", *SPOT_ECS_FLAGS], ""),  # 2 lanes
 ]
 
 
-def test_dry_run_and_run_reach_the_same_verdict_and_dollars(prefect_api, tmp_path, capsys, monkeypatch):
+def stack_flags(stand_in) -> list[str]:
+    return ["--backend", "ecs", *(x for k in ("cluster", "capacity_provider", "task_definition", "bucket")
+                                  for x in ("--ecs", f"{k}={stand_in.settings()[k]}"))]
+
+
+def test_dry_run_and_run_reach_the_same_verdict_and_dollars(prefect_api, tmp_path, capsys, monkeypatch, aws):
     """The issue's bug: the dry run priced a run other than the one its flags start."""
+    from tests.ecs_emulator import StandIn, provision
+
+    spot = StandIn.named(aws.endpoint, f"{aws.cluster}-spot")
+    provision(spot, instances=0)
+    spot.spot_only()
+    stacks = {"ECS": stack_flags(aws), "SPOT_ECS": stack_flags(spot)}
     seen = set()
     for i, (flags, gpus) in enumerate(AGREE):
+        flags = [x for f in flags for x in stacks.get(f, [f])]
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpus)
         (tmp_path / f"case{i}").mkdir()
         spec = write_grid_spec(tmp_path / f"case{i}", "agree", {"lr": [0.003, 0.004]})

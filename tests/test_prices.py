@@ -39,7 +39,7 @@ def test_refresh_prices_without_credentials_keeps_the_table(monkeypatch, tmp_pat
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     table, notes = prices.refresh_prices(["g5.xlarge"])
-    assert table == prices.PRICES and notes == ["no AWS credentials; using the price table of 2026-06"]
+    assert table == prices.PRICES and notes == ["no AWS credentials; using the us-east-1 price table of 2026-06"]
 
 
 def test_refresh_prices_offline_falls_back_quickly(monkeypatch):
