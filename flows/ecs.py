@@ -26,8 +26,8 @@ One launch, step by step:
    A task waits in PROVISIONING while the Auto Scaling group scales out from zero; at most
    ``max_parallel`` wait at once, and one that waits past ``provisioning_timeout_s`` is stopped
    and retried.
-3. One poller thread per runner describes every task in flight, 100 ARNs per call, and stops
-   (StopTask, SIGTERM) a pack running past its runtime limit.
+3. One poller thread per runner (flows/ecs_poller.py) describes every task in flight, 100 ARNs
+   per call, and stops (StopTask, SIGTERM) a pack running past its runtime limit.
 4. When the task has stopped, the cells' results come down from S3 and the rules of
    ``flows/ecs_rules.py`` classify the outcome; a failure gets the tail of the task's CloudWatch log.
 
@@ -52,7 +52,6 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -63,6 +62,7 @@ from flows.aws import aws_session, client_config
 from flows.cells import Cell, cell_dir
 from flows.cost import cell_gpu_seconds
 from flows.ecs_billing import InstanceUse, bill_instances, read_instances
+from flows.ecs_poller import DESCRIBE_BATCH, Poller, Watch
 from flows.ecs_rules import (
     classify_error,
     classify_failures,
@@ -85,31 +85,7 @@ def started_by(grid_prefix: str) -> str:
     return ("autolabel-" + re.sub(r"[^A-Za-z0-9_/-]", "-", grid_prefix))[:128]
 
 
-# ----------------------------------------------------------------------------- watching tasks
-
-
-@dataclass
-class _Watch:
-    """One task in flight, as the poller sees it; ``done`` is set once it has STOPPED."""
-
-    arn: str
-    launched: float  # time.monotonic() at run_task
-    done: threading.Event = field(default_factory=threading.Event)
-    holds_slot: bool = True  # still counts against the PROVISIONING bound
-    task: dict = field(default_factory=dict)  # the latest describe_tasks entry
-    timed_out: bool = False  # we stopped it for waiting too long in PROVISIONING
-    misses: int = 0  # polls in a row that did not find it
-    error: tuple[Outcome, str] | None = None  # the poller gave up on it
-    limit_s: float | None = None  # runtime limit from startedAt; the poller stops it after
-    over_limit: bool = False  # we stopped it for running past limit_s
-    stop_asked: bool = False  # stop() asked it to stop (the flow is being stopped)
-
-
-WAITING = ("PROVISIONING", "PENDING")
 STOPPED_BY_FLOW = "the flow was asked to stop; a rerun resumes from the S3 checkpoint"
-MISSING_POLLS = 10  # describe_tasks is eventually consistent: a new task may be briefly unknown
-DESCRIBE_BATCH = 100  # DescribeTasks' limit
-POLL_ERRORS = 8  # failed polls in a row before the tasks in flight are given up
 
 
 class EcsRunner:
@@ -153,11 +129,8 @@ class EcsRunner:
         self.ec2 = session.client("ec2", config=config)
         self.region = config.region_name
 
-        self._slots = threading.Semaphore(max_parallel)  # tasks allowed in PROVISIONING/PENDING
+        self.poller = Poller(self.ecs, self.cluster, max_parallel, self.poll_interval_s, self.provisioning_timeout_s)
         self._lock = threading.Lock()
-        self._watches: dict[str, _Watch] = {}
-        self._poller: threading.Thread | None = None
-        self._wake = threading.Event()
         self._orphans: dict[tuple[str, ...], str] | None = None  # tasks of earlier runs, by command
         self._adoption_error: AdoptionError | None = None
         self._stopping = threading.Event()  # stop() was called: launch nothing more
@@ -195,9 +168,9 @@ class EcsRunner:
 
         # 2. Launch (or adopt the task an interrupted run left), within the bound on tasks
         #    waiting for capacity.
-        self._slots.acquire()
+        self.poller.slots.acquire()
         if self._stopping.is_set():
-            self._slots.release()
+            self.poller.slots.release()
             return self._note(cells, log, Attempt(ids, "transient", STOPPED_BY_FLOW + "; not launched"))
         with self._lock:
             self._run_start = self._run_start or dt.datetime.now(dt.timezone.utc)
@@ -206,21 +179,20 @@ class EcsRunner:
             verb = "still running from an earlier run; waiting for it" if arn else "launched"
             arn = arn or self.launch(uris, force, ids)
         except _LaunchFailed as e:
-            self._slots.release()
+            self.poller.slots.release()
             return self._note(cells, log, Attempt(ids, e.outcome, e.detail))
         except AdoptionError as e:
-            self._slots.release()
+            self.poller.slots.release()
             return self._note(cells, log, Attempt(ids, "permanent", str(e)))
         except BaseException:
-            self._slots.release()
+            self.poller.slots.release()
             raise
         task_id = arn.rsplit("/", 1)[-1]
         self._note(cells, log, None, f"ECS task {task_id} {verb} on {self.capacity_provider}: {' '.join(uris)}")
 
-        # 3. Wait for the shared poller to see it stop (restarting the poller should it have died).
-        watch = self.watch(arn, self.runtime_limit(cells))
-        while not watch.done.wait(30):
-            self._ensure_poller()
+        # 3. Wait for the shared poller (flows/ecs_poller.py) to see it stop.
+        watch = self.poller.watch(arn, self.runtime_limit(cells))
+        self.poller.wait(watch)
         return self.finish(cells, uris, watch, log)
 
     def stop(self) -> None:
@@ -230,20 +202,7 @@ class EcsRunner:
         the trainer checkpoints to S3 within the stop timeout, and a rerun resumes from there.
         """
         self._stopping.set()
-        with self._lock:
-            watches = [w for w in self._watches.values() if not w.done.is_set()]
-        for w in watches:
-            w.stop_asked = True
-        threading.Thread(target=self._stop_tasks, args=(watches,), name="ecs-stop", daemon=True).start()
-
-    def _stop_tasks(self, watches: list[_Watch]) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        for w in watches:
-            try:
-                self.ecs.stop_task(cluster=self.cluster, task=w.arn, reason="autolabel: the flow was asked to stop")
-            except (BotoCoreError, ClientError):
-                pass  # a task already gone; the poller still sees how each one ended
+        self.poller.stop_all("autolabel: the flow was asked to stop")
 
     # ------------------------------------------------------------------ steps of run()
 
@@ -371,7 +330,15 @@ class EcsRunner:
         """Exponential backoff with full jitter (AWS's recommendation for contended APIs)."""
         return random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2**attempt))
 
-    def finish(self, cells: list[Cell], uris: list[str], watch: _Watch, log: Log) -> Attempt:
+    def runtime_limit(self, cells: list[Cell]) -> float:
+        """Seconds a pack may run: ``runtime_limit_s``, else factor x its expected GPU-seconds + start-up."""
+        s = self.settings
+        if s.runtime_limit_s is not None:
+            return s.runtime_limit_s
+        expected = sum(cell_gpu_seconds(c, self.instance_type, len(cells)) for c in cells)
+        return s.runtime_limit_factor * expected + s.runtime_limit_startup_s
+
+    def finish(self, cells: list[Cell], uris: list[str], watch: Watch, log: Log) -> Attempt:
         """After the stop: results down, outcome classified, cost measured, log tail on failure."""
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -465,134 +432,6 @@ class EcsRunner:
             return [f"(no CloudWatch log {group}/{stream}: {classify_error(e)[1]})"]
         return [f"--- last {len(events)} lines of CloudWatch {group} {stream} ---",
                 *(redact(e["message"].rstrip()) for e in events)]
-
-    # ------------------------------------------------------------------ the shared poller
-
-    def watch(self, arn: str, limit_s: float | None = None) -> _Watch:
-        """Hand a launched task to the poller (started if it is not running)."""
-        w = _Watch(arn, time.monotonic(), limit_s=limit_s)
-        with self._lock:
-            self._watches[arn] = w
-        self._ensure_poller()
-        self._wake.set()
-        return w
-
-    def _ensure_poller(self) -> None:
-        with self._lock:
-            if self._watches and (self._poller is None or not self._poller.is_alive()):
-                self._poller = threading.Thread(target=self._poll_forever, name="ecs-poller", daemon=True)
-                self._poller.start()
-
-    def _poll_forever(self) -> None:
-        """Describe every task in flight, 100 ARNs a call, until none is left.
-
-        The interval grows (x1.5, up to 6x) while nothing changes and on errors (x2, up to 60 s);
-        a state change or a new task brings it back to ``poll_interval_s``.
-        """
-        delay, errors, last = self.poll_interval_s, 0, 0.0
-        while True:
-            with self._lock:
-                watches = list(self._watches.values())
-                if not watches:
-                    self._poller = None
-                    return
-            # Never poll more often than poll_interval_s, however often tasks arrive.
-            time.sleep(max(0.0, self.poll_interval_s - (time.monotonic() - last)))
-            last = time.monotonic()
-            try:
-                changed = self.poll_once(watches)
-                self.stop_overdue(watches)
-                self.stop_over_limit(watches)
-                errors = 0
-                delay = self.poll_interval_s if changed else min(delay * 1.5, self.poll_interval_s * 6)
-            except Exception as e:  # noqa: BLE001 - the poller must outlive any one bad call
-                errors += 1
-                outcome, why = classify_error(e)
-                if outcome == "permanent" or errors >= POLL_ERRORS:
-                    for w in watches:
-                        w.error = (outcome, f"describe_tasks failed {errors} time(s): {why}")
-                        self._done(w)
-                delay = min(max(delay, self.poll_interval_s) * 2, max(60.0, self.poll_interval_s))
-            if self._wake.wait(random.uniform(0.8, 1.0) * delay):
-                self._wake.clear()
-                delay = self.poll_interval_s
-
-    def poll_once(self, watches: list[_Watch]) -> bool:
-        """One round of describe_tasks over ``watches``; True if any task changed state."""
-        changed = False
-        for i in range(0, len(watches), DESCRIBE_BATCH):
-            batch = {w.arn: w for w in watches[i : i + DESCRIBE_BATCH]}
-            resp = self.ecs.describe_tasks(cluster=self.cluster, tasks=list(batch))
-            seen = {t["taskArn"]: t for t in resp.get("tasks", [])}
-            for arn, w in batch.items():
-                task = seen.get(arn)
-                if task is None:
-                    w.misses += 1
-                    if w.misses >= MISSING_POLLS:
-                        w.error = classify_failures([{"arn": arn, "reason": "MISSING"}])
-                        self._done(w)
-                    continue
-                w.misses = 0
-                changed |= task.get("lastStatus") != w.task.get("lastStatus")
-                w.task = task
-                if task.get("lastStatus") not in WAITING:
-                    self._release(w)
-                if task.get("lastStatus") == "STOPPED":
-                    self._done(w)
-        return changed
-
-    def stop_overdue(self, watches: list[_Watch]) -> None:
-        """Stop tasks that waited in PROVISIONING/PENDING longer than provisioning_timeout_s."""
-
-        now = time.monotonic()
-        for w in watches:
-            overdue = now - w.launched > self.provisioning_timeout_s
-            if overdue and w.holds_slot and not w.timed_out and not w.done.is_set():
-                w.timed_out = self._stop_task(w, f"autolabel: no capacity within {self.provisioning_timeout_s:.0f} s")
-
-    def runtime_limit(self, cells: list[Cell]) -> float:
-        """Seconds a pack may run: ``runtime_limit_s``, else factor x its expected GPU-seconds + start-up."""
-        s = self.settings
-        if s.runtime_limit_s is not None:
-            return s.runtime_limit_s
-        expected = sum(cell_gpu_seconds(c, self.instance_type, len(cells)) for c in cells)
-        return s.runtime_limit_factor * expected + s.runtime_limit_startup_s
-
-    def stop_over_limit(self, watches: list[_Watch]) -> None:
-        """StopTask on tasks running past their limit: SIGTERM, so a trainer still alive checkpoints."""
-        import datetime as dt
-
-
-        now = dt.datetime.now(dt.timezone.utc)
-        for w in watches:
-            started = w.task.get("startedAt")
-            if w.limit_s is None or not started or w.over_limit or w.done.is_set():
-                continue
-            if (now - started).total_seconds() > w.limit_s:
-                w.over_limit = self._stop_task(w, f"autolabel: runtime limit {w.limit_s:.0f} s reached")
-
-    def _stop_task(self, w: _Watch, reason: str) -> bool:
-        """StopTask (SIGTERM, then SIGKILL after stopTimeout); False if ECS did not take it (retried next poll)."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            self.ecs.stop_task(cluster=self.cluster, task=w.arn, reason=reason)
-            return True
-        except (BotoCoreError, ClientError):
-            return False
-
-    def _release(self, w: _Watch) -> None:
-        with self._lock:
-            if not w.holds_slot:
-                return
-            w.holds_slot = False
-        self._slots.release()
-
-    def _done(self, w: _Watch) -> None:
-        self._release(w)
-        with self._lock:
-            self._watches.pop(w.arn, None)
-        w.done.set()
 
     # ------------------------------------------------------------------ small helpers
 

@@ -5,8 +5,8 @@
 Pure readings of the API's payloads (run_task failures, a stopped task, an API error):
 transient (retried, the cell resumes from its checkpoint) or permanent (never retried), with
 the reason in words. A stopped task that matches no rule is classified by its exit code,
-as the local runner classifies it (flows.runners.classify_exit). The runner and its poller
-are in flows/ecs.py.
+as the local runner classifies it (flows.runners.classify_exit). The runner is in
+flows/ecs.py, its poller in flows/ecs_poller.py.
 """
 
 from __future__ import annotations

@@ -320,7 +320,7 @@ def test_a_rerun_after_a_killed_flow_adopts_its_tasks_and_starts_none_twice(aws,
         def release_once_adopted() -> None:
             # Not on a timer: under load the rerun may look for orphans only after a delay.
             deadline = time.monotonic() + 60
-            while not all(a in rerun._watches for a in orphans[:2]) and time.monotonic() < deadline:
+            while not all(a in rerun.poller.watches for a in orphans[:2]) and time.monotonic() < deadline:
                 time.sleep(0.02)
             emu.release(0)
 
