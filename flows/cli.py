@@ -180,7 +180,7 @@ def ecs_settings(args: argparse.Namespace) -> dict | None:
         if args.ecs:
             raise ValueError("--ecs settings apply only to --backend ecs")
         return None
-    from flows.ecs import EcsSettings, parse_ecs_pairs
+    from flows.ecs_settings import EcsSettings, parse_ecs_pairs
 
     pairs = parse_ecs_pairs(args.ecs)
     EcsSettings.parse(pairs)

@@ -45,17 +45,16 @@ in its command, its environment, the cell folders or the logs.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 import re
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from autolabel.celldir import CHECKPOINT, INPUTS, METRICS, MODEL
+from autolabel.celldir import CHECKPOINT, INPUTS, METRICS, MODEL, write_atomic
+from autolabel.control import CHECKPOINT_ENV
 from autolabel.storage import exists as storage_exists, join, split_s3
 
 from flows.aws import aws_session, client_config
@@ -73,7 +72,7 @@ from flows.ecs_rules import (
     redact,
     task_seconds,
 )
-from flows.ecs_settings import CHECKPOINT_EVERY_S, EcsSettings, parse_ecs_pairs  # noqa: F401 - the runner's API
+from flows.ecs_settings import EcsSettings
 from flows.prices import Price, price_of
 from flows.runners import Attempt, Log, Outcome
 
@@ -125,9 +124,7 @@ class EcsRunner:
         self.ecs = session.client("ecs", config=config)
         self.s3 = session.client("s3", config=config)
         self.logs = session.client("logs", config=config)
-        self.autoscaling = session.client("autoscaling", config=config)
         self.ec2 = session.client("ec2", config=config)
-        self.region = config.region_name
 
         self.poller = Poller(self.ecs, self.cluster, max_parallel, self.poll_interval_s, self.provisioning_timeout_s)
         self._lock = threading.Lock()
@@ -296,7 +293,7 @@ class EcsRunner:
             "overrides": {"containerOverrides": [
                 {"name": self.container_name, "command": [*uris, *(["--force"] if force else [])],
                  # The trainer reads its checkpoint cadence from here (autolabel.train).
-                 "environment": [{"name": "AUTOLABEL_CHECKPOINT_EVERY_S",
+                 "environment": [{"name": CHECKPOINT_ENV,
                                   "value": f"{self.settings.checkpoint_every_s:g}"}]},
             ]},
             "startedBy": started_by(self.grid_prefix),
@@ -489,17 +486,10 @@ class EcsRunner:
         return out
 
     def _get(self, uri: str, dest: Path) -> None:
-        """Download atomically: readers see the old file or the whole new one."""
+        """Download through the cell folder's one atomic writer: readers see the old file or the
+        whole new one, with a plain file's permissions."""
         bucket, key = split_s3(uri)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        os.close(fd)
-        try:
-            self.s3.download_file(bucket, key, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(dest, lambda tmp: self.s3.download_file(bucket, key, str(tmp)))
 
 
 class AdoptionError(RuntimeError):

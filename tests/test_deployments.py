@@ -316,8 +316,8 @@ def test_grid_search_deployment_matches_the_flow(prefect_yaml):
 
 
 def runner_keywords() -> set[str]:
-    """The settings EcsRunner takes (flows.ecs.EcsSettings): the keys the flow's `ecs` parameter may hold."""
-    from flows.ecs import EcsSettings
+    """The settings EcsRunner takes (flows.ecs_settings.EcsSettings): the keys the flow's `ecs` parameter may hold."""
+    from flows.ecs_settings import EcsSettings
 
     return set(EcsSettings.model_fields)
 

@@ -21,7 +21,8 @@ import pytest
 from autolabel.options import CellOptions, ExplicitPartition, Plan, Round, SyntheticDataset
 from flows import aws as aws_mod
 from flows.cells import Cell, cell_dir
-from flows.ecs import EcsRunner, EcsSettings, parse_ecs_pairs
+from flows.ecs import EcsRunner
+from flows.ecs_settings import EcsSettings, parse_ecs_pairs
 from tests.ecs_emulator import (
     REGION,
     ContainerEmulator,
