@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from autolabel.celldir import UMASK
 from autolabel.options import CellOptions, ExplicitPartition, Plan, Round, SyntheticDataset
 from flows import aws as aws_mod
 from flows.cells import Cell, cell_dir
@@ -280,8 +281,11 @@ def test_pack_complete_in_s3_is_downloaded_without_a_launch(aws, tmp_path):
     sent = record_calls(runner, "RunTask")
     attempt = runner.run([cell], print)
     assert attempt.outcome == "ok" and not sent
-    assert (cell_dir(grid, cell) / "metrics.json").is_file()
-    assert not (cell_dir(grid, cell) / "checkpoint.pt").exists()
+    metrics = cell_dir(grid, cell) / "metrics.json"
+    assert metrics.is_file() and not (cell_dir(grid, cell) / "checkpoint.pt").exists()
+    # A plain file's permissions (the lab's group reads results), not a temporary file's 0600.
+    assert metrics.stat().st_mode & 0o777 == 0o666 & ~UMASK
+    assert not [p.name for p in cell_dir(grid, cell).iterdir() if p.name.startswith(".")], "no temporary left"
 
 
 def test_local_checkpoint_never_replaces_newer_s3_progress(aws, tmp_path):
