@@ -22,7 +22,8 @@ from typing import Any
 from autolabel.options import CellOptions, Plan
 from autolabel import celldir
 from autolabel.celldir import write_json_atomic
-from flows.spec import GridSpec, split_values
+from flows.spec import GridSpec
+from flows.spec_values import split_values
 
 ID_HEX = 16  # 64 bits of sha256: a collision among a million cells has odds ~1e-8
 

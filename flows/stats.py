@@ -16,38 +16,29 @@ each stratum (the other factors as covariates), and a factor x stratum F test sa
 factor's effect differs between strata.
 
 Below ``SMALL_N`` complete cells the F distribution is not trusted: an exact permutation test
-decides. It shuffles Dice only among cells equal in every other factor of the model (restricted
-randomisation), which is exact whatever the other factors do; it enumerates every distinct
-relabelling when there are at most ``ENUMERATE_LIMIT`` of them, else draws ``PERMUTATIONS`` with a
-fixed seed. When even the most extreme relabelling cannot reach p < alpha the verdict is "cannot be
+decides (flows/permutation.py: Dice shuffled only among cells equal in every other factor of the
+model). When even the most extreme relabelling cannot reach p < alpha the verdict is "cannot be
 tested at this size". No torch and no Prefect here.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from flows.permutation import STRATUM, Term, permutation_test, type2_columns
 from flows.rows import STRATA, fmt_level, level_key, scored, sorted_levels, stratum_of, varying_factors
 
 ALPHA = 0.05  # significance level of every test reported
 # Below this many complete cells the F test's reliance on normal residuals is not trusted
 # and the exact permutation test decides.
 SMALL_N = 30
-PERMUTATIONS = 4999  # drawn relabellings when there are too many to enumerate
-ENUMERATE_LIMIT = 20000  # at most this many distinct relabellings are enumerated (exact p)
-SEED = 0  # the same grid gives the same report
 CONFIDENCE = 0.95  # of the margin's interval
 # Cohen (1988) thresholds for (partial) eta squared: small 0.01, medium 0.06, large 0.14.
 ETA_SIZES = ((0.14, "large"), (0.06, "medium"), (0.01, "small"))
 NEGLIGIBLE = 0.01  # below Cohen's "small": significant but negligible
-STRATUM = "stratum"  # the interaction term inputs x prediction, in the model's term list
-_TOL = 1e-9  # relative: ties of test statistics up to rounding
 
 Verdict = Literal["matters", "negligible", "no detectable effect", "cannot be tested at this size", "n/a"]
 
@@ -143,14 +134,6 @@ def _blocks_of(factor: str) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- one model
 
 
-class _Term(BaseModel):
-    """One term of the model: a factor, or the inputs x prediction interaction (STRATUM)."""
-
-    name: str
-    columns: list[int] = Field(description="its columns in the design matrix")
-    parts: tuple[str, ...] = Field(description="the factors it is made of")
-
-
 def model_effects(rows: list[dict[str, Any]], factors: list[str], stratum: str, alpha: float) -> dict[str, Effect]:
     """Type II tests of every factor in one main-effects model fitted to ``rows``.
 
@@ -227,7 +210,7 @@ def _degenerate(y: np.ndarray, x: np.ndarray, effs: list[Effect]) -> str:
     return ""
 
 
-def design(rows: list[dict[str, Any]], factors: list[str]) -> tuple[np.ndarray, list[_Term]]:
+def design(rows: list[dict[str, Any]], factors: list[str]) -> tuple[np.ndarray, list[Term]]:
     """Intercept + treatment dummies per factor (+ inputs x prediction when both vary)."""
     cols = [np.ones(len(rows))]
     terms = []
@@ -237,16 +220,16 @@ def design(rows: list[dict[str, Any]], factors: list[str]) -> tuple[np.ndarray, 
         levels = [str(level_key(v)) for v in sorted_levels(rows, f)]
         d = [np.array([k == lv for k in keys], dtype=float) for lv in levels[1:]]
         dummies[f] = d
-        terms.append(_Term(name=f, columns=list(range(len(cols), len(cols) + len(d))), parts=(f,)))
+        terms.append(Term(name=f, columns=list(range(len(cols), len(cols) + len(d))), parts=(f,)))
         cols += d
     if all(k in dummies for k in STRATA):
         d = [a * b for a in dummies[STRATA[0]] for b in dummies[STRATA[1]]]
-        terms.append(_Term(name=STRATUM, columns=list(range(len(cols), len(cols) + len(d))), parts=STRATA))
+        terms.append(Term(name=STRATUM, columns=list(range(len(cols), len(cols) + len(d))), parts=STRATA))
         cols += d
     return np.column_stack(cols), terms
 
 
-def drop_aliased(x: np.ndarray, terms: list[_Term]) -> tuple[np.ndarray, list[_Term], dict[str, str]]:
+def drop_aliased(x: np.ndarray, terms: list[Term]) -> tuple[np.ndarray, list[Term], dict[str, str]]:
     """Remove terms that add nothing to the others' column space, last first; say whom they follow."""
     aliased: dict[str, str] = {}
     if np.linalg.matrix_rank(x) == x.shape[1]:
@@ -270,7 +253,7 @@ def drop_aliased(x: np.ndarray, terms: list[_Term]) -> tuple[np.ndarray, list[_T
     return x[:, cols], renumbered, aliased
 
 
-def _partner(x: np.ndarray, t: _Term, others: list[_Term]) -> str:
+def _partner(x: np.ndarray, t: Term, others: list[Term]) -> str:
     for u in others:
         r = np.linalg.matrix_rank(x[:, [0, *u.columns]])
         if np.linalg.matrix_rank(x[:, [0, *u.columns, *t.columns]]) == r:
@@ -278,11 +261,11 @@ def _partner(x: np.ndarray, t: _Term, others: list[_Term]) -> str:
     return "the other factors together"
 
 
-def _formula_term(t: _Term, names: dict[str, str]) -> str:
+def _formula_term(t: Term, names: dict[str, str]) -> str:
     return ":".join(f"C({names[p]})" for p in t.parts)
 
 
-def anova_table(rows: list[dict[str, Any]], terms: list[_Term]) -> dict[str, tuple[float, float, float, float]]:
+def anova_table(rows: list[dict[str, Any]], terms: list[Term]) -> dict[str, tuple[float, float, float, float]]:
     """statsmodels' type II ANOVA of the model: term -> (sum of squares, df, F, p), plus 'Residual'."""
     import pandas as pd
     import statsmodels.api as sm
@@ -313,7 +296,7 @@ def _rss(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _test_term(
-    e: Effect, t: _Term, terms: list[_Term], x: np.ndarray, y: np.ndarray, table: dict, rows: list, alpha: float,
+    e: Effect, t: Term, terms: list[Term], x: np.ndarray, y: np.ndarray, table: dict, rows: list, alpha: float,
     fits: dict,
 ) -> Effect:
     ss, df1, f, p = table[t.name]
@@ -338,99 +321,11 @@ def _test_term(
     return e.model_copy(update=update)
 
 
-def _type2_columns(t: _Term, terms: list[_Term]) -> tuple[list[int], list[int]]:
-    """Columns of the models a type II test compares: without terms containing t, then also without t."""
-    full = [0, *[c for u in terms if not (t.name in u.parts and u is not t) for c in u.columns]]
-    return full, [c for c in full if c not in t.columns]
-
-
-def permutation_test(x: np.ndarray, y: np.ndarray, t: _Term, terms: list[_Term], rows: list) -> dict[str, Any]:
-    """Exact (or drawn) p of the type II F, shuffling Dice among cells equal in all other terms.
-
-    Cells that agree on every other factor of the model differ, under "t has no effect", only
-    by noise, so their Dice are exchangeable whatever the other factors do: the test is exact.
-    The observed labelling is one of the relabellings, so p >= 1 / count.
-    """
-    full, reduced = _type2_columns(t, terms)
-    others = [p for u in terms if u is not t and t.name not in u.parts for p in u.parts]
-    groups = [tuple(str(level_key(r[f])) for f in others) for r in rows]
-    labels = [str(level_key(r[t.name])) for r in rows] if t.name != STRATUM else [stratum_of(r) for r in rows]
-    blocks = [np.flatnonzero([g == key for g in groups]) for key in dict.fromkeys(groups)]
-    count = math.prod(_arrangement_count([labels[i] for i in b]) for b in blocks)
-    if count <= ENUMERATE_LIMIT:
-        perms, exact = _enumerate(blocks, labels), True
-    else:
-        perms, exact = _draw(blocks, len(y), PERMUTATIONS), False
-    stats = _statistic(x[:, full], x[:, reduced], y[perms].T)
-    observed = _statistic(x[:, full], x[:, reduced], y[:, None])[0]
-    ge = stats >= observed * (1 - _TOL)
-    at_max = stats >= stats.max() * (1 - _TOL)
-    if exact:
-        p, p_min, n = ge.mean(), at_max.mean(), len(stats)
-    else:  # the observed labelling counts as one of the draws
-        p, p_min, n = (1 + ge.sum()) / (1 + len(stats)), 1 / (1 + len(stats)), len(stats) + 1
-    return {"p_perm": float(p), "p_min": float(p_min), "permutations": int(n), "exact": exact}
-
-
-def _arrangement_count(labels: list[str]) -> int:
-    """Distinct orderings of a multiset of labels: n! / prod(k_i!)."""
-    return math.factorial(len(labels)) // math.prod(math.factorial(k) for k in Counter(labels).values())
-
-
-def _enumerate(blocks: list[np.ndarray], labels: list[str]) -> np.ndarray:
-    """Every distinct relabelling, as index arrays: row i takes the Dice of cell perm[i]."""
-    per_block = []
-    for b in blocks:
-        block_labels = [labels[i] for i in b]
-        options = []
-        for order in _distinct_orders(block_labels):
-            # Give the cells labelled `lv` the Dice of the cells that `order` labels lv.
-            perm = np.empty(len(b), dtype=int)
-            for lv in set(block_labels):
-                mine = [j for j, v in enumerate(block_labels) if v == lv]
-                perm[mine] = [b[j] for j, v in enumerate(order) if v == lv]
-            options.append(perm)
-        per_block.append(options)
-    out = []
-    n = sum(len(b) for b in blocks)
-    for choice in itertools.product(*per_block):
-        perm = np.empty(n, dtype=int)
-        for b, p in zip(blocks, choice):
-            perm[b] = p
-        out.append(perm)
-    return np.array(out)
-
-
-def _distinct_orders(labels: list[str]):
-    if not labels:
-        yield ()
-        return
-    for v in sorted(set(labels)):
-        rest = list(labels)
-        rest.remove(v)
-        for tail in _distinct_orders(rest):
-            yield (v, *tail)
-
-
-def _draw(blocks: list[np.ndarray], n: int, rounds: int) -> np.ndarray:
-    rng = np.random.default_rng(SEED)
-    perms = np.tile(np.arange(n), (rounds, 1))
-    for b in blocks:
-        perms[:, b] = b[rng.random((rounds, len(b))).argsort(axis=1)]
-    return perms
-
-
-def _statistic(x_full: np.ndarray, x_reduced: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """(RSS_reduced - RSS_full) / RSS_full per column of ``ys``: the F up to its constant df ratio."""
-    rss = [((ys - x @ (np.linalg.pinv(x) @ ys)) ** 2).sum(axis=0) for x in (x_full, x_reduced)]
-    return (rss[1] - rss[0]) / np.maximum(rss[0], 1e-300)
-
-
 # ----------------------------------------------------------------------------- margin
 
 
 def level_margin(
-    x: np.ndarray, y: np.ndarray, t: _Term, terms: list[_Term], rows: list, fits: dict | None = None
+    x: np.ndarray, y: np.ndarray, t: Term, terms: list[Term], rows: list, fits: dict | None = None
 ) -> Margin | None:
     """Best level vs the next, from the model's coefficients (other factors held fixed), with a t interval.
 
@@ -440,7 +335,7 @@ def level_margin(
         return None
     import statsmodels.api as sm
 
-    full, _ = _type2_columns(t, terms)
+    full, _ = type2_columns(t, terms)
     levels = sorted_levels(rows, t.name)
     fits = {} if fits is None else fits
     if tuple(full) not in fits:

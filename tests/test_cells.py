@@ -13,7 +13,8 @@ from autolabel import storage
 from autolabel.options import CellOptions, Plan
 from autolabel.celldir import is_complete
 from flows.cells import cell_dir, complete_ids, expand, grid_dir, hash_id, serialize, write_cell
-from flows.spec import check_spec, load_spec, round_sig
+from flows.spec import check_spec, load_spec
+from flows.spec_values import round_sig
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

@@ -13,7 +13,7 @@ import pytest
 import statsmodels.api as sm
 from statsmodels.formula.api import ols
 
-from flows import rows as R, stats
+from flows import permutation, rows as R, stats
 from tests.summary_grid import BASE, LR_EFFECT, LRS, build_grid, rows_of
 @pytest.fixture(scope="module")
 def balanced(tmp_path_factory):
@@ -188,7 +188,7 @@ def test_a_24_cell_grid_detects_a_real_effect():
     assert bce.verdict == "matters" and bce.p_perm < 0.01 and bce.best_level == 0.75
     assert bce.margin.low < 0.008 < bce.margin.high
     lr = pooled(effs, "lr")
-    assert lr.verdict == "matters" and not lr.exact and lr.permutations == stats.PERMUTATIONS + 1
+    assert lr.verdict == "matters" and not lr.exact and lr.permutations == permutation.PERMUTATIONS + 1
     # Within a stratum, 6 cells: 3 pairs -> 8 relabellings, smallest p 2/8: honestly untestable.
     inside = [e for e in effs if e.factor == "bce_weight" and e.stratum != "all"]
     assert all(e.verdict == "cannot be tested at this size" and e.p_min == pytest.approx(0.25) for e in inside)
