@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 import yaml
 
-from tests.prefect_server import ECS_VARIABLES, PREFECT, ROOT, prefect, prefect_server, set_variables
+from tests.prefect_server import ECS_VARIABLES, PREFECT, ROOT, api, prefect, prefect_server, set_variables
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +33,10 @@ def test_deploy_all_then_a_ui_style_run_through_a_process_worker(server, tmp_pat
         "hyper": {"lr": [0.003]},
         "plan": [{"num_epochs": 1}],
     }))
-    prefect(server, "work-pool", "create", "autolabel-orchestrator", "--type", "process",
-            "--base-job-template", "deployments/work-pool-process.json")
+    # The pool and the listings through the REST API (what the UI sends): each `prefect` command
+    # costs seconds of import; `prefect deploy` itself is what is under test.
+    api(server, "POST", "/work_pools/", {"name": "autolabel-orchestrator", "type": "process", "base_job_template":
+                                         json.loads((ROOT / "deployments" / "work-pool-process.json").read_text())})
     deploy = {**server, "AUTOLABEL_SKIP_IMAGE_BUILD": "1"}
     # Unset ECS variables: refused, each named, nothing registered.
     refused = prefect(deploy, "--no-prompt", "deploy", "--all", check=False)
@@ -41,20 +44,23 @@ def test_deploy_all_then_a_ui_style_run_through_a_process_worker(server, tmp_pat
     said = refused.stdout + refused.stderr
     for name in REQUIRED:
         assert f"the Prefect variable {name} is unset" in said, said[-3000:]
-    assert "grid-search" not in prefect(server, "deployment", "ls").stdout
+    assert not api(server, "POST", "/deployments/filter", {})
     set_variables(server, ECS_VARIABLES)
     prefect(deploy, "--no-prompt", "deploy", "--all")
+    dep = api(server, "GET", "/deployments/name/grid-search/grid-search")
 
-    listed = prefect(server, "deployment", "ls").stdout
-    assert "grid-search/grid-search" in listed
-
+    # A run as the UI's Run button creates it, then the worker that picks it up.
+    run = api(server, "POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": {
+        "backend": "local", "spec": str(spec), "max_parallel": 1}})
     worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "autolabel-orchestrator", "--run-once"],
                               env=server, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        run = prefect(server, "deployment", "run", "grid-search/grid-search",
-                      "--param", "backend=local", "--param", f"spec={spec}", "--param", "max_parallel=1",
-                      "--watch", "--watch-timeout", "400", timeout=460)
-        assert "Completed" in run.stdout, run.stdout[-3000:]
+        deadline = time.monotonic() + 400
+        state = api(server, "GET", f"/flow_runs/{run['id']}")["state"]
+        while state["type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            state = api(server, "GET", f"/flow_runs/{run['id']}")["state"]
+        assert state["type"] == "COMPLETED", state
     finally:
         worker.terminate()
         log = worker.communicate(timeout=60)[0]
