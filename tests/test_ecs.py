@@ -418,19 +418,23 @@ def test_invalid_cell_is_permanent_and_gets_the_log_tail(aws, tmp_path, cache):
 def test_a_hung_pack_is_stopped_at_its_runtime_limit_and_resumes_on_retry(aws, tmp_path, cache):
     grid = tmp_path / "demo"
     cell = tiny_cell(grid, "c1", epochs=3)
-    # 20 s: well past a tiny cell's first checkpoint (a few seconds), so the hang comes first.
-    runner = runner_for(aws, grid, runtime_limit_s=20)
-    stops = record_calls(runner, "StopTask")
     with ContainerEmulator(aws, trainer_env(aws.endpoint, cache)) as emu:
+        # A Spot loss right after the first checkpoint leaves progress in S3, so the next task
+        # hangs at once (the emulator hangs a trainer once a checkpoint exists): a short limit
+        # then cannot beat the hang, however loaded this machine is.
+        emu.spot_cells = {"c1"}
+        lost = runner_for(aws, grid).run([cell], print)
         emu.hang_cells = {"c1"}
+        runner = runner_for(aws, grid, runtime_limit_s=3)
+        stops = record_calls(runner, "StopTask")
         hung = runner.run([cell], print)
-        # The retry under the default limit (3 x expected + 900 s): a loaded test machine may
-        # take longer than 20 s for the rest of the cell.
+        # The retry under the default limit (3 x expected + 900 s).
         retry = runner_for(aws, grid).run([cell], print)
-    first, second = emu.runs.values()
+    _, first, second = emu.runs.values()
+    assert lost.outcome == "transient" and "Spot" in lost.detail, lost
     assert first.hung and hung.outcome == "transient" and "runtime limit" in hung.detail, hung
-    assert [s["reason"] for s in stops] == ["autolabel: runtime limit 20 s reached"]
-    assert hung.device_seconds >= 20 and hung.usd > 0, "the hung time is charged"
+    assert [s["reason"] for s in stops] == ["autolabel: runtime limit 3 s reached"]
+    assert hung.device_seconds >= 3 and hung.usd > 0, "the hung time is charged"
     assert retry.outcome == "ok", retry
     assert any("resumed from checkpoint.pt" in line for line in second.lines), second.lines[-5:]
     assert second.environment == {"AUTOLABEL_CHECKPOINT_EVERY_S": "0"}
