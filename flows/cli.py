@@ -17,9 +17,10 @@ Exit codes: 0 valid and within --max-cost (or --on-cap subset found a subset tha
 for a run, every cell complete; 2 invalid spec, flag or input (a dry-run flag without
 --dry-run, an output folder that is not a writable folder, a dataset training would refuse,
 a malformed ledger; on ECS a stack that cannot be read, whose market is not the run's, or
-whose region cannot be priced under a cap); 3 over the cap (refused, or cells skipped by it); 4 some cells failed
-(the others are complete); 75 another run holds this grid; 129, 130, 143 stopped by SIGHUP,
-Ctrl-C or SIGTERM after every running cell checkpointed (rerun to resume).
+whose region cannot be priced under a cap); 3 over the cap (refused, or cells skipped by
+it); 4 some cells failed (the others are complete); 75 another run holds this grid; 129,
+130, 143 stopped by SIGHUP, Ctrl-C or SIGTERM after every running cell checkpointed (rerun
+to resume).
 """
 
 from __future__ import annotations
@@ -351,7 +352,12 @@ def run_prices(args: argparse.Namespace, ecs: dict | None, problems: list[str]) 
             problems.append(str(e))
             return None, []
     if args.refresh_prices:
-        region = dict(pair.split("=", 1) for pair in args.ecs if "=" in pair).get("region")
+        from flows.ecs_settings import split_ecs_pairs
+
+        try:
+            region = split_ecs_pairs(args.ecs).get("region")
+        except ValueError:  # malformed pairs are reported as the run's problem already
+            region = None
         return refresh_prices([args.instance_type] if args.instance_type in PRICES else None, region)
     return None, []
 

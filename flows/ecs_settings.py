@@ -137,6 +137,11 @@ def _stack_output(name: str) -> str:
 
 def parse_ecs_pairs(pairs: list[str]) -> dict[str, Any]:
     """CLI ``--ecs KEY=VALUE`` pairs -> the flow's ``ecs`` dict, validated (lists comma-separated)."""
+    return EcsSettings.parse(split_ecs_pairs(pairs)).model_dump(exclude_defaults=True)
+
+
+def split_ecs_pairs(pairs: list[str]) -> dict[str, Any]:
+    """CLI ``--ecs KEY=VALUE`` pairs as given, not yet validated (ValueError only for a pair without '=')."""
     raw: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -146,4 +151,4 @@ def parse_ecs_pairs(pairs: list[str]) -> dict[str, Any]:
     for key in ("subnets", "security_groups"):
         if key in raw:
             raw[key] = [v.strip() for v in raw[key].split(",") if v.strip()]
-    return EcsSettings.parse(raw).model_dump(exclude_defaults=True)
+    return raw

@@ -308,3 +308,15 @@ def test_a_malformed_ledger_is_one_line_exit_2_on_a_real_run(capsys, tmp_path, m
     (tmp_path / "bad" / "ledger.jsonl").write_text('{"event": "charge", "usd": "lots"}\nnot json\n')
     code, _, err = run(capsys, str(spec))
     assert code == 2 and "ledger.jsonl" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_refresh_prices_before_the_stack_exists_names_the_region_it_could_not_price(capsys, monkeypatch, tmp_path):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code, out, err = run(capsys, DEMO, "--dry-run", "--backend", "ecs", "--ecs", "region=eu-west-1", "--refresh-prices")
+    assert code == 2 and "ecs.cluster: required" in err  # no stack yet: priced, then refused
+    assert "note: no AWS credentials; using the us-east-1 price table of 2026-06 (for eu-west-1, whose prices " \
+           "may be higher)" in out and "prices us-east-1 2026-06" in out
