@@ -99,10 +99,10 @@ class EcsRunner:
 
     def __init__(self, grid_dir: Path, max_parallel: int, usd_per_hour: float = 0.0,
                  settings: EcsSettings | None = None, instance_type: str = "g5.xlarge", spot: bool = False,
-                 price: Price | None = None, **ecs: Any):
-        """``spot`` and ``price``: how the run is priced (flows.ecs_capacity.price_stack checked the
-        group's market and read its region's prices before the flow built this runner); ``price``
-        bills the instances, default the table's for ``instance_type``."""
+                 prices: dict[str, Price] | None = None, **ecs: Any):
+        """``spot`` and ``prices``: how the run is priced (flows.ecs_capacity.price_stack checked the
+        group's market and read the prices of its types in its region and zones before the flow
+        built this runner); ``prices`` bills the instances, default the dated table."""
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be at least 1, got {max_parallel}")
         s = self.settings = settings or EcsSettings.parse(ecs)
@@ -132,7 +132,8 @@ class EcsRunner:
         self._adoption_error: AdoptionError | None = None
         self._stopping = threading.Event()  # stop() was called: launch nothing more
         self.spot = spot
-        self.price = price or price_of(instance_type)
+        self.prices = prices
+        self.price = price_of(instance_type, prices)
         self._uses: dict[str, InstanceUse] = {}  # container instance ARN -> what our tasks did there
         self._run_start: dt.datetime | None = None  # this runner's first launch or adoption
 
@@ -397,7 +398,7 @@ class EcsRunner:
             described: dict[str, dict] | None = read_instances(self.ecs, self.ec2, self.cluster, list(uses))
         except (BotoCoreError, ClientError):
             described = None  # no ec2:DescribeInstances: the modelled start and tail, marked estimated
-        bills = bill_instances(uses, described, start, self.spot, self.price)
+        bills = bill_instances(uses, described, start, self.spot, self.price, self.prices)
         for b in bills:
             rest = {k: v for k, v in b.items() if k not in ("instance_id", "seconds", "billed_usd", "tasks_usd")}
             ledger.charge_instance(b["instance_id"], b["seconds"], b["billed_usd"], b["tasks_usd"], **rest)

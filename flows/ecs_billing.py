@@ -70,19 +70,17 @@ def instance_span(use: InstanceUse, instance: dict | None, run_start: dt.datetim
     return begin, use.last_stop + dt.timedelta(seconds=IDLE_TAIL_S), True, f"{how} to modelled idle tail"
 
 
-def hourly(instance_type: str, spot: bool, price: Price) -> float:
-    """The whole instance's $/hour (the dearest zone's spot price for a spot run).
+def billed_price(instance_type: str, prices: dict[str, Price] | None, fallback: Price) -> Price:
+    """The price an instance of ``instance_type`` bills at (its ``spot_high`` for a spot run, whole).
 
-    ``price`` is the run's, read for the stack's region and zones; an instance of another type
-    (the group's launch template changed under the run) gets the table's price for its type, or
-    the run's when the table lacks it; the entry names the type either way."""
-    p = price
-    if instance_type != price.instance_type:
-        try:
-            p = price_of(instance_type)
-        except CostError:
-            pass
-    return p.spot_high if spot else p.on_demand
+    ``prices`` is the run's table (flows.ecs_capacity.price_stack read every type the group may
+    launch for the stack's region and zones; None: the dated table); a type it lacks is billed as
+    ``fallback``, the run's own instance type, and the entry names the type either way.
+    """
+    try:
+        return price_of(instance_type, prices)
+    except CostError:
+        return fallback
 
 
 def read_instances(ecs: Any, ec2: Any, cluster: str, arns: list[str]) -> dict[str, dict]:
@@ -101,7 +99,7 @@ def read_instances(ecs: Any, ec2: Any, cluster: str, arns: list[str]) -> dict[st
 
 
 def bill_instances(uses: dict[str, InstanceUse], described: dict[str, dict] | None, run_start: dt.datetime,
-                   spot: bool, price: Price) -> list[dict[str, Any]]:
+                   spot: bool, price: Price, prices: dict[str, Price] | None = None) -> list[dict[str, Any]]:
     """One ledger ``instance`` entry's fields per instance (``described`` None: nothing readable)."""
     bills = []
     for arn, use in sorted(uses.items()):
@@ -109,11 +107,13 @@ def bill_instances(uses: dict[str, InstanceUse], described: dict[str, dict] | No
         begin, end, estimated, how = instance_span(use, inst, run_start)
         seconds = max(0.0, (end - begin).total_seconds())
         kind = (inst or {}).get("InstanceType") or price.instance_type
-        rate = hourly(kind, spot, price)
+        billed = billed_price(kind, prices, price)
+        rate = billed.spot_high if spot else billed.on_demand
         bills.append({
             "instance_id": (inst or {}).get("InstanceId") or arn.rsplit("/", 1)[-1], "seconds": seconds,
             "billed_usd": seconds / 3600 * rate, "tasks_usd": use.tasks_usd, "instance_type": kind,
-            "usd_per_hour": rate, "spot": spot, "prices": f"{price.source}, {price.where}, {price.date}", "estimated": estimated, "how": how,
+            "usd_per_hour": rate, "spot": spot, "prices": f"{billed.source}, {billed.where}, {billed.date}",
+            "estimated": estimated, "how": how,
             "from": begin.isoformat(), "to": end.isoformat(), "container_instance": arn,
         })
     return bills

@@ -35,14 +35,17 @@ class Capacity:
     zones: tuple[str, ...]  # where the group may launch: the spot range spans these
     on_demand_base: int
     on_demand_percent: int  # above the base; 100 without a MixedInstancesPolicy
+    instance_types: tuple[str, ...] = ()  # the policy's overrides (the stack's InstanceType1-3); () unknown
 
     @classmethod
     def of(cls, capacity_provider: str, group: dict, region: str) -> Capacity:
         mixed = group.get("MixedInstancesPolicy")
         dist = (mixed or {}).get("InstancesDistribution") or {}
+        overrides = ((mixed or {}).get("LaunchTemplate") or {}).get("Overrides") or []
         return cls(capacity_provider, group["AutoScalingGroupName"], region,
                    tuple(sorted(group.get("AvailabilityZones", []))), int(dist.get("OnDemandBaseCapacity", 0)),
-                   int(dist.get("OnDemandPercentageAboveBaseCapacity", 100)) if mixed else 100)
+                   int(dist.get("OnDemandPercentageAboveBaseCapacity", 100)) if mixed else 100,
+                   tuple(dict.fromkeys(o["InstanceType"] for o in overrides if o.get("InstanceType"))))
 
     def check_market(self, spot: bool) -> None:
         """Refuse a run priced at spot on a group that launches on-demand, or the reverse.
@@ -114,8 +117,20 @@ def price_stack(settings: EcsSettings, instance_type: str, spot: bool, *, capped
     capacity = read_capacity(session.client("ecs", config=config), session.client("autoscaling", config=config),
                              settings.capacity_provider, region)
     capacity.check_market(spot)
-    prices, notes = refresh_prices([instance_type], region, capacity.zones, session=session)
+    # Every type the group may launch is priced (the ledger bills each instance at its own type's
+    # rate); the run's instance type must be the dearest of them per GPU, or the cap, which
+    # reserves at its rate, would not hold.
+    types = list(dict.fromkeys([instance_type, *(t for t in capacity.instance_types if t in PRICES)]))
+    prices, notes = refresh_prices(types, region, capacity.zones, session=session)
+    notes += [f"the group may launch {t}, which the price table lacks: it is billed at {instance_type}'s rate"
+              for t in capacity.instance_types if t not in PRICES]
     price = prices[instance_type]
+    dearest = max(types, key=lambda t: prices[t].per_gpu(spot))
+    if capped and prices[dearest].per_gpu(spot) > price.per_gpu(spot):
+        raise CostError(
+            f"ecs.capacity_provider {capacity.capacity_provider} may launch {dearest} at "
+            f"${prices[dearest].per_gpu(spot):.3f}/GPU-h, dearer than --instance-type {instance_type} "
+            f"(${price.per_gpu(spot):.3f}); the cap reserves at the run's rate, so run with --instance-type {dearest}")
     if price == PRICES[instance_type]:  # the table: AWS's prices could not be read (the notes say why)
         if region == TABLE_REGION or not capped:
             return StackPrices(prices, capacity, notes)

@@ -325,7 +325,8 @@ def make_runner(grid_dir: Path, pricing: Pricing, gpus: list[str], ecs: EcsSetti
     from flows.ecs import EcsRunner
 
     return EcsRunner(grid_dir, max_parallel=pricing.max_parallel, usd_per_hour=pricing.usd_per_gpu_hour,
-                     instance_type=pricing.instance_type, spot=pricing.spot, price=pricing.price, settings=ecs)
+                     instance_type=pricing.instance_type, spot=pricing.spot, prices=pricing.prices,
+                     settings=ecs)
 
 
 def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger: Ledger, pricing: Pricing,

@@ -9,7 +9,7 @@ import pytest
 from flows import cost, plan
 from flows.cost import IDLE_TAIL_S, INSTANCE_START_S
 from flows.ecs_billing import InstanceUse, bill_instances, instance_span, termination_time
-from flows.prices import price_of
+from flows.prices import Price, price_of
 
 T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -58,3 +58,12 @@ def test_bills_price_the_whole_instance_type_ec2_reports():
     (bill,) = bill_instances(use, inst, at(0), spot=False, price=price_of("g5.xlarge"))
     assert bill["instance_id"] == "i-1" and bill["seconds"] == 5400
     assert bill["billed_usd"] == pytest.approx(1.5 * 21.958) and not bill["estimated"]
+    # The run's own prices, read for the stack's region, bill each type the group launched; a
+    # type they lack is billed as the run's own.
+    run = {"g5.xlarge": Price("g5.xlarge", "A10G", 1, 1.258, 0.5, 0.6, "2026-12-02", "test", "eu-west-1"),
+           "p4d.24xlarge": Price("p4d.24xlarge", "A100", 8, 27.0, 9.0, 10.0, "2026-12-02", "test", "eu-west-1")}
+    (bill,) = bill_instances(use, inst, at(0), spot=True, price=run["g5.xlarge"], prices=run)
+    assert bill["usd_per_hour"] == 10.0 and bill["prices"] == "test, eu-west-1, 2026-12-02"
+    inst["arn:ci/1"]["InstanceType"] = "g4dn.xlarge"
+    (bill,) = bill_instances(use, inst, at(0), spot=False, price=run["g5.xlarge"], prices=run)
+    assert bill["instance_type"] == "g4dn.xlarge" and bill["usd_per_hour"] == 1.258

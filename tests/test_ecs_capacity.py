@@ -141,6 +141,26 @@ def test_a_region_the_table_lacks_cannot_run_under_a_cap_without_its_prices(aws,
                                    "be higher)")
 
 
+def test_the_run_must_be_priced_at_the_dearest_type_the_group_may_launch(aws, monkeypatch):
+    """The stack lists up to three types (InstanceType1-3); each instance bills at its own type's rate."""
+    aws.client("autoscaling").update_auto_scaling_group(
+        AutoScalingGroupName=aws.capacity_provider, MixedInstancesPolicy={
+            "LaunchTemplate": {"LaunchTemplateSpecification": {"LaunchTemplateName": aws.capacity_provider},
+                               "Overrides": [{"InstanceType": "g5.xlarge"}, {"InstanceType": "g6e.xlarge"},
+                                             {"InstanceType": "x9.huge"}]},
+            "InstancesDistribution": {"OnDemandBaseCapacity": 0, "OnDemandPercentageAboveBaseCapacity": 100}})
+    with PriceList({("g5.xlarge", REGION): 1.111, ("g6e.xlarge", REGION): 2.222}) as pl:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_PRICING", pl.endpoint)
+        with pytest.raises(CostError, match=r"may launch g6e.xlarge at \$2.222/GPU-h, dearer than --instance-type "
+                                            r"g5.xlarge \(\$1.111\); .* run with --instance-type g6e.xlarge"):
+            price_stack(settings(aws), "g5.xlarge", spot=False, capped=True)
+        stack = price_stack(settings(aws), "g6e.xlarge", spot=False, capped=True)
+    assert stack.capacity.instance_types == ("g5.xlarge", "g6e.xlarge", "x9.huge")
+    assert {t: p.on_demand for t, p in stack.prices.items() if p.region == REGION and p.zones} == {
+        "g5.xlarge": 1.111, "g6e.xlarge": 2.222}
+    assert any("x9.huge, which the price table lacks" in n for n in stack.notes)
+
+
 # ----------------------------------------------------------------------------- the dry run and the run agree
 
 
