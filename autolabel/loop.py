@@ -349,14 +349,18 @@ def train_cell(
         if progress.epoch == rnd.num_epochs:
             finish_round(model, progress, plan)
         progress.wall_seconds = wall_before + time.perf_counter() - started
-        due = control.stop_requested or time.monotonic() - last_checkpoint >= interval
+        # One look at the stop flag per epoch: a signal that lands after it (while this epoch's
+        # files are written) is seen after the next epoch, which then checkpoints. Reading the
+        # flag twice would stop here without the checkpoint the message promises.
+        stopping = control.stop_requested
+        due = stopping or time.monotonic() - last_checkpoint >= interval
         if due:  # before history.csv: with a checkpoint every epoch, a row on disk is a saved epoch
             save_checkpoint(cell, model, optimizer, scheduler, progress, options, plan)
             last_checkpoint = time.monotonic()
         write_history(cell, progress.rows, progress.log)
         if due:
             push(cell, [CHECKPOINT, HISTORY, LOG], GATE.idle)
-        if control.stop_requested and progress.repeat < options.until:
+        if stopping and progress.repeat < options.until:
             raise Stopped(f"stopped by {control.stop_reason} after repeat {progress.repeat} round {progress.round} "
                           f"epoch {progress.epoch}; {CHECKPOINT} is saved, rerun to resume")  # fmt: skip
 

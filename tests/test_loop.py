@@ -185,6 +185,25 @@ def test_checkpoints_follow_the_interval_and_a_stop_always_saves(make_cell, monk
     assert epoch_keys(history_rows(stopped)) == [("0", "0", "1"), ("0", "0", "2"), ("0", "0", "3")]
 
 
+def test_a_stop_while_an_epochs_files_are_written_checkpoints_after_the_next_epoch(make_cell, monkeypatch, capsys):
+    """The signal lands after the epoch's stop check, while history.csv is written (seen under
+    load: the trainer said "checkpoint.pt is saved" and had saved none)."""
+    monkeypatch.setenv(CHECKPOINT_ENV, "3600")  # only a stop writes a checkpoint
+    cell = make_cell(small_options(), tiny_plan(epochs=3), "late")
+    control = RunControl()
+    real_write = loop.write_history
+
+    def write_then_signal(c, rows, log) -> None:
+        real_write(c, rows, log)
+        if len(rows) == 1:
+            control.request_stop("SIGINT", 130)
+
+    monkeypatch.setattr(loop, "write_history", write_then_signal)
+    assert run(cell, control=control) == 130
+    assert "stopped by SIGINT after repeat 0 round 0 epoch 2; checkpoint.pt is saved" in capsys.readouterr().err
+    assert (cell / "checkpoint.pt").exists() and len(history_rows(cell)) == 2
+
+
 # ----------------------------------------------------------------------------- remote cells
 
 
