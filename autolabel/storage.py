@@ -61,21 +61,26 @@ def s3_client():
     return _client()
 
 
+def list_keys(uri: str, client=None) -> list[str]:
+    """Every object under ``uri``, as keys relative to it; any that would leave the prefix
+    (an empty, ``.`` or ``..`` segment) is left out."""
+    bucket, prefix = split_s3(uri)
+    pages = (client or s3_client()).get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix + "/" if prefix else "")
+    rels = (obj["Key"][len(prefix) :].lstrip("/") for page in pages for obj in page.get("Contents", []))
+    return [rel for rel in rels if rel and not any(seg in ("", ".", "..") for seg in PurePosixPath(rel).parts)]
+
+
 def download_prefix(uri: str, dest: Path) -> list[Path]:
     """Copy every object under ``uri`` into ``dest``, keeping relative paths."""
     bucket, prefix = split_s3(uri)
     dest.mkdir(parents=True, exist_ok=True)
     got: list[Path] = []
-    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/" if prefix else "")
-    for page in pages:
-        for obj in page.get("Contents", []):
-            rel = obj["Key"][len(prefix) :].lstrip("/")
-            if not rel or any(seg in ("", ".", "..") for seg in PurePosixPath(rel).parts):
-                continue
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3_client().download_file(bucket, obj["Key"], str(target))
-            got.append(target)
+    for rel in list_keys(uri):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3_client().download_file(bucket, "/".join(p for p in (prefix, rel) if p), str(target))
+        got.append(target)
     return got
 
 

@@ -50,12 +50,12 @@ import re
 import threading
 import time
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from autolabel.celldir import CHECKPOINT, INPUTS, METRICS, MODEL, write_atomic
 from autolabel.control import CHECKPOINT_ENV
-from autolabel.storage import exists as storage_exists, join, split_s3
+from autolabel.storage import exists as storage_exists, join, list_keys, split_s3
 
 from flows.aws import aws_session, client_config
 from flows.cells import Cell, cell_dir
@@ -470,21 +470,15 @@ class EcsRunner:
         return storage_exists(uri, self.s3)
 
     def _list(self, uri: str) -> list[str]:
-        """Keys under ``uri``, relative to it; any that would leave the folder are ignored."""
-        bucket, prefix = split_s3(uri)
-        out = []
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
-            for obj in page.get("Contents", []):
-                rel = obj["Key"][len(prefix) + 1 :]
-                parts = PurePosixPath(rel).parts
-                if not rel or any(p in ("", ".", "..") for p in parts):
-                    continue
-                try:
-                    join(uri, rel)  # the same validation as every key we write
-                except ValueError:
-                    continue
-                out.append(rel)
-        return out
+        """Keys under ``uri``, relative to it; any this runner would not write itself is ignored."""
+
+        def ours(rel: str) -> bool:
+            try:
+                return bool(join(uri, rel))  # the same validation as every key we write
+            except ValueError:
+                return False
+
+        return [rel for rel in list_keys(uri, self.s3) if ours(rel)]
 
     def _get(self, uri: str, dest: Path) -> None:
         """Download through the cell folder's one atomic writer: readers see the old file or the
