@@ -164,9 +164,7 @@ def test_sigterm_and_sigkill_reach_the_workers_and_a_rerun_resumes(make_cell):
 def test_a_stop_reaches_every_thread_and_starts_no_more_cells(make_cell, signum, code, name, monkeypatch):
     # An hour between checkpoints: only the stop writes one. Run as the image runs it, `-m autolabel.train`.
     monkeypatch.setenv("AUTOLABEL_CHECKPOINT_EVERY_S", "3600")
-    # 15 epochs each: under load one thread may run far ahead of the other before the signal,
-    # and it must still be mid-training when the stop arrives.
-    running = [make_cell(options(1), tiny_plan(rounds=3, epochs=5), n) for n in ("a", "b")]
+    running = [make_cell(options(1), tiny_plan(rounds=3, epochs=2), n) for n in ("a", "b")]
     queued = make_cell(options(2), tiny_plan(), "queued")
     proc = start_pack(*running, queued, layout=("--threads", "2"))
     try:
@@ -179,7 +177,7 @@ def test_a_stop_reaches_every_thread_and_starts_no_more_cells(make_cell, signum,
     for c in running:
         assert (c / "checkpoint.pt").exists() and not (c / "metrics.json").exists()
         assert f"{c}: stopped by {name} after repeat 0" in err  # the epoch in progress was saved
-        assert len(history_keys(c)) < 15
+        assert len(history_keys(c)) < 6
     assert not (queued / "history.csv").exists()  # never started: it waits for the rerun
     assert "Traceback" not in err
 
