@@ -12,6 +12,18 @@ from typing import Any, Callable
 import pytest
 
 
+# The files whose tests take tens of seconds (real trainers, servers, signals), longest first:
+# `make test` runs them first, so that its two workers end together instead of one waiting on a
+# long test picked up last (pytest-xdist's work stealing then evens out the short ones).
+LONG_FIRST = ("test_ecs.py", "test_pack.py", "test_grid.py", "test_science.py", "test_train.py", "test_deploy.py",
+              "test_gpu_throughput.py", "test_ui.py", "test_loop.py", "test_ecs_capacity.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    order = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: file order otherwise
+
+
 @pytest.fixture(scope="session", autouse=True)
 def autolabel_cache(tmp_path_factory) -> Path:
     """Every test generates synthetic cohorts into one session-wide temp cache, never into ~/.cache."""
