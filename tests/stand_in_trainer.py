@@ -11,7 +11,9 @@ the runner, the ledger and the summary see real cell folders in well under a sec
 Faults on request, by cell id, in ``$STAND_IN_FAULTS`` (JSON ``{"<cell id>": "<fault>"}``):
 ``kill-once`` (SIGKILL itself after the first epoch's checkpoint, the first time only),
 ``fail`` (invalid options: exit 2), ``diverge`` (exit 3). ``$STAND_IN_EPOCH_S`` makes each
-epoch take that long (default 0). Exit status: the worst of its cells, as the trainer's.
+epoch take that long (default 0); with ``$STAND_IN_HOLD`` (a path) a cell's first epoch waits
+until that file exists, so a test decides when training goes on. Exit status: the worst of its
+cells, as the trainer's.
 
 Stopping as the trainer does: SIGINT, SIGTERM or SIGHUP ends the epoch in progress (its
 checkpoint is written), then exits 128 + the signal; a signal of another kind after the first
@@ -79,6 +81,9 @@ def train(cell: Path, fault: str, force: bool, epoch_s: float) -> int:
     ckpt = cell / celldir.CHECKPOINT
     done = 0 if force or not ckpt.is_file() else int(ckpt.read_text())
     log = [f"resumed from {celldir.CHECKPOINT} at epoch {done}"] if done else []
+    hold = os.environ.get("STAND_IN_HOLD")
+    while hold and not Path(hold).exists() and not STOP:
+        time.sleep(0.02)
     for epoch in range(done + 1, total + 1):
         time.sleep(epoch_s)
         if fault == "diverge":

@@ -367,13 +367,17 @@ def start_flow_cmd(spec: Path, **params) -> list[str]:
 
 def test_a_second_run_of_a_busy_grid_refuses_at_once_and_each_cell_trains_once(prefect_api, tmp_path):
     spec = write_grid_spec(tmp_path, "twice", {"lr": [0.002, 0.003]}, epochs=2)
-    env = flow_env(tmp_path) | {"STAND_IN_EPOCH_S": "0.3"}
+    # The first run's trainers wait for `release` before training: the second run meets its lock
+    # however long this loaded machine takes to start it.
+    release = tmp_path / "release"
+    env = flow_env(tmp_path) | {"STAND_IN_EPOCH_S": "0.3", "STAND_IN_HOLD": str(release)}
     log = tmp_path / "first.log"
     lock = tmp_path / "twice" / ".lock"
     first = start_flow(spec, env, log)
     try:
         wait_until(lock.exists, first, log)
         second = subprocess.run(start_flow_cmd(spec), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        release.touch()
         first.wait(timeout=120)
     finally:
         end_session(first)
