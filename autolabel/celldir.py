@@ -158,7 +158,7 @@ def open_cell(uri: str, force: bool, idle: Callable[[], ContextManager] = nullco
     """A local cell as is; a remote one downloaded into a scratch folder that is removed afterwards.
 
     The downloads run inside ``idle()``: the trainer passes the CUDA capture gate's idle
-    stretch (autolabel.step.GATE), so a graph capture in another thread need not wait for them.
+    stretch (``RunControl.gate``, autolabel/gate.py), so a graph capture in another thread need not wait for them.
     """
     if not storage.is_s3(uri):
         yield CellDir(uri, Path(uri))

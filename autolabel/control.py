@@ -11,10 +11,13 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from autolabel.errors import EXIT_TERMINATED, BadInput
+from autolabel.gate import Gate
 
 # Seconds between checkpoints, 0 for after every epoch: --checkpoint-every, else the variable
 # below, else the default. A graphed GPU epoch takes about a second and a checkpoint holds
@@ -22,6 +25,9 @@ from autolabel.errors import EXIT_TERMINATED, BadInput
 # training; SIGTERM (ECS stop, spot notice) always checkpoints the epoch in progress first.
 CHECKPOINT_ENV = "AUTOLABEL_CHECKPOINT_EVERY_S"
 DEFAULT_CHECKPOINT_EVERY_S = 60.0
+# Warnings a run silences: a CUDA cell's Adam is built capturable (its lr and step live on the
+# device, for the CUDA graph) and also runs eagerly for the warm-up steps, which is intended.
+QUIET_WARNINGS = ("This instance was constructed with capturable=True",)
 
 
 def parse_seconds(raw: str, shown: str) -> float:
@@ -55,10 +61,21 @@ class RunControl:
     data_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # Model initialisation seeds the process-wide RNG: cells in threads take turns.
     init_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Cells in threads record their CUDA graphs one at a time, alone (autolabel/gate.py).
+    gate: Gate = field(default_factory=Gate, repr=False)
 
     def request_stop(self, reason: str, code: int = EXIT_TERMINATED) -> None:
         """Stop every cell after the epoch in progress is checkpointed, and start no more."""
         self.stop_requested, self.stop_reason, self.stop_code = True, reason, code
+
+    @contextmanager
+    def quiet(self) -> Iterator[None]:
+        """The run's warning filters (QUIET_WARNINGS), for the whole run: its entry point enters this
+        once, in the main thread, around every cell (Python's filters are process-wide)."""
+        with warnings.catch_warnings():
+            for message in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            yield
 
     def checkpoint_interval(self) -> float:
         """Seconds between checkpoints for this run; a bad environment value is BadInput."""

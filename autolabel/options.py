@@ -7,7 +7,7 @@ A cell directory holds two inputs, ``options.json`` (a :class:`CellOptions`) and
 the flow accepts is exactly a value the trainer accepts.
 
 Names follow the published method (Benson, Song et al. 2025); see
-``autolabel/data.py`` for the channel, input-set and label names themselves.
+``autolabel/datasets/format.py`` for the channel, input-set and label names themselves.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class PathDataset(_Strict):
 
 
 class FsaverageDataset(SyntheticDataset):
-    """A cohort generated from fsaverage's real anatomy and the Benson 2014 atlas (autolabel.fsaverage).
+    """A cohort generated from fsaverage's real anatomy and the Benson 2014 atlas (autolabel.datasets.fsaverage).
 
     It has the analytic cohort's size fields, so whatever sizes a generated cohort by
     them (the cost model, the cache) treats both alike.
@@ -112,13 +112,29 @@ def split_counts(partition: float | ExplicitPartition, n_subjects: int) -> tuple
     """(training, validation) subject counts of a partition of ``n_subjects``.
 
     A fraction sends round(fraction x n) subjects to validation, at least one and leaving
-    at least one for training; autolabel.data.split_subjects picks which by id hash, and
+    at least one for training; autolabel.datasets.format.split_subjects picks which by id hash, and
     the cost model counts the same numbers without opening the dataset.
     """
     if isinstance(partition, ExplicitPartition):
         return len(partition.train), len(partition.validation)
     n_val = min(max(1, round(float(partition) * n_subjects)), n_subjects - 1)
     return n_subjects - n_val, n_val
+
+
+def partition_problem(partition: float | ExplicitPartition, subjects: list[str]) -> str | None:
+    """An explicit partition's ids that the dataset lacks, as ``partition: problem``; None when fine.
+
+    The trainer (autolabel.datasets.format.split_subjects) and the dry run (flows) ask the same question here.
+    """
+    if not isinstance(partition, ExplicitPartition):
+        return None
+    known = set(subjects)
+    unknown = [s for s in [*partition.train, *partition.validation] if s not in known]
+    if not unknown:
+        return None
+    more = f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""
+    return f"partition: unknown subject id(s) {unknown[:10]}{more}; use ids from the dataset manifest"
+
 
 def training_problem(train_subjects: int, size: tuple[int, int]) -> str | None:
     """What makes a training set untrainable by the U-Net, as ``field: problem``; None when fine.

@@ -18,7 +18,7 @@ others running. A CUDA fault or an out-of-memory kill ends the process it happen
 every cell of it: the exit code (1 or 137) says so, and a rerun skips complete cells.
 
 Threads (:func:`train_threaded`): cells reading the same data share its tensors; a cell
-that records its CUDA graph does so alone (autolabel.step.GATE); SIGTERM or Ctrl-C stops
+that records its CUDA graph does so alone (the run's gate, autolabel/gate.py); SIGTERM or Ctrl-C stops
 each running cell after checkpointing the epoch in progress, and starts no more (exit 143,
 or 130).
 
@@ -29,7 +29,7 @@ Worker management:
   checkpoints the epoch in progress and stops), no new worker starts, and the run exits 143
   (130, 129) once they are gone; the same signal again kills them (SIGKILL);
 - a worker gets SIGTERM when this process dies, even by SIGKILL (Linux PR_SET_PDEATHSIG), so it
-  checkpoints and exits; its cell's lock keeps a rerun from racing it (autolabel.loop.run_cell);
+  checkpoints and exits; its cell's lock keeps a rerun from racing it (autolabel.cell.run_cell);
 - on CPU each worker gets an equal share of the threads (OMP_NUM_THREADS).
 
 Exit code: a worker killed by a signal makes the pack exit 128+signal (transient: a retry
@@ -42,7 +42,6 @@ stops the cells, its graphs and checkpoint interval travel to worker processes a
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -52,8 +51,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import IO
 
+from autolabel.cell import run_cell
 from autolabel.control import RunControl
 from autolabel.errors import STOP_SIGNALS, worst
+from autolabel.process import die_with_parent
 
 # Eager processes at batch 4 on one H200 (PyTorch 2.11, 2026-11-27) reached ~1045 images/s
 # with 4, ~1060 with 8 and ~1530 with 16 at once: 16 was the best measured; more only add
@@ -108,17 +109,6 @@ def layout(cells: int, device: str | None, workers: int | None, threads: int | N
 def cell_label(uri: str) -> str:
     """The name a cell's lines start with: the last part of its folder or URI."""
     return uri.rstrip("/").rsplit("/", 1)[-1]
-
-
-def die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM when the parent (the thread that started it) dies
-    (Linux PR_SET_PDEATHSIG). A trainer stops on SIGTERM after checkpointing the epoch in
-    progress, so a killed flow or pack loses no trained epoch; the cell's lock keeps a quick
-    rerun from racing the dying trainer (it exits 75 and is retried)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def worker_env(workers: int) -> dict[str, str]:
@@ -238,11 +228,7 @@ def train_threaded(
     """Train ``cells`` in this process, ``threads`` at a time, each in a thread (and CUDA stream)
     of its own; the worst exit code, 143 if a cell was left unstarted, 130 after Ctrl-C.
     See the module's docstring for what the threads share and how they stop."""
-    # Deferred: the flows import die_with_parent from this module, and must not pay for torch.
-    import torch
-
-    from autolabel.loop import run_cell
-    from autolabel.step import GATE
+    import torch  # deferred, as in on_cuda: only a run that trains needs it
 
     lock = threading.Lock()
     cuda = torch.cuda.is_available() and device != "cpu"
@@ -250,7 +236,7 @@ def train_threaded(
     def run(uri: str) -> int | None:
         if control.stop_requested:
             return None  # not started: it waits for the rerun
-        with GATE.member():  # a graph capture in one cell waits until the others stand still
+        with control.gate.member():  # a graph capture in one cell waits until the others stand still
             return run_on_stream(uri)
 
     def run_on_stream(uri: str) -> int:

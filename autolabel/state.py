@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from autolabel.control import RunControl
-from autolabel.data import INPUT_SETS, LABELS, DatasetError, split_subjects
+from autolabel.datasets.format import INPUT_SETS, LABELS, DatasetError, split_subjects
 from autolabel.errors import BadInput
 from autolabel.options import CellOptions, training_problem
-from autolabel.sources import open_dataset
+from autolabel.datasets.sources import open_dataset
 
 
 @dataclass
@@ -125,9 +125,8 @@ def read_data(options: CellOptions, device: torch.device, shown: str) -> Data:
         x_tr, y_tr = cohort.arrays(train_ids, options.inputs, options.prediction, options.image_size)
         x_va, y_va = cohort.arrays(val_ids, options.inputs, options.prediction, options.image_size)
     except DatasetError as e:
-        # Messages about the cell's own fields (partition, inputs, dataset) get the file name.
-        msg = str(e)
-        raise BadInput(f"{shown}: {msg}" if msg.startswith(("partition", "inputs", "dataset")) else msg) from None
+        # A problem with the cell's own choice (partition, inputs, dataset) names its options file.
+        raise BadInput(f"{shown}: {e}" if e.field else str(e)) from None
     if not len(train_ids) or not len(val_ids):
         raise BadInput(f"{shown}: partition: the training and validation sets must both be non-empty")
     problem = training_problem(len(train_ids), tuple(x_tr.shape[-2:]))

@@ -18,10 +18,11 @@ algorithms), then captured; the last, smaller batch of an epoch gets its own gra
 Elsewhere (CPU, MPS, or ``graphs=False``) every step runs eagerly.
 
 A cell records its graphs once for the whole run: rounds and repeats reuse the same
-model, optimizer and BCE-weight tensors, reset in place (autolabel/loop.py).
+model, optimizer and BCE-weight tensors, reset in place (autolabel/cell.py, begin_epoch).
 
 Cells in threads of one process (autolabel.pack.train_threaded) record one at a time and
-alone: :data:`GATE` stops the other threads at their next step while one records, since
+alone: the run's gate (``RunControl.gate``, autolabel/gate.py) stops the other threads at their
+next step while one records, since
 a CUDA call from another thread can invalidate a capture in progress (seen on an H200:
 cudaErrorStreamCaptureInvalidated with three cells; the benchmark's threads, which do
 nothing but steps, never hit it). Work the others already queued keeps running on the GPU.
@@ -29,99 +30,12 @@ nothing but steps, never hit it). Work the others already queued keeps running o
 
 from __future__ import annotations
 
-import threading
-import warnings
-from contextlib import contextmanager
-from typing import Iterator
-
 import torch
 
+from autolabel.gate import Gate
 from autolabel.losses import combined_loss
 
 WARMUP_STEPS = 1  # eager steps of a batch size before its capture
-
-
-class Gate:
-    """Lets one thread at a time work alone: the others wait at their next :meth:`safepoint`.
-
-    Threads that use the GPU are members for the time they do (:meth:`member`). A member that
-    enters :meth:`exclusive` waits until every other member stands still: at a safepoint, in
-    an :meth:`idle` stretch, or queued for its own turn. Then it runs, then releases them. A
-    thread that joins while another runs alone waits for the end of that turn first. With no
-    other members (a solo run) everything passes straight through.
-    """
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.members: set[int] = set()  # thread idents
-        self.standing: set[int] = set()  # members that make no CUDA call until the owner is done
-        self.owner: int | None = None
-
-    @contextmanager
-    def member(self) -> Iterator[None]:
-        me = threading.get_ident()
-        with self.cond:
-            while self.owner is not None:  # the owner counted the members it waits for: not this one
-                self.cond.wait()
-            self.members.add(me)
-        try:
-            yield
-        finally:
-            with self.cond:
-                self.members.discard(me)
-                self.cond.notify_all()
-
-    def stand(self, me: int) -> None:
-        """Under ``cond``: stand still until no other thread owns the gate."""
-        self.standing.add(me)
-        self.cond.notify_all()
-        while self.owner not in (None, me):
-            self.cond.wait()
-        self.standing.discard(me)
-
-    def safepoint(self) -> None:
-        if self.owner is None:  # the common case: no lock taken
-            return
-        with self.cond:
-            self.stand(threading.get_ident())
-
-    @contextmanager
-    def idle(self) -> Iterator[None]:
-        """A stretch with no CUDA call (a file transfer): counts as standing; waits at its end if owned."""
-        me = threading.get_ident()
-        with self.cond:
-            self.standing.add(me)
-            self.cond.notify_all()
-        try:
-            yield
-        finally:
-            with self.cond:
-                while self.owner not in (None, me):
-                    self.cond.wait()
-                self.standing.discard(me)
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        me = threading.get_ident()
-        with self.cond:
-            while self.owner is not None:
-                self.stand(me)
-            self.owner = me
-            while self.members - self.standing - {me}:
-                self.cond.wait()
-        try:
-            yield
-        finally:
-            with self.cond:
-                self.owner = None
-                self.cond.notify_all()
-
-
-GATE = Gate()
-
-# The Adam of a CUDA cell is built capturable (its lr and step live on the device) and also
-# runs eagerly for the warm-up steps: that is intended, not worth a warning per cell.
-warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
 
 
 def autocast(device: torch.device):
@@ -145,8 +59,11 @@ def train_step(
 class TrainStep:
     """``step(idx)`` trains on ``x[idx], y[idx]`` and adds len(idx) x (bce, dice, loss) to ``sums``."""
 
-    def __init__(self, model, optimizer, x: torch.Tensor, y: torch.Tensor, bce_weight: float, graphs: bool = True):
+    def __init__(self, model, optimizer, x: torch.Tensor, y: torch.Tensor, bce_weight: float, graphs: bool = True,
+                 gate: Gate | None = None):
+        """``gate``: the run's capture gate (``RunControl.gate``), shared by the cells of its threads."""
         self.model, self.optimizer, self.x, self.y = model, optimizer, x, y
+        self.gate = gate or Gate()
         self.graphs = graphs and x.device.type == "cuda"
         self.sums = torch.zeros(3, device=x.device)
         self.bce_weight = torch.tensor(float(bce_weight), device=x.device)  # set_bce_weight fills it
@@ -157,7 +74,7 @@ class TrainStep:
         self.bce_weight.fill_(float(bce_weight))
 
     def __call__(self, idx: torch.Tensor) -> None:
-        GATE.safepoint()
+        self.gate.safepoint()
         n = len(idx)
         if n in self.captured:
             graph, static_idx = self.captured[n]
@@ -175,7 +92,7 @@ class TrainStep:
     def capture(self, idx: torch.Tensor) -> torch.cuda.CUDAGraph:
         static_idx = idx.clone()
         graph = torch.cuda.CUDAGraph()
-        with GATE.exclusive(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with self.gate.exclusive(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.run(static_idx)
         self.captured[len(idx)] = (graph, static_idx)
         return graph

@@ -42,7 +42,7 @@ turns the graphs off. Elsewhere the default is one cell after another. A worker 
 killed by a signal makes the pack exit 128+signal, so a retry resumes it.
 
 This module is the command line only: it makes the run's :class:`autolabel.control.RunControl`
-from the flags, sets it from SIGTERM, SIGINT or SIGHUP, and hands the cells to autolabel.loop (one cell, the
+from the flags, sets it from SIGTERM, SIGINT or SIGHUP, and hands the cells to autolabel.cell (one cell, the
 method) or autolabel.pack (several at once). ``python -m autolabel`` is the same command.
 """
 
@@ -58,7 +58,7 @@ from typing import Any, Callable
 from autolabel import pack
 from autolabel.control import CHECKPOINT_ENV, DEFAULT_CHECKPOINT_EVERY_S, RunControl, parse_seconds
 from autolabel.errors import SIGNAL_NAMES, STOP_SIGNALS, BadInput, worst
-from autolabel.loop import run_cell
+from autolabel.cell import run_cell
 
 
 def train_cells(
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = PipeGuard(sys.stdout), PipeGuard(sys.stderr)
     try:
-        return train_cells(*run)
+        with control.quiet():
+            return train_cells(*run)
     finally:
         sys.stdout, sys.stderr = streams
         for s, handler in previous.items():

@@ -109,7 +109,7 @@ def build_cell(base_model: str, batch_size: int, dataset: dict, device_name: str
         return EagerStep(model, optimizer, x, y)
     model = new_model(options, data, device, 0, control.init_lock)
     optimizer, _ = new_optimizer(model, Round(lr=0.003, bce_weight=0.75, num_epochs=1))
-    return TrainStep(model, optimizer, data.x_train, data.y_train, 0.75, graphs=mode == "graphs")
+    return TrainStep(model, optimizer, data.x_train, data.y_train, 0.75, graphs=mode == "graphs", gate=control.gate)
 
 
 class EagerStep:
@@ -149,9 +149,7 @@ def measure(kind: tuple[str, int], dataset: dict, device: str, steps: int, warmu
     step = build_cell(*kind, dataset, device, mode, control)
     run_steps(step, kind[1], warmup, seed=1)  # cuDNN search, allocator, graph capture
     if barrier is not None:
-        from autolabel.step import GATE
-
-        with GATE.idle():  # a pack-mate in this process may still have to capture
+        with control.gate.idle():  # a pack-mate in this process may still have to capture
             barrier.wait(timeout=WORKER_TIMEOUT_S)
     start = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of this machine
     run_steps(step, kind[1], steps, seed=2)
@@ -185,13 +183,11 @@ def pack_worker(cells, dataset, device, steps, warmup, mode, barrier, results) -
     import threading
 
     from autolabel.control import RunControl
-    from autolabel.step import GATE
-
     control = RunControl(shared_data={})  # as autolabel.pack.train_threaded: one copy of the data per process
 
     def one(i, kind) -> None:
         try:
-            with GATE.member():  # captures one at a time, the other threads at a safepoint
+            with control.gate.member():  # captures one at a time, the other threads at a safepoint
                 if device == "cuda":
                     import torch
 
@@ -349,7 +345,7 @@ def benchmark(cells: int, steps: int, warmup: int, smoke: bool, budget_s: float,
     started = time.monotonic()
     import torch
 
-    from autolabel.sources import open_dataset
+    from autolabel.datasets.sources import open_dataset
     from autolabel.options import SyntheticDataset
 
     if not smoke and not torch.cuda.is_available():

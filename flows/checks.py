@@ -6,7 +6,7 @@ The spec's own checks (flows.spec) see each value alone; these see what a cell's
 would meet: the output folder, the dataset it reads (its manifest, its subject ids, its
 channels), the partition of that dataset and the image size the network needs. No torch, no
 numpy (unless a path dataset or explicit ids need it), no Prefect, no training data read: only manifests, and a generated cohort's ids and size
-come from its spec (autolabel.synthetic.subject_ids), without generating it.
+come from its spec (autolabel.datasets.format.subject_ids), without generating it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from autolabel import celldir
-from autolabel.options import ExplicitPartition, PathDataset, split_counts, training_problem
+from autolabel.options import ExplicitPartition, PathDataset, partition_problem, split_counts, training_problem
 
 from flows.cells import Cell, cell_dir
 
@@ -60,11 +60,11 @@ def cell_file_problems(folder: Path) -> list[str]:
 
 
 def generated_ids(n: int, partition) -> list[str]:
-    """A generated cohort's ids, known from its size (autolabel.synthetic.subject_ids); only read
+    """A generated cohort's ids, known from its size (autolabel.datasets.format.subject_ids); only read
     for an explicit partition, since that module needs numpy and the dry run stays light."""
     if not isinstance(partition, ExplicitPartition):
         return [str(i) for i in range(n)]  # only their number matters
-    from autolabel.synthetic import subject_ids
+    from autolabel.datasets.format import subject_ids
 
     return subject_ids(n)
 
@@ -77,7 +77,7 @@ def cell_problems(cell: Cell) -> list[str]:
     if isinstance(ds, PathDataset):
         if ds.path.startswith("s3://"):
             return []  # read by the trainer once downloaded
-        from autolabel.data import DatasetError, read_manifest  # numpy: only for a path dataset
+        from autolabel.datasets.format import DatasetError, read_manifest  # numpy: only for a path dataset
 
         try:
             m = read_manifest(Path(ds.path).expanduser())
@@ -86,17 +86,14 @@ def cell_problems(cell: Cell) -> list[str]:
         subjects, size = list(m["subjects"]), (m["image_size"][0], m["image_size"][1])
     else:
         subjects, size = generated_ids(ds.subjects, o.partition), (ds.rows, ds.cols)
-    if isinstance(o.partition, ExplicitPartition):
-        known = set(subjects)
-        unknown = [s for s in [*o.partition.train, *o.partition.validation] if s not in known]
-        if unknown:
-            return [f"{where}: partition: subject ids not in the dataset: {', '.join(unknown[:5])}"
-                    + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")]
+    unknown = partition_problem(o.partition, subjects)
+    if unknown:
+        return [f"{where}: {unknown}"]
     train, _ = split_counts(o.partition, len(subjects))
     problem = training_problem(train, tuple(o.image_size) if o.image_size else size)
     problems = [f"{where}: {problem}"] if problem else []
     if isinstance(ds, PathDataset):
-        from autolabel.flatmaps import missing_channels  # only path datasets can lack a channel
+        from autolabel.datasets.format import missing_channels  # only path datasets can lack a channel
 
         lacking = missing_channels(ds, o.inputs)
         if lacking:

@@ -87,7 +87,7 @@ class Work:
 
 
 def split_sizes(options: Any) -> tuple[int, int]:
-    """(training, validation) subjects, as autolabel.data.split_subjects divides them."""
+    """(training, validation) subjects, as autolabel.datasets.format.split_subjects divides them."""
     n = options.dataset.subjects if isinstance(options.dataset, SyntheticDataset) else HCP_SUBJECTS
     return split_counts(options.partition, n)
 

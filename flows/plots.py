@@ -161,9 +161,9 @@ def predict_validation(cell: Path, subjects: int = SHOWN_SUBJECTS) -> dict[str, 
 
     from autolabel.celldir import MODEL, OPTIONS
     from autolabel.checkpoint import load_trained
-    from autolabel.data import split_subjects
+    from autolabel.datasets.format import split_subjects
     from autolabel.options import CellOptions
-    from autolabel.sources import open_dataset
+    from autolabel.datasets.sources import open_dataset
 
     options = CellOptions.model_validate_json((cell / OPTIONS).read_text())
     model, info = load_trained(cell / MODEL, device="cpu")

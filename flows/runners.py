@@ -27,7 +27,7 @@ from typing import Callable, Literal, Protocol
 
 from autolabel.celldir import RUNNER_LOG, read_metrics
 from autolabel.errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DIVERGED, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_OK
-from autolabel.pack import die_with_parent  # SIGTERM to the trainer when the thread that launched it dies
+from autolabel.process import die_with_parent  # SIGTERM to the trainer when the thread that launched it dies
 
 from flows.cells import Cell, cell_dir
 

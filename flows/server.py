@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Iterator
 
-from autolabel.pack import die_with_parent
+from autolabel.process import die_with_parent
 
 STARTUP_S = 60.0  # a cold start on a busy 2-core machine takes a few seconds
 

@@ -261,7 +261,7 @@ def bad_spec(tmp_path: Path, **static) -> Path:
                               "partition": {"train": ["sub000"], "validation": ["sub001"]}},
      "partition: the training set has 1 subject"),
     ("unknown-ids", {"partition": {"train": ["sub000", "nobody"], "validation": ["sub001"]}},
-     "partition: subject ids not in the dataset: nobody"),
+     "partition: unknown subject id(s) ['nobody']"),
     ("image-size", {"image_size": [40, 64]}, "image_size: rows and cols must be positive multiples of 32"),
     ("no-manifest", {"dataset": {"kind": "path", "path": "/nonexistent/ds"}}, "manifest.json: not found"),
 ])

@@ -100,10 +100,10 @@ def test_dockerfile_copies_dependencies_before_code_and_has_a_weights_switch():
     assert not any(c.split()[0] == "." for c in copies), "COPY . would pull the whole repository in"
     assert ("ARG", "BAKE_WEIGHTS=false") in steps
     env = " ".join(args for word, args in steps if word == "ENV")
-    # The trainer reads these two variables (autolabel/model.py, autolabel/sources.py).
+    # The trainer reads these two variables (autolabel/model.py, autolabel/datasets/sources.py).
     for var in ("AUTOLABEL_WEIGHTS", "AUTOLABEL_CACHE"):
         assert var in env
-        assert var in (ROOT / "autolabel" / ("model.py" if "WEIGHTS" in var else "sources.py")).read_text()
+        assert var in (ROOT / "autolabel" / ("model.py" if "WEIGHTS" in var else "datasets/sources.py")).read_text()
 
 
 def test_dockerignore_admits_only_what_the_image_copies():

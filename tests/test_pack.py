@@ -12,7 +12,7 @@ import pytest
 
 from autolabel import pack
 from autolabel.control import RunControl
-from autolabel.loop import run_cell
+from autolabel.cell import run_cell
 from tests.conftest import DIVERGING_PLAN, SMALL, epoch_keys, history_rows, metrics_of, tiny_options, tiny_plan
 
 # Two shared cores: one thread per process, and the same arithmetic in workers and in solo runs.

@@ -146,7 +146,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(case, make_cell, capsys, monkeyp
 def test_non_finite_features_are_bad_input(make_cell, capsys, tmp_path):
     import numpy as np
 
-    from autolabel.data import CHANNELS, LABELS, write_dataset
+    from autolabel.datasets.format import CHANNELS, LABELS, write_dataset
 
     rng = np.random.default_rng(0)
     subjects = {}

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from autolabel import synthetic
-from autolabel.data import CHANNELS, LABELS, open_cohort
-from autolabel.synthetic import RING_EDGES, generate_cohort, generate_subject
+from autolabel.datasets import synthetic
+from autolabel.datasets.format import CHANNELS, LABELS, open_cohort
+from autolabel.datasets.format import RING_EDGES
+from autolabel.datasets.synthetic import generate_cohort, generate_subject
 
 ROWS, COLS = 64, 128
 

@@ -1,7 +1,7 @@
 """A cohort on a real brain: fsaverage's anatomy and the Benson 2014 atlas, varied per subject.
 
-    python -m autolabel.fsaverage OUT_DIR --subjects 181 --rows 128 --cols 256 --seed 0
-    python -m autolabel.fsaverage --write-subject SUBJECTS_DIR     # fsaverage5 as a FreeSurfer subject
+    python -m autolabel.datasets.fsaverage OUT_DIR --subjects 181 --rows 128 --cols 256 --seed 0
+    python -m autolabel.datasets.fsaverage --write-subject SUBJECTS_DIR     # fsaverage5 as a FreeSurfer subject
 
 Sources, both shipped inside installed packages (nothing is downloaded):
 - anatomy: fsaverage5 from nilearn 0.14.1 (``nilearn/datasets/data/fsaverage5``: white, pial,
@@ -14,7 +14,7 @@ Sources, both shipped inside installed packages (nothing is downloaded):
 
 Each subject is the template seen through three smooth random warps of the sphere's occipital
 cap (tapered to zero at the projection's rim, so the disk outline stays fixed), all applied
-before the projection (``autolabel.cortex``, the importer's own):
+before the projection (``autolabel.datasets.cortex``, the importer's own):
 1. an anatomy warp (~3 px RMS) moving everything;
 2. a function warp (~1.2 px) plus a V1-V3 size factor (log-normal, SD 0.12: V1 area varies two- to
    threefold across adults, Dougherty et al. 2003, J. Vision 3(10)) moving the atlas against
@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autolabel.cortex import (
+from autolabel.datasets.cortex import (
     HEMIS,
     FRAME_CENTRE,
     FRAME_HALF_HEIGHT,
@@ -62,8 +62,8 @@ from autolabel.cortex import (
     sample,
     sample_labels,
 )
-from autolabel.data import CHANNELS, LABELS, MANIFEST, publish, write_dataset
-from autolabel.synthetic import MAX_LABEL_ECC, RING_EDGES, STIMULUS_ECC, blur, subject_ids
+from autolabel.datasets.format import CHANNELS, LABELS, MANIFEST, MAX_LABEL_ECC, RING_EDGES, publish, subject_ids, write_dataset
+from autolabel.datasets.synthetic import STIMULUS_ECC, blur
 
 # Bump whenever the generated arrays change: the cache folder name includes it.
 GENERATOR_VERSION = 1
@@ -373,7 +373,7 @@ def generate_subject(seed: int, index: int, rows: int, cols: int):
 def generate_cohort(root: Path, seed: int = 0, subjects: int = 181, rows: int = 128, cols: int = 256) -> Path:
     """Write an fsaverage cohort in the dataset format under ``root``."""
     items = ((sid, *generate_subject(seed, i, rows, cols)) for i, sid in enumerate(subject_ids(subjects)))
-    source = {"generator": "autolabel.fsaverage", "version": GENERATOR_VERSION, "seed": seed,
+    source = {"generator": "autolabel.datasets.fsaverage", "version": GENERATOR_VERSION, "seed": seed,
               "stand_ins": ["myelin", "dwi_OR", "dwi_VOF", "prf_cod"]}
     return write_dataset(Path(root), items, CHANNELS, LABELS, source=source)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autolabel.cortex import frame_pixels, prf_xy, project, rasterise, ring_index, sample, sample_labels
-from autolabel.fsaverage import read_fs5
+from autolabel.datasets.cortex import frame_pixels, prf_xy, project, rasterise, ring_index, sample, sample_labels
+from autolabel.datasets.fsaverage import read_fs5
 
 
 def grid_mesh(n: int, size: float):

@@ -1,4 +1,4 @@
-"""The dataset format (autolabel.data): its validation, loading, resampling and partitions."""
+"""The dataset format (autolabel.datasets.format): its validation, loading, resampling and partitions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from autolabel.data import (
+from autolabel.datasets.format import (
     CHANNELS,
     INPUT_SETS,
     LABELS,

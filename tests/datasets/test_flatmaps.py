@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from autolabel import flatmaps
-from autolabel.cortex import frame_pixels, project
-from autolabel.data import open_cohort
+from autolabel.datasets import flatmaps
+from autolabel.datasets.cortex import frame_pixels, project
+from autolabel.datasets.format import missing_channels, open_cohort
 from autolabel.errors import EXIT_BAD_INPUT
 from autolabel.options import FsaverageDataset, PathDataset
-from autolabel.fsaverage import FS5_VERTICES, read_atlas, write_fsaverage5_subject
+from autolabel.datasets.fsaverage import FS5_VERTICES, read_atlas, write_fsaverage5_subject
 
 ROWS, COLS = 128, 256
 HALF = COLS // 2
@@ -50,8 +50,8 @@ def test_import_writes_the_dataset_without_optional_channels(imported):
     assert "myelin" not in imported.channels and "prf_x" in imported.channels and "thickness" in imported.channels
     source = json.loads((imported.root / "manifest.json").read_text())["source"]
     assert source["missing_channels"] == {"fsaverage5": ["myelin", "dwi_OR", "dwi_VOF"]}
-    assert flatmaps.missing_channels(imported.root, "anat") == []
-    assert ("fsaverage5", "myelin") in flatmaps.missing_channels(imported.root, "full")
+    assert missing_channels(imported.root, "anat") == []
+    assert ("fsaverage5", "myelin") in missing_channels(imported.root, "full")
 
 
 def test_visual_areas_are_contiguous_and_ordered(imported):
@@ -125,10 +125,10 @@ def test_an_optional_channel_only_one_subject_has_is_left_out_and_named(subjects
     out = tmp_path / "out"
     assert flatmaps.main(["import", str(root), str(out), "--rows", "32", "--cols", "64"]) == 0
     assert "myelin" not in open_cohort(out).channels
-    assert flatmaps.missing_channels(out, "t1t2") == [("b", "myelin")]
-    assert flatmaps.missing_channels(PathDataset(path=str(out)), "t1t2") == [("b", "myelin")]
-    assert ("a", "dwi_OR") in flatmaps.missing_channels(out, "nofn")
-    assert flatmaps.missing_channels(FsaverageDataset(), "full") == []
+    assert missing_channels(out, "t1t2") == [("b", "myelin")]
+    assert missing_channels(PathDataset(path=str(out)), "t1t2") == [("b", "myelin")]
+    assert ("a", "dwi_OR") in missing_channels(out, "nofn")
+    assert missing_channels(FsaverageDataset(), "full") == []
 
 
 # ----------------------------------------------------------------------------- bad input

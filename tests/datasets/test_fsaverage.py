@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from autolabel import fsaverage
-from autolabel.data import CHANNELS
-from autolabel.sources import open_dataset
+from autolabel.datasets import fsaverage
+from autolabel.datasets.format import CHANNELS
+from autolabel.datasets.sources import open_dataset
 from autolabel.options import CellOptions, FsaverageDataset
 
 ROWS, COLS = 64, 128

@@ -7,8 +7,8 @@ A dataset is a folder (or an ``s3://`` prefix holding the same files)::
 
 ``manifest.json`` is written last, so its presence means the folder is complete.
 
-    from autolabel.data import open_cohort, split_subjects
-    cohort = open_cohort("/data/flatmaps")          # a folder; autolabel.sources opens what a cell names
+    from autolabel.datasets.format import open_cohort, split_subjects
+    cohort = open_cohort("/data/flatmaps")          # a folder; autolabel.datasets.sources opens what a cell names
     train, val = split_subjects(cohort.subjects, 0.2)
     x, y = cohort.arrays(train, inputs="full", prediction="area")   # [N,14,H,W] raw units, [N,3,H,W]
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from autolabel.celldir import write_json_atomic
-from autolabel.options import SUBJECT_ID, ExplicitPartition, split_counts
+from autolabel.options import SUBJECT_ID, ExplicitPartition, partition_problem, split_counts
 
 # Channel order of the published method (Benson, Song et al. 2025): T1, T2, diffusion, functional.
 T1 = ("x", "y", "z", "curvature", "convexity", "thickness", "surface_area")
@@ -53,6 +53,8 @@ LABELS: dict[str, tuple[str, ...]] = {
     "area": ("V1", "V2", "V3"),
     "ring": ("E0", "E1", "E2", "E3", "E4"),
 }
+RING_EDGES = (0.0, 0.5, 1.0, 2.0, 4.0, 7.0)  # degrees: the edges of E0..E4, as in the published labels
+MAX_LABEL_ECC = RING_EDGES[-1]  # areas are labelled out to 7 degrees, as the published hand labels
 
 FORMAT = "autolabel-flatmaps"
 FORMAT_VERSION = 1
@@ -61,7 +63,15 @@ SUBJECTS_DIR = "subjects"
 
 
 class DatasetError(ValueError):
-    """A dataset that cannot be used; the one-line message names the file or field and the fix."""
+    """A dataset that cannot be used; the one-line message names the file or field and the fix.
+
+    ``field`` names the cell option at fault (partition, inputs, dataset) when the problem is the
+    cell's choice rather than the dataset's files: the trainer then puts options.json in front.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 # ----------------------------------------------------------------------------- cohort
@@ -104,7 +114,7 @@ class Cohort:
 
     def _input_indices(self, inputs: str) -> list[int]:
         if inputs not in INPUT_SETS:
-            raise DatasetError(f"inputs {inputs!r}: unknown input set; use one of {', '.join(INPUT_SETS)}")
+            raise DatasetError(f"inputs {inputs!r}: unknown input set; use one of {', '.join(INPUT_SETS)}", field="inputs")
         missing = [c for c in INPUT_SETS[inputs] if c not in self.channels]
         if missing:
             raise DatasetError(
@@ -245,7 +255,7 @@ def read_manifest(root: Path) -> dict:
     try:
         m = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e}); rewrite it with autolabel.data.write_dataset") from None
+        raise DatasetError(f"{path}: not valid JSON ({e}); rewrite it with autolabel.datasets.format.write_dataset") from None
     if not isinstance(m, dict):
         raise DatasetError(f"{path}: must be a JSON object")
     if m.get("format") != FORMAT or m.get("format_version") != FORMAT_VERSION:
@@ -402,16 +412,16 @@ def split_subjects(subjects: list[str], partition: float | ExplicitPartition) ->
     grid sees the same validation subjects.
     """
     if isinstance(partition, ExplicitPartition):
-        known = set(subjects)
-        unknown = [s for s in partition.train + partition.validation if s not in known]
-        if unknown:
-            raise DatasetError(f"partition: unknown subject id(s) {unknown[:10]}; use ids from the dataset manifest")
+        problem = partition_problem(partition, subjects)
+        if problem:
+            raise DatasetError(problem, field="partition")
         return list(partition.train), list(partition.validation)
     frac = float(partition)
     if not 0 < frac < 1:
-        raise DatasetError(f"partition: validation fraction {frac} must be between 0 and 1")
+        raise DatasetError(f"partition: validation fraction {frac} must be between 0 and 1", field="partition")
     if len(subjects) < 2:
-        raise DatasetError(f"partition: {len(subjects)} subject(s) cannot be split; a dataset needs at least 2")
+        raise DatasetError(f"partition: {len(subjects)} subject(s) cannot be split; a dataset needs at least 2",
+                           field="partition")
     _, n_val = split_counts(frac, len(subjects))
     by_hash = sorted(subjects, key=lambda s: hashlib.sha256(s.encode()).hexdigest())
     val = set(by_hash[:n_val])
@@ -436,3 +446,30 @@ def publish(target: Path, build) -> None:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
+
+def subject_ids(n: int) -> list[str]:
+    """The ids a generated cohort (synthetic, fsaverage) gives its ``n`` subjects: sub000, sub001, ..."""
+    return [f"sub{i:0{max(3, len(str(n - 1)))}d}" for i in range(n)]
+
+
+def missing_channels(dataset, inputs: str) -> list[tuple[str, str]]:
+    """(subject, channel) pairs that ``inputs`` needs and a dataset lacks; reads only its manifest.
+
+    ``dataset`` is a cell's dataset spec or a folder. Generated cohorts (synthetic,
+    fsaverage) hold all 14 channels; an ``s3://`` prefix is not read here (the trainer
+    checks it once downloaded), so both give []. The importer keeps a channel only
+    when every subject has it and records, per subject, which it lacked
+    (``source.missing_channels``); a channel absent without a record is reported for
+    every subject. For the dry run, to refuse a grid before it launches.
+    """
+    root = getattr(dataset, "path", dataset)
+    if getattr(dataset, "kind", "path") != "path" or str(root).startswith("s3://"):
+        return []
+    m = read_manifest(Path(root).expanduser())
+    lacking = [c for c in INPUT_SETS[inputs] if c not in m["channels"]]
+    recorded = (m.get("source") or {}).get("missing_channels") or {}
+    pairs = []
+    for c in lacking:
+        who = [s for s in m["subjects"] if c in recorded.get(s, [])] or list(m["subjects"])
+        pairs += [(s, c) for s in who]
+    return pairs

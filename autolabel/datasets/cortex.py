@@ -1,9 +1,9 @@
 """Cortical surface -> flatmap pixels: the occipital-pole projection, the framing and the rasteriser.
 
-Shared by the FreeSurfer importer (``autolabel.flatmaps``) and the fsaverage cohort
-(``autolabel.fsaverage``), so both give the same picture of the same cortex::
+Shared by the FreeSurfer importer (``autolabel.datasets.flatmaps``) and the fsaverage cohort
+(``autolabel.datasets.fsaverage``), so both give the same picture of the same cortex::
 
-    from autolabel.cortex import project, frame_pixels, rasterise, sample, sample_labels
+    from autolabel.datasets.cortex import project, frame_pixels, rasterise, sample, sample_labels
     uv, front = project(sphere_reg_xyz, "lh")           # neuropythy's occipital_pole map
     px = frame_pixels(uv, "lh", rows=128, cols=128)       # one hemisphere's half-image
     r = rasterise(px, faces, front, 128, 128)             # which triangle and where, per pixel

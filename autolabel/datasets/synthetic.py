@@ -1,7 +1,7 @@
 """A synthetic stand-in for the HCP 7T retinotopy flatmaps: 14 channels, V1-V3 and eccentricity-ring labels.
 
-    python -m autolabel.synthetic OUT_DIR                       # 181 subjects, 128x256 (about 10 s)
-    python -m autolabel.synthetic OUT_DIR --subjects 8 --rows 32 --cols 64 --seed 1
+    python -m autolabel.datasets.synthetic OUT_DIR                       # 181 subjects, 128x256 (about 10 s)
+    python -m autolabel.datasets.synthetic OUT_DIR --subjects 8 --rows 32 --cols 64 --seed 1
 
 Each hemisphere is a flat patch (FOV_MM tall) whose early visual cortex follows a
 log-polar map w = log(z + a) (Schwartz 1977) of a composite visual angle: V1 takes
@@ -28,13 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from autolabel.data import CHANNELS, LABELS, write_dataset
+from autolabel.datasets.format import CHANNELS, LABELS, MAX_LABEL_ECC, RING_EDGES, subject_ids, write_dataset
 
 # Bump whenever the generated arrays change: the cache folder name includes it.
 GENERATOR_VERSION = 1
 FOV_MM = 80.0  # height of the flat patch; columns keep the same mm per pixel
-RING_EDGES = (0.0, 0.5, 1.0, 2.0, 4.0, 7.0)  # degrees: E0..E4, as in the published labels
-MAX_LABEL_ECC = RING_EDGES[-1]  # areas are labelled out to 7 degrees
 STIMULUS_ECC = 8.0  # the HCP 7T stimulus reached 8 degrees; pRFs beyond that are unreliable
 
 
@@ -236,16 +234,12 @@ def generate_subject(seed: int, index: int, rows: int, cols: int) -> tuple[np.nd
     return feats, labels
 
 
-def subject_ids(n: int) -> list[str]:
-    return [f"sub{i:0{max(3, len(str(n - 1)))}d}" for i in range(n)]
-
-
 def generate_cohort(root: Path, seed: int = 0, subjects: int = 181, rows: int = 128, cols: int = 256) -> Path:
-    """Write a synthetic cohort in the dataset format (``autolabel.data``) under ``root``."""
+    """Write a synthetic cohort in the dataset format (``autolabel.datasets.format``) under ``root``."""
     if cols % 2 or rows < 16 or cols < 32:
         raise ValueError(f"rows={rows}, cols={cols}: need rows >= 16 and an even cols >= 32 (LH | RH)")
     items = ((sid, *generate_subject(seed, i, rows, cols)) for i, sid in enumerate(subject_ids(subjects)))
-    source = {"generator": "autolabel.synthetic", "version": GENERATOR_VERSION, "seed": seed}
+    source = {"generator": "autolabel.datasets.synthetic", "version": GENERATOR_VERSION, "seed": seed}
     return write_dataset(Path(root), items, CHANNELS, LABELS, source=source)
 
 

@@ -1,4 +1,4 @@
-"""Where a cell's dataset comes from (autolabel.sources): a local folder, the synthetic cache, an s3 prefix."""
+"""Where a cell's dataset comes from (autolabel.datasets.sources): a local folder, the synthetic cache, an s3 prefix."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autolabel import sources, storage
-from autolabel.data import CHANNELS, LABELS, DatasetError, open_cohort, write_dataset
+from autolabel import storage
+from autolabel.datasets import sources
+from autolabel.datasets.format import CHANNELS, LABELS, DatasetError, open_cohort, write_dataset
 from autolabel.options import PathDataset, SyntheticDataset
-from autolabel.sources import open_dataset
-from autolabel.synthetic import GENERATOR_VERSION
+from autolabel.datasets.sources import open_dataset
+from autolabel.datasets.synthetic import GENERATOR_VERSION
 from tests.conftest import s3_upload_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_synthetic_cohort_is_generated_once_into_the_cache(tmp_path):
 RACE = """
 import sys, time
 from pathlib import Path
-from autolabel.sources import open_dataset
+from autolabel.datasets.sources import open_dataset
 from autolabel.options import SyntheticDataset
 cache, me, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 (cache.parent / me).touch()

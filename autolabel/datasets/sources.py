@@ -4,7 +4,7 @@ Generated and downloaded datasets live in one cache (``$AUTOLABEL_CACHE``, defau
 ``~/.cache/autolabel``), each built in a temporary folder and renamed into place, so
 concurrent trainers end up with one complete copy.
 
-    from autolabel.sources import open_dataset
+    from autolabel.datasets.sources import open_dataset
     from autolabel.options import SyntheticDataset
     cohort = open_dataset(SyntheticDataset(subjects=16, rows=64, cols=128))
 """
@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from autolabel.data import MANIFEST, Cohort, DatasetError, open_cohort, publish
-from autolabel.fsaverage import ensure_cohort as ensure_fsaverage
+from autolabel.datasets.format import MANIFEST, Cohort, DatasetError, open_cohort, publish
+from autolabel.datasets.fsaverage import ensure_cohort as ensure_fsaverage
 from autolabel.options import FsaverageDataset, PathDataset, SyntheticDataset
 from autolabel.storage import StorageError, download_prefix, split_s3
-from autolabel.synthetic import GENERATOR_VERSION, generate_cohort
+from autolabel.datasets.synthetic import GENERATOR_VERSION, generate_cohort
 
 
 def cache_root() -> Path:
@@ -38,7 +38,8 @@ def open_dataset(spec: SyntheticDataset | FsaverageDataset | PathDataset, cache_
         return open_cohort(ensure_downloaded(spec.path, cache))
     root = Path(spec.path).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"dataset.path {spec.path}: no such folder; give a dataset folder or s3://bucket/prefix")
+        raise DatasetError(f"dataset.path {spec.path}: no such folder; give a dataset folder or s3://bucket/prefix",
+                           field="dataset")
     return open_cohort(root)
 
 
@@ -60,7 +61,7 @@ def ensure_downloaded(uri: str, cache: Path) -> Path:
     try:
         bucket, key = split_s3(uri)
     except StorageError as e:
-        raise DatasetError(f"dataset.path: {e}") from None
+        raise DatasetError(f"dataset.path: {e}", field="dataset") from None
     target = cache / "s3" / bucket / key if key else cache / "s3" / bucket
     if not (target / MANIFEST).is_file():
 

@@ -1,12 +1,12 @@
 """FreeSurfer subjects -> an autolabel-flatmaps dataset, and a picture of any dataset's subject.
 
-    python -m autolabel.flatmaps import SUBJECTS_DIR OUT [--subjects ID ...] [--rows 128 --cols 256]
+    python -m autolabel.datasets.flatmaps import SUBJECTS_DIR OUT [--subjects ID ...] [--rows 128 --cols 256]
                                       [--file prf_polar_angle={hemi}.angle.mgz ...]
-    python -m autolabel.flatmaps show DATASET [SUBJECT] -o subject.png
+    python -m autolabel.datasets.flatmaps show DATASET [SUBJECT] -o subject.png
 
 Each subject's hemispheres are flattened through neuropythy's occipital-pole projection
 of its registered sphere (``surf/?h.sphere.reg``), as the Visual Autolabel study made
-its flatmaps, framed and rasterised by ``autolabel.cortex``. Files per subject and
+its flatmaps, framed and rasterised by ``autolabel.datasets.cortex``. Files per subject and
 hemisphere, under ``SUBJECTS_DIR/<id>/surf/`` (``--file KEY=TEMPLATE`` renames any,
 ``{hemi}`` becoming lh or rh):
 
@@ -32,11 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from autolabel.cortex import HEMIS, flatten_hemisphere, prf_xy
-from autolabel.data import CHANNELS, INPUT_SETS, LABELS, DatasetError, open_cohort, publish, read_manifest, write_dataset
+from autolabel.datasets.cortex import HEMIS, flatten_hemisphere, prf_xy
+from autolabel.datasets.format import (
+    CHANNELS, LABELS, RING_EDGES, DatasetError, open_cohort, publish, write_dataset,
+)
 from autolabel.errors import EXIT_BAD_INPUT, EXIT_OK, BadInput
 from autolabel.options import SUBJECT_ID
-from autolabel.synthetic import RING_EDGES
 
 # Default file of each input, per hemisphere, under <subject>/surf/.
 FILES: dict[str, str] = {
@@ -225,36 +226,13 @@ def import_subjects(
             yield (sid, *subject_image(hemis, rows, cols, channels))
 
     source = {
-        "importer": "autolabel.flatmaps",
+        "importer": "autolabel.datasets.flatmaps",
         "subjects_dir": str(subjects_dir.resolve()),
-        "projection": "neuropythy occipital_pole (orthographic), autolabel.cortex framing",
+        "projection": "neuropythy occipital_pole (orthographic), autolabel.datasets.cortex framing",
         "missing_channels": {sid: m for sid, m in missing.items() if m},
     }
     publish(out, lambda tmp: write_dataset(tmp, subjects(), channels=channels, labels=LABELS, source=source))
     return out
-
-
-def missing_channels(dataset, inputs: str) -> list[tuple[str, str]]:
-    """(subject, channel) pairs that ``inputs`` needs and a dataset lacks; reads only its manifest.
-
-    ``dataset`` is a cell's dataset spec or a folder. Generated cohorts (synthetic,
-    fsaverage) hold all 14 channels; an ``s3://`` prefix is not read here (the trainer
-    checks it once downloaded), so both give []. The importer keeps a channel only
-    when every subject has it and records, per subject, which it lacked
-    (``source.missing_channels``); a channel absent without a record is reported for
-    every subject. For the dry run, to refuse a grid before it launches.
-    """
-    root = getattr(dataset, "path", dataset)
-    if getattr(dataset, "kind", "path") != "path" or str(root).startswith("s3://"):
-        return []
-    m = read_manifest(Path(root).expanduser())
-    lacking = [c for c in INPUT_SETS[inputs] if c not in m["channels"]]
-    recorded = (m.get("source") or {}).get("missing_channels") or {}
-    pairs = []
-    for c in lacking:
-        who = [s for s in m["subjects"] if c in recorded.get(s, [])] or list(m["subjects"])
-        pairs += [(s, c) for s in who]
-    return pairs
 
 
 # ----------------------------------------------------------------------------- the picture
@@ -329,7 +307,7 @@ def parse_files(pairs: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m autolabel.flatmaps", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m autolabel.datasets.flatmaps", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="FreeSurfer subjects -> dataset folder")
     imp.add_argument("subjects_dir", type=Path)
