@@ -42,7 +42,16 @@ from autolabel.celldir import (
 )
 from autolabel.checkpoint import load_checkpoint, restore, save_checkpoint, save_model
 from autolabel.control import RunControl
-from autolabel.errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, BadInput, Diverged, Stopped
+from autolabel.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_BUSY,
+    EXIT_DIVERGED,
+    EXIT_ERROR,
+    EXIT_OK,
+    BadInput,
+    Diverged,
+    Stopped,
+)
 from autolabel.lock import FolderLock, LockBusy
 from autolabel.loop import (
     TABLE_HEADER,
@@ -59,7 +68,14 @@ from autolabel.loop import (
 )
 from autolabel.model import ModelError, count_parameters, find_weights
 from autolabel.options import CellMetrics, CellOptions, Plan
-from autolabel.state import Data, Progress, configure_device, device_name, load_data, pick_device
+from autolabel.state import (
+    Data,
+    Progress,
+    configure_device,
+    device_name,
+    load_data,
+    pick_device,
+)
 from autolabel.step import TrainStep
 
 

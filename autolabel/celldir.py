@@ -103,25 +103,36 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_metrics(cell_dir: Path) -> CellMetrics | str | None:
-    """The cell's metrics.json: None if there is none, a one-line problem if it cannot be read."""
-    path = Path(cell_dir) / METRICS
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
+def read_metrics(cell: Path | str, client=None) -> CellMetrics | str | None:
+    """The cell's metrics.json: None if there is none, a one-line problem if it cannot be read.
+
+    ``cell`` is a local folder or an ``s3://`` cell (read with ``client``, default boto3's).
+    """
+    if storage.is_s3(str(cell)):
+        shown = storage.join(str(cell), METRICS)
+        raw = storage.read_bytes(shown, client)
+    else:
+        path = Path(cell) / METRICS
+        shown = str(path)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raw = None
+        except OSError as e:  # a folder in its place, no permission, ...
+            return f"{path}: unreadable ({e.strerror or e}); delete it and rerun the cell"
+    if raw is None:
         return None
-    except OSError as e:  # a folder in its place, no permission, ...
-        return f"{path}: unreadable ({e.strerror or e}); delete it and rerun the cell"
     try:
-        return CellMetrics.model_validate_json(text)
+        return CellMetrics.model_validate_json(raw)
     except ValidationError as e:
         first = str(e.errors()[0].get("msg", e)).splitlines()[0]
-        return f"{path}: unreadable metrics.json ({first}); delete it and rerun the cell"
+        return f"{shown}: unreadable metrics.json ({first}); delete it and rerun the cell"
 
 
-def is_complete(cell_dir: Path) -> bool:
-    """Whether the cell is done: its metrics.json (written last) says complete."""
-    metrics = read_metrics(cell_dir)
+def is_complete(cell: Path | str, client=None) -> bool:
+    """Whether the cell (a local folder or an ``s3://`` cell) is done: its metrics.json, written
+    last, says complete."""
+    metrics = read_metrics(cell, client)
     return isinstance(metrics, CellMetrics) and metrics.status == "complete"
 
 

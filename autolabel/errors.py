@@ -1,7 +1,7 @@
 """What can go wrong in a cell, and the exit codes that say so.
 
-The trainer (``python -m autolabel.train``) and the runners that start it (flows/runners.py,
-flows/ecs.py) read the same codes from here, so a retry means the same thing everywhere:
+The trainer (``python -m autolabel.train``) and the runners that start it (flows/run/local.py,
+flows/ecs/runner.py) read the same codes from here, so a retry means the same thing everywhere:
 
 - 0 every cell complete (or skipped as complete);
 - 1 an unexpected error (a bug or the infrastructure; the traceback is printed; not retried);

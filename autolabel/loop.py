@@ -19,7 +19,14 @@ import torch
 from autolabel.celldir import HISTORY_COLUMNS
 from autolabel.losses import combined_loss, dice_counts, dice_score
 from autolabel.model import build_model
-from autolabel.options import CellMetrics, CellOptions, Plan, RepeatResult, Round, RoundResult
+from autolabel.options import (
+    CellMetrics,
+    CellOptions,
+    Plan,
+    RepeatResult,
+    Round,
+    RoundResult,
+)
 from autolabel.state import Data, Progress, device_name
 from autolabel.step import TrainStep, autocast
 

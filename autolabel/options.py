@@ -2,7 +2,7 @@
 
 A cell directory holds two inputs, ``options.json`` (a :class:`CellOptions`) and
 ``plan.json`` (a :class:`Plan`), and the trainer writes ``metrics.json`` (a
-:class:`CellMetrics`) last. The grid spec (``flows/spec.py``) validates its
+:class:`CellMetrics`) last. The grid spec (``flows/spec/parse.py``) validates its
 ``static``/``hyper`` values and plan rounds with these same models, so a value
 the flow accepts is exactly a value the trainer accepts.
 
@@ -140,7 +140,7 @@ def training_problem(train_subjects: int, size: tuple[int, int]) -> str | None:
     """What makes a training set untrainable by the U-Net, as ``field: problem``; None when fine.
 
     One subject cannot train: BatchNorm needs two images in a batch (a final batch of one in a
-    larger set is dropped from its epoch, autolabel.loop.train_one_epoch; the dry run checks it too, flows/checks.py). The encoder halves
+    larger set is dropped from its epoch, autolabel.loop.train_one_epoch; the dry run checks it too, flows/plan/checks.py). The encoder halves
     the image 5 times, so both sides must be multiples of 32 for the skip connections to align.
     """
     if train_subjects < 2:

@@ -18,9 +18,9 @@ import torch
 
 from autolabel.control import RunControl
 from autolabel.datasets.format import INPUT_SETS, LABELS, DatasetError, split_subjects
+from autolabel.datasets.sources import open_dataset
 from autolabel.errors import BadInput
 from autolabel.options import CellOptions, training_problem
-from autolabel.datasets.sources import open_dataset
 
 
 @dataclass
@@ -105,6 +105,14 @@ def standardise(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
 
 
+def scale_features(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Features [N, C, H, W] in the units the network trains on: per channel, (x - mean) / std of
+    the training set (:func:`standardise`; model.pt stores both for later readers)."""
+    mean = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return (x - mean) / std
+
+
 def load_data(options: CellOptions, device: torch.device, shown: str, control: RunControl) -> Data:
     """The cell's data on the device: loaded here, or the shared copy of an identical one."""
     if control.shared_data is None:
@@ -141,7 +149,7 @@ def read_data(options: CellOptions, device: torch.device, shown: str) -> Data:
 
     def to_device(a: np.ndarray, scaled: bool = False) -> torch.Tensor:
         if scaled:
-            a = (a - mean[None, :, None, None]) / std[None, :, None, None]
+            a = scale_features(a, mean, std)
         return torch.from_numpy(np.ascontiguousarray(a)).to(device).contiguous(memory_format=memory)
 
     data = Data(

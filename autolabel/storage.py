@@ -92,6 +92,21 @@ def exists(uri: str, client=None) -> bool:
     return any(obj["Key"] == key for obj in page.get("Contents", []))
 
 
+def read_bytes(uri: str, client=None) -> bytes | None:
+    """One object's content; None if it does not exist (other S3 errors propagate)."""
+    if not exists(uri, client):
+        return None
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        return (client or s3_client()).get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as e:  # deleted between the listing and the read
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
 def download_file(uri: str, dest: Path) -> bool:
     """Fetch one object; False if it does not exist."""
     if not exists(uri):

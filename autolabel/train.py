@@ -56,9 +56,14 @@ import threading
 from typing import Any, Callable
 
 from autolabel import pack
-from autolabel.control import CHECKPOINT_ENV, DEFAULT_CHECKPOINT_EVERY_S, RunControl, parse_seconds
-from autolabel.errors import SIGNAL_NAMES, STOP_SIGNALS, BadInput, worst
 from autolabel.cell import run_cell
+from autolabel.control import (
+    CHECKPOINT_ENV,
+    DEFAULT_CHECKPOINT_EVERY_S,
+    RunControl,
+    parse_seconds,
+)
+from autolabel.errors import SIGNAL_NAMES, STOP_SIGNALS, BadInput, worst
 
 
 def train_cells(
@@ -139,7 +144,7 @@ def stop_handler(control: RunControl) -> Callable[[int, Any], None]:
     through the flow (as SIGTERM), so a later signal of another kind is ignored. A second Ctrl-C
     kills at once (a user who will not wait); a repeated SIGTERM or SIGHUP does not: when a
     multi-threaded parent dies, PR_SET_PDEATHSIG fires as each of its threads exits in turn
-    (seen: the epoch in progress lost). Whoever must kill sends SIGKILL (flows/runners.py)."""
+    (seen: the epoch in progress lost). Whoever must kill sends SIGKILL (flows/run/local.py)."""
 
     def stop(signum: int, frame: Any) -> None:
         if control.stop_requested:

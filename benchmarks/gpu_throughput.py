@@ -33,10 +33,10 @@ under CUDA graphs; on CPU the baseline), and per pack size k each kind's mean pe
 images/s in the mixed pack times k (what a pack of k such cells would reach if they shared
 the GPU as in the mix; the note says so), for the best strategy.
 
-Printed: images/s of both, their ratio, MFU (GFLOP per image fwd+bwd from flows.throughput,
-peak from flows.throughput.GPU_PEAK_TFLOPS by device name), and the projected GPU-hours and
-dollars of the 1800-cell benson2025 grid with flows.cost and only this run's figures.
-``--out`` writes the throughput file that flows/throughput.py reads (a folder: <gpu>-<date>.json).
+Printed: images/s of both, their ratio, MFU (GFLOP per image fwd+bwd from flows.cost.throughput,
+peak from flows.cost.throughput.GPU_PEAK_TFLOPS by device name), and the projected GPU-hours and
+dollars of the 1800-cell benson2025 grid with flows.cost.estimate and only this run's figures.
+``--out`` writes the throughput file that flows/cost/throughput.py reads (a folder: <gpu>-<date>.json).
 """
 
 from __future__ import annotations
@@ -54,14 +54,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flows import cost, prices, throughput  # noqa: E402  (pure: no torch)
+from flows.cost import estimate as cost  # noqa: E402  (pure: no torch)
+
+from flows.cost import prices
+
+from flows.cost import throughput
 
 # (base model, batch size) of cell i is MIX[i % 6]: both models early, so small runs cover both.
 MIX = [("resnet18", 4), ("resnet34", 2), ("resnet18", 6), ("resnet34", 4), ("resnet18", 2), ("resnet34", 6)]
 FULL = {"subjects": 181, "rows": 128, "cols": 256}
 SMOKE = {"subjects": 12, "rows": 32, "cols": 64}
 GRID_SPEC = ROOT / "grid-search" / "benson2025.yaml"
-# The instance whose per-GPU price projects the dollars of each GPU (flows.prices.PRICES).
+# The instance whose per-GPU price projects the dollars of each GPU (flows.cost.prices.PRICES).
 PRICED_AS = {"H100": "p5.48xlarge", "H200": "p5.48xlarge", "A100": "p4d.24xlarge", "A10G": "g5.xlarge",
              "L4": "g6.xlarge", "L40S": "g6e.xlarge", "T4": "g4dn.xlarge", "V100": "p3.2xlarge"}  # fmt: skip
 # strategy -> (step mode, cells per process; None: all of the pack's cells in one process)
@@ -302,8 +306,8 @@ def figures(solo: list[dict], packs: dict[int, list[dict]], how: str,
 
 def project_grid(rows: list[dict], gpu: str, k: int) -> dict:
     """GPU-hours and dollars of the benson2025 grid, solo and packed by k, from these figures only."""
-    from flows.cells import expand
-    from flows.spec import load_spec
+    from flows.spec.cells import expand
+    from flows.spec.parse import load_spec
 
     cells = expand(load_spec(GRID_SPEC))
     table = throughput.Table(tuple(throughput.Figure(gpu, r["base_model"], r["batch_size"], r["cells_per_gpu"],
@@ -324,7 +328,7 @@ def project_grid(rows: list[dict], gpu: str, k: int) -> dict:
 
 
 def write_out(out: str, gpu: str, device_name: str, source: str, rows: list[dict]) -> Path:
-    """The throughput file (flows.throughput.BenchFile); a folder gets ``<gpu>-<date>.json``."""
+    """The throughput file (flows.cost.throughput.BenchFile); a folder gets ``<gpu>-<date>.json``."""
     day = dt.date.today().isoformat()
     path = Path(out)
     if out.endswith("/") or path.is_dir():

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([str(stand_in), str(scratch)], check=True)
         stand_in_s = time.perf_counter() - t
 
-        from flows import grid
+        from flows import flow as grid
 
         spec = write_spec(root, args.cells)
         t = time.perf_counter()

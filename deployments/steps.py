@@ -78,14 +78,14 @@ async def run_step_unless_skipped(
 
 
 def check_ecs_settings(ecs: dict[str, Any], variables: dict[str, str]) -> dict[str, Any]:
-    """Refuse to deploy ECS settings the flow would refuse: the same check (flows.ecs_settings).
+    """Refuse to deploy ECS settings the flow would refuse: the same check (flows.ecs.settings).
 
     ``ecs`` is the deployment's ``ecs`` parameter as Prefect rendered it (an unset Prefect
     variable gives ""), ``variables`` names the Prefect variable each setting is read from, so
     the error says which ones to set. A ValueError stops ``prefect deploy`` before it registers
     anything. Returns the settings as the flow will receive them.
     """
-    from flows.ecs_settings import EcsSettings
+    from flows.ecs.settings import EcsSettings
 
     try:
         return {"ecs": EcsSettings.parse(ecs).model_dump(mode="json")}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from uuid import UUID
 
-from flows.report import Summary, cells_table
+from flows.summary.report import Summary, cells_table
 
 # What the progress bar says when a run has no pack to train (a rerun of a finished grid).
 NOTHING_TO_TRAIN = "nothing to train in this run: the summary was rebuilt from the cells on disk"

@@ -1,394 +1,249 @@
-"""The grid-search flow: spec -> cells -> cost -> runners -> summary.
+"""The grid search's command line: ``python -m flows.grid SPEC [options]``.
 
-    python -m flows.grid grid-search/demo.yaml --dry-run   # validate, count, price; launches nothing
-    python -m flows.grid grid-search/demo.yaml             # run here, Prefect's ephemeral API, no server
-    python -m flows.grid grid-search/benson2025.yaml --backend ecs --max-cost 50 --ecs ...   # see flows/cli.py
-    prefect deploy --all                                   # the `grid-search` deployment (prefect.yaml)
+    python -m flows.grid grid-search/demo.yaml --dry-run                 # validate, count, price this run
+    python -m flows.grid grid-search/demo.yaml                           # run it (local backend)
+    python -m flows.grid grid-search/benson2025.yaml --dry-run --json    # the same, plus every cell
+    ECS="--backend ecs --ecs cluster=autolabel --ecs capacity_provider=autolabel-gpu \
+         --ecs task_definition=autolabel-train --ecs bucket=my-autolabel-cells"   # the stack's outputs
+    python -m flows.grid grid-search/benson2025.yaml $ECS --max-cost 50 --on-cap subset --dry-run   # then without
 
-This file only wires the stages; each lives in its own module (spec, cells, plan/cost,
-runners/ecs, summary). A rerun of the same spec trains only what is not complete.
-The command line is flows/cli.py; this module never imports it.
+The flags become one :class:`flows.run.settings.RunSettings`, and
+:func:`flows.plan.prepare.prepare` makes the run's plan from them. ``--dry-run`` renders that
+plan (flows/plan/render.py): it prices exactly the run that the same flags start and refuses
+what that run would refuse, writes nothing, launches nothing, and imports neither Prefect nor
+torch. A real run makes the same plan first (reads only, a fraction of a second), so what the
+dry run refuses the run refuses with the same lines before Prefect is even imported; then it
+starts the flow (flows/flow.py), which prepares its own plan the same way (a run started from
+the Prefect UI has no command line), and maps the flow's typed result to an exit code.
+
+Exit codes (:func:`exit_code`): 0 valid and within --max-cost (or --on-cap subset found a
+subset that is) and, for a run, every cell complete; 1 the flow itself failed unexpectedly;
+2 invalid spec, flag or input (a dry-run flag without --dry-run, an output folder that is not
+a writable folder, a dataset training would refuse, a malformed ledger; on ECS a stack that
+cannot be read, whose market is not the run's, or whose region cannot be priced under a cap);
+3 over the cap (refused, or cells skipped by it); 4 some cells failed (the others are
+complete); 75 another run holds this grid; 129, 130, 143 stopped by SIGHUP, Ctrl-C or SIGTERM
+after every running cell checkpointed (rerun to resume).
 """
 
-if __name__ == "__main__":
-    # `python -m flows.grid` is the CLI's name: hand over to it before paying for Prefect's import
-    # (the dry run never needs it). runpy runs flows/cli.py as the script, so the module
-    # flows.grid that the CLI imports for a real run does not import the CLI back.
-    import runpy
+from __future__ import annotations
 
-    runpy.run_module("flows.cli", run_name="__main__", alter_sys=True)
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import os
+from autolabel.errors import EXIT_BUSY, EXIT_ERROR, EXIT_INTERRUPTED
+from flows.cost import cap
+from flows.cost.prices import PRICES, CostError
+from flows.plan.prepare import RunPlan, prepare
+from flows.plan.render import as_json, render
+from flows.run.settings import RunSettings
+from flows.spec.parse import SpecError
 
-# The ephemeral API otherwise tries to phone home and prints an error offline.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+if TYPE_CHECKING:
+    from flows.flow import RunResult
 
-import queue  # noqa: E402
-import signal  # noqa: E402
-import threading  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Literal  # noqa: E402
-
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.runtime import task_run  # noqa: E402
-from prefect.states import Completed, Failed  # noqa: E402
-from prefect.utilities.annotations import quote  # noqa: E402
-
-from autolabel.celldir import is_complete  # noqa: E402
-from autolabel.errors import SIGNAL_NAMES, STOP_SIGNALS  # noqa: E402
-from autolabel.lock import FolderLock, LockBusy  # noqa: E402
-from flows import cells as cells_mod  # noqa: E402
-from flows import artifacts, checks, cost, plan, rows as rows_mod, spec as spec_mod, summary  # noqa: E402
-from flows.cells import Cell  # noqa: E402
-from flows.cost import Backend, Pricing  # noqa: E402
-from flows.ecs_capacity import price_stack  # noqa: E402
-from flows.ecs_settings import EcsSettings  # noqa: E402
-from flows.ledger import Ledger, LedgerError  # noqa: E402
-from flows.plan import OnCap  # noqa: E402
-from flows.prices import PRICES  # noqa: E402
-from flows.runners import (  # noqa: E402
-    Attempt,
-    LocalRunner,
-    PermanentError,
-    Runner,
-    TransientError,
-    detect_gpus,
-    pack_outcomes,
-)
+EXIT_OK = 0
+EXIT_INVALID = 2  # invalid spec or flag
+EXIT_OVER_CAP = 3  # refused by the cost pre-flight, or cells skipped by the cap
+EXIT_CELLS_FAILED = 4  # some cells failed or diverged; the others are complete
+# EXIT_BUSY 75: another run holds the grid's folder; a stopped run exits 128 + the signal
+# (129 SIGHUP, 130 Ctrl-C = EXIT_INTERRUPTED, 143 SIGTERM): the trainer's own codes.
 
 
-# What a stopped or refused flow's message starts with; flows/cli.py maps it to the exit code.
-STOPPED = "stopped by "  # "stopped by SIGTERM (exit 143): ..."
-BUSY = "busy: "  # another run holds the grid's lock
-
-
-class StoppedError(RuntimeError):
-    """The flow was asked to stop: the pack checkpointed and stopped; a rerun resumes it (never retried)."""
-
-
-class StopRequest:
-    """The flow's SIGINT/SIGTERM/SIGHUP handler: no new launch, and the runner stops every trainer.
-
-    A second signal of the same kind asks the runner again (a second SIGTERM kills a trainer)."""
-
-    def __init__(self, runner: Runner):
-        self.runner = runner
-        self.signum: int | None = None
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.signum or signal.SIGTERM)
-
-    def __call__(self, signum: int, _frame: Any = None) -> None:
-        first = self.signum is None
-        self.signum = self.signum or signum
-        if first or signum == self.signum:
-            self.runner.stop()
-
-    def message(self) -> str:
-        return (f"{STOPPED}{SIGNAL_NAMES[signal.Signals(self.exit_code - 128)]} (exit {self.exit_code}): every "
-                f"running cell checkpointed its epoch in progress; rerun the same command to resume")
-
-    def install(self) -> dict[int, Any]:
-        """Handle the stop signals while the flow runs (main thread only: Python's rule); the previous handlers."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        return {s: signal.signal(s, self) for s in STOP_SIGNALS}
-
-
-# ----------------------------------------------------------------------------- tasks
-
-
-@task(name="plan-grid", cache_policy=NO_CACHE)
-def plan_grid(spec: str, out_dir: str | None) -> tuple[list[Cell], Path]:
-    """Validate the spec and expand it into cells (fails fast, launches nothing)."""
-    grid = spec_mod.load_spec(Path(spec))
-    return cells_mod.expand(grid), cells_mod.grid_dir(grid, Path(spec), out_dir)
-
-
-@task(name="cost-preflight", cache_policy=NO_CACHE)
-def preflight(cells: list[Cell], pricing: Pricing, max_cost_usd: float | None, spent_usd: float,
-              on_cap: OnCap) -> plan.Decision:
-    """The dry run's own decision (flows.plan.plan_run): the estimate, the cap verdict, the subset."""
-    decision = plan.plan_run(cells, pricing, max_cost_usd, spent_usd, on_cap)
-    get_run_logger().info("cost pre-flight: %s", plan.verdict(decision))
-    return decision
-
-
-@task(name="write-cells", cache_policy=NO_CACHE)
-def write_cells(grid_dir: Path, cells: list[Cell]) -> None:
-    """Materialize each cell's options.json and plan.json (no rewrite when unchanged)."""
-    for c in cells:
-        cells_mod.write_cell(grid_dir, c)
-
-
-def _is_transient(task, task_run, state) -> bool:
-    """Retry only failures that a rerun can fix; the cell then resumes from its checkpoint."""
-    try:
-        exc = state.result(raise_on_failure=False)
-    except Exception:  # noqa: BLE001 - an unreadable result is no reason to retry
-        return False
-    return isinstance(exc, TransientError)
-
-
-@task(name="train-pack", cache_policy=NO_CACHE, retry_condition_fn=_is_transient)
-def train_pack(
-    grid_dir: Path, pack: list[Cell], runner: Runner, ledger: Ledger, force: bool, stop: StopRequest
-) -> dict[str, str]:
-    """Train one pack of cells; raise TransientError to be retried, PermanentError or StoppedError to stop."""
-    log = get_run_logger()
-    if stop.requested:  # a retry after the flow was asked to stop: leave the cells for the rerun
-        raise StoppedError("stopped: rerun to resume")
-    if task_run.run_count > 1 and ledger.over_cap():
-        # A retry is a new launch: it too must fit under what is left of the cap.
-        raise PermanentError(f"skipped: cost cap (spent ${ledger.spent_usd:.2f} of ${ledger.cap_usd:.2f})")
-    # --force retrains complete cells once; a retry must resume, not start over again.
-    # Every line names its cell: packs of several cells run in parallel with others.
-    who = pack[0].label if len(pack) == 1 else f"pack of {len(pack)}: {pack[0].label}, ..."
-    attempt: Attempt = runner.run(pack, lambda line: log.info("[%s] %s", who, line),
-                                  force=force and task_run.run_count <= 1)
-    ledger.charge(
-        [c.id for c in pack],
-        attempt.device_seconds,
-        attempt.usd,
-        work={c.id: cost.cell_work(c) for c in pack},
-        exit_code=attempt.exit_code,
-        outcome=attempt.outcome,
-        detail=attempt.detail,
-        **attempt.extra,
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m flows.grid",
+        description="Run (or with --dry-run, validate and price) a grid search spec.",
     )
-    if stop.requested and attempt.outcome != "ok":
-        raise StoppedError("stopped: checkpointed; rerun to resume")
-    outcomes = pack_outcomes(grid_dir, pack, f"failed: {attempt.detail}")
-    if attempt.outcome == "transient":
-        raise TransientError(f"{attempt.detail} (will resume from checkpoint)")
-    failed = {k: v for k, v in outcomes.items() if v != "complete"}
-    if failed:
-        raise PermanentError("; ".join(f"{k}: {v}" for k, v in failed.items()))
-    return outcomes
+    p.add_argument("spec", type=Path, help="grid spec, YAML or JSON (e.g. grid-search/demo.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="validate, count and price this run; write and launch nothing")
+    p.add_argument("--json", action="store_true", help="dry run: print one JSON document, every cell included")
+    p.add_argument("--backend", choices=["local", "ecs"], default="local", help="where cells train (default local)")
+    p.add_argument("--max-parallel", type=positive_int, default=None,
+                   help=f"packs of cells at once; default {cap.LOCAL_MAX_PARALLEL} local, {cap.ECS_MAX_PARALLEL} on ECS")
+    p.add_argument("--max-cost", type=non_negative_float, default=None, metavar="USD",
+                   help="dollar cap for the whole grid, earlier runs' spend included")
+    p.add_argument("--instance-type", default="g5.xlarge",
+                   help=f"GPU the cells are timed on and priced at; one of {', '.join(PRICES)}")
+    p.add_argument("--spot", action="store_true", help="price at spot rates (the dearest of the zones')")
+    p.add_argument("--local-usd-per-hour", type=non_negative_float, default=None, metavar="USD",
+                   help="local backend: what an hour of this machine costs (default: the instance type's "
+                        "price with local GPUs, else 0)")
+    p.add_argument("--on-cap", choices=["refuse", "subset"], default="refuse",
+                   help="over the cap: refuse, or run the subset that fits and keeps every level")
+    p.add_argument("--cells-per-gpu", type=positive_int, default=None,
+                   help="cells packed on one GPU (default: from the throughput table)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="output folder (default <spec folder>/<name>/)")
+    p.add_argument("--force", action="store_true", help="retrain cells that are already complete")
+    p.add_argument("--ecs", action="append", default=[], metavar="KEY=VALUE",
+                   help="ECS setting for --backend ecs (repeatable): cluster, capacity_provider, "
+                        "task_definition, bucket, prefix, ... (see README)")
+    p.add_argument("--refresh-prices", action="store_true",
+                   help="dry run: fetch on-demand and spot prices from AWS for the region (needs credentials; "
+                        "falls back to the table); with the --ecs settings the stack's own are always read")
+    return p.parse_args(argv)
 
 
-@task(name="summarize", cache_policy=NO_CACHE)
-def summarize(grid_dir: Path, cells: list[Cell], outcomes: dict[str, str], ledger: Ledger) -> Any:
-    """Write summary.csv/json/md, plots and best/; publish the Prefect artifacts."""
-    rows = rows_mod.collect_rows(grid_dir, cells, outcomes, ledger.per_cell_usd)
-    result = summary.write_summary(grid_dir, cells, rows, cap_usd=ledger.cap_usd, spent_usd=ledger.spent_usd)
-    artifacts.publish_artifacts(result, key_prefix=artifacts.artifact_key(grid_dir.name))
-    return result
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
 
 
-# ----------------------------------------------------------------------------- flow
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of dollars >= 0, got {text!r}")
+    return value
 
-# The priced instance types: a dropdown on Prefect's run form, not free text.
-InstanceType = Literal[tuple(PRICES)]
+
+DRY_RUN_ONLY = ("json", "refresh_prices")  # flags that mean nothing to a real run
 
 
-@flow(name="grid-search", log_prints=True)
-def grid_search(
-    spec: str,
-    backend: Backend = "local",
-    max_parallel: int = plan.LOCAL_MAX_PARALLEL,
-    max_cost_usd: float | None = None,
-    instance_type: InstanceType = "g5.xlarge",
-    spot: bool = False,
-    on_cap: OnCap = "refuse",
-    cells_per_gpu: int | None = None,
-    out_dir: str | None = None,
-    force: bool = False,
-    retries: int = 3,
-    retry_delay_s: float = 30.0,
-    local_usd_per_hour: float | None = None,
-    ecs: EcsSettings = EcsSettings(),
-    trainer: list[str] | None = None,
-):
-    """Run every cell of a grid spec, within a dollar cap, and summarize the results.
+def main(argv: list[str] | None = None) -> int:
+    """Parse, plan (flows.plan.prepare); then render the plan (--dry-run) or run the flow (run_grid)."""
+    args = parse_args(argv)
+    if not args.dry_run:
+        given = [f"--{f.replace('_', '-')}" for f in DRY_RUN_ONLY if getattr(args, f)]
+        if given:
+            print(f"{given[0]}: applies only to --dry-run; add --dry-run (without it this command trains and pays)",
+                  file=sys.stderr)
+            return EXIT_INVALID
+    try:
+        plan = prepare(args.spec, run_settings(args))
+    except SpecError as e:
+        print(e, file=sys.stderr)
+        return EXIT_INVALID
+    except (OSError, CostError) as e:
+        print(f"{args.spec}: {describe(e)}", file=sys.stderr)
+        return EXIT_INVALID
+    except ValueError as e:  # --ecs misused, a malformed ledger: one line each naming the flag or line
+        print(e, file=sys.stderr)
+        return EXIT_INVALID
+    code = plan_exit_code(plan)
+    if args.dry_run:
+        print(json.dumps(as_json(plan, code), indent=2) if args.json else render(plan))
+    for problem in plan.problems:
+        print(problem, file=sys.stderr)
+    if args.dry_run or plan.problems:
+        return code
+    return run_grid(args.spec, **run_params(args, plan))
 
-    Args:
-        spec: path to the grid spec (YAML or JSON), relative to the working directory.
-        backend: "local" runs subprocesses here; "ecs" runs GPU tasks on AWS ECS.
-        max_parallel: packs (cells, unless packed) running at once.
-        max_cost_usd: hard cap on dollars spent by this grid, earlier runs included.
-        instance_type: the GPU instance type that prices the estimate and the ledger
-            (one of the priced types, flows/prices.py).
-        spot: price at spot rates (the ECS capacity provider must use spot then).
-        on_cap: "refuse" to start over the cap, or run the "subset" that fits,
-            keeping every level of every factor.
-        cells_per_gpu: cells trained together on one GPU (default: from the benchmark).
-        out_dir: where cells and summaries go (default: the grid name's folder beside the spec).
-        force: retrain cells that are already complete.
-        retries: retries of a transiently failed pack (spot loss, OOM kill, ...).
-        retry_delay_s: first retry delay; doubles each time, with jitter.
-        local_usd_per_hour: what an hour of this machine costs, for the ledger of the local
-            backend (default: the instance type's price when cells use local GPUs, else 0).
-        ecs: where ECS cells train, the CloudFormation stack's outputs (flows/ecs_settings.py);
-            cluster, capacity_provider, task_definition and bucket are required for backend "ecs",
-            and a local run ignores them.
-        trainer: local backend: the command that trains cells, their folders appended
-            (default: this Python's ``-m autolabel.train``).
+
+def plan_exit_code(plan: RunPlan) -> int:
+    """What the plan says before anything runs: 2 a problem, 3 refused by the cap, else 0."""
+    if plan.problems:
+        return EXIT_INVALID
+    return EXIT_OK if plan.decision.runs else EXIT_OVER_CAP
+
+
+def run_settings(args: argparse.Namespace) -> RunSettings:
+    """The flags as the run's settings (a ValueError for ``--ecs`` pairs that are no KEY=VALUE or
+    that a local run was given); the ECS settings themselves are checked by the plan."""
+    from flows.ecs.settings import split_ecs_pairs  # light: pydantic only
+
+    if args.backend != "ecs" and args.ecs:
+        raise ValueError("--ecs settings apply only to --backend ecs")
+    return RunSettings(
+        backend=args.backend, max_parallel=args.max_parallel, max_cost_usd=args.max_cost,
+        instance_type=args.instance_type, spot=args.spot, on_cap=args.on_cap, cells_per_gpu=args.cells_per_gpu,
+        out_dir=str(args.out) if args.out else None, force=args.force, local_usd_per_hour=args.local_usd_per_hour,
+        ecs=split_ecs_pairs(args.ecs) if args.backend == "ecs" else None, refresh_prices=args.refresh_prices,
+    )
+
+
+def run_params(args: argparse.Namespace, plan: RunPlan) -> dict[str, Any]:
+    """The flow's parameters for these flags (grid_search's names); ``ecs`` as the plan checked it."""
+    params: dict[str, Any] = dict(
+        out_dir=args.out,
+        backend=args.backend,
+        max_parallel=plan.pricing.max_parallel,
+        max_cost_usd=args.max_cost,
+        instance_type=args.instance_type,
+        on_cap=args.on_cap,
+        cells_per_gpu=args.cells_per_gpu,
+        spot=args.spot,
+        force=args.force,
+    )
+    if args.local_usd_per_hour is not None:
+        params["local_usd_per_hour"] = args.local_usd_per_hour
+    if plan.ecs is not None:
+        params["ecs"] = plan.ecs.model_dump(exclude_defaults=True)
+    return params
+
+
+def describe(e: Exception) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "not found; give the path of a grid spec (YAML or JSON)"
+    if isinstance(e, IsADirectoryError):
+        return "is a folder; give the path of a grid spec file"
+    if isinstance(e, OSError):
+        return f"cannot read it ({e.strerror or e})"
+    return str(e)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run_grid(spec: str | Path, *, out_dir: str | Path | None = None, **params: Any) -> int:
+    """Run the flow, print the summary table, and map its typed result to an exit code.
+
+    Without PREFECT_API_URL the flow talks to a temporary API server that dies with this
+    process (flows.server). SIGINT, SIGTERM and SIGHUP stop the flow cleanly (flows.flow.StopRequest):
+    the exit code is then 128 + the signal, and the last line says how to resume.
     """
-    cells, grid_dir = plan_grid(spec, out_dir)
-    gpus = detect_gpus() if backend == "local" else []
-    try:  # bad pricing or backend settings fail here, before anything is written or launched
-        settings = ecs_settings(ecs) if backend == "ecs" else None
-        # (ECS) The dry run's own reading of the stack: its market checked against spot, prices
-        # from its region and zones (flows.ecs_capacity).
-        stack = price_stack(settings, instance_type, spot, capped=max_cost_usd is not None) if settings else None
-        pricing = plan.make_pricing(backend, instance_type, spot=spot, max_parallel=max_parallel,
-                                    cells_per_gpu=cells_per_gpu, local_gpus=bool(gpus),
-                                    local_usd_per_hour=local_usd_per_hour, prices=stack.prices if stack else None)
-        runner = make_runner(grid_dir, pricing, gpus, settings, trainer)
-    except ValueError as e:  # CostError and StackUnreadable included
-        return Failed(message=str(e))
-    for note in stack.notes if stack else []:
-        get_run_logger().info("prices: %s", note)
-    problems = checks.check_run(cells, grid_dir)  # what the dry run checks: the same function
-    if problems:
-        return Failed(message="; ".join(problems))
-    lock = FolderLock(grid_dir)  # one runner per grid: a second run of it refuses at once
-    try:
-        lock.acquire()
-    except LockBusy as e:
-        return Failed(message=f"{BUSY}{e}")
-    stop = StopRequest(runner)
-    previous = stop.install()
-    try:
-        return run_locked(cells, grid_dir, pricing, runner, stop, max_cost_usd, on_cap, force, retries,
-                          retry_delay_s)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        lock.release()
-
-
-def run_locked(cells: list[Cell], grid_dir: Path, pricing: Pricing, runner: Runner, stop: StopRequest,
-               max_cost_usd: float | None, on_cap: OnCap, force: bool, retries: int, retry_delay_s: float):
-    """The flow once it holds the grid's lock: pre-flight, write, launch, summarize."""
-    log = get_run_logger()
-    pending = [c for c in cells if force or not is_complete(cells_mod.cell_dir(grid_dir, c))]
-
-    # 1. Cost pre-flight on what is left to train: the dry run's own decision (flows.plan).
-    try:
-        ledger = Ledger.open(grid_dir, max_cost_usd)
-    except LedgerError as e:
-        return Failed(message=str(e))
-    decision = preflight(quote(pending), pricing, max_cost_usd, ledger.spent_usd, on_cap)
-    if not decision.runs:
-        return Failed(message=decision.message())
-    todo = pending if decision.fits else decision.subset
-    if not decision.fits:
-        log.info("cost cap: running a subset of %d cells that keeps every factor level", len(todo))
-
-    # 2. Materialize cell directories (complete ones are left as they are).
-    write_cells(grid_dir, cells)
-    log.info("%d cells, %d already complete, %d to train%s", len(cells), len(cells) - len(pending), len(todo),
-             f", {len(pending) - len(todo)} left out by the cost cap" if len(todo) < len(pending) else "")
-
-    # 3. Launch packs, at most max_parallel at once, each only if it fits under the cap.
-    chosen = {c.id for c in todo}
-    outcomes = {c.id: "skipped: cost cap" for c in pending if c.id not in chosen}
-    outcomes |= launch_packs(grid_dir, cost.make_packs(todo, pricing.cells_per_gpu), runner, ledger, pricing,
-                            retries, retry_delay_s, force, stop)
-
-    # 4. Summarize, whatever happened to the cells.
-    result = summarize(grid_dir, cells, outcomes, ledger)
-    failed = [r for r in result.rows if r["status"] != "complete"]
-    verdict = plan.verdict(decision)
-    if stop.requested:
-        return Failed(message=f"{stop.message()}; summary of {len(cells) - len(failed)} complete cells in "
-                      f"{grid_dir}", data=result)
-    if failed:
-        return Failed(message=f"{len(failed)} of {len(cells)} cells did not complete; see {grid_dir}/summary.md "
-                      f"(pre-flight: {verdict})", data=result)
-    return Completed(message=f"{len(cells)} cells complete; summary in {grid_dir} (pre-flight: {verdict})",
-                     data=result)
-
-
-def ecs_settings(ecs: EcsSettings | dict[str, Any] | None) -> EcsSettings:
-    """The flow's ``ecs`` parameter, checked; a ValueError of one line (it becomes the run's state message)."""
-    try:
-        return EcsSettings.parse(ecs)
-    except ValueError as e:
-        raise ValueError("; ".join(str(e).splitlines())) from None
-
-
-def make_runner(grid_dir: Path, pricing: Pricing, gpus: list[str], ecs: EcsSettings | None,
-                trainer: list[str] | None) -> Runner:
-    """The backend that trains packs, billing what ``pricing`` says an hour costs (``ecs``: checked settings)."""
-    if pricing.backend == "local":
-        return LocalRunner(grid_dir, pricing.max_parallel, usd_per_hour=pricing.usd_per_gpu_hour, gpus=gpus,
-                           trainer=trainer)
-    from flows.ecs import EcsRunner
-
-    return EcsRunner(grid_dir, max_parallel=pricing.max_parallel, usd_per_hour=pricing.usd_per_gpu_hour,
-                     instance_type=pricing.instance_type, spot=pricing.spot, prices=pricing.prices,
-                     settings=ecs)
-
-
-def launch_packs(grid_dir: Path, packs: list[list[Cell]], runner: Runner, ledger: Ledger, pricing: Pricing,
-                 retries: int, retry_delay_s: float, force: bool, stop: StopRequest) -> dict[str, str]:
-    """Sliding window over packs: launch while under max_parallel and the cap; collect outcomes."""
-    from prefect.tasks import exponential_backoff
-
-    trainer = train_pack.with_options(
-        retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_s), retry_jitter_factor=0.5
+    from flows.flow import (  # Prefect and the runners: only for a real run
+        RunFailed,
+        RunResult,
+        grid_search,
     )
-    done: queue.Queue = queue.Queue()
-    outcomes: dict[str, str] = {}
-    running = 0
-    progress = artifacts.start_progress(len(packs), key=artifacts.artifact_key(grid_dir.name) + "-progress")
-    finished = 0
+    from flows.server import temporary_api
+    from flows.summary.report import console_table
 
-    def collect() -> None:
-        nonlocal running, finished
-        key, pack, fut = done.get()
-        running -= 1
-        finished += 1
-        ledger.release(key)
-        result = fut.result(raise_on_failure=False)
-        if isinstance(result, StoppedError):
-            outcomes.update(pack_outcomes(grid_dir, pack, str(result)))
-        elif isinstance(result, BaseException):
-            reason = str(result) if isinstance(result, (TransientError, PermanentError)) else repr(result)
-            outcomes.update(pack_outcomes(grid_dir, pack, f"failed: {reason}"))
-        else:
-            outcomes.update(result)
-        artifacts.update_progress(progress, finished, len(packs))
+    try:
+        with temporary_api():
+            state = grid_search(spec=str(spec), out_dir=str(out_dir) if out_dir else None, return_state=True,
+                                **params)
+    except KeyboardInterrupt:  # Ctrl-C before the flow's own handler was set (Prefect starting up)
+        print(f"{spec}: interrupted before any cell started; nothing to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:  # the flow's RunResult (inside RunFailed when it ended Failed); another exception when it crashed
+        result = state.result(raise_on_failure=False)
+    except Exception as e:  # noqa: BLE001 - a state whose result cannot be read is a crash to report
+        result = e
+    if isinstance(result, RunFailed):
+        result = result.result
+    if not isinstance(result, RunResult):
+        print(f"{spec}: the flow failed unexpectedly: {state.message or result}", file=sys.stderr)
+        return EXIT_ERROR
+    if result.summary is not None:
+        print(console_table(result.summary.rows, grid_dir=result.summary.grid_dir))
+    print(f"{spec}: {result.message}", file=sys.stdout if state.is_completed() else sys.stderr)
+    return exit_code(result)
 
-    for i, pack in enumerate(packs):
-        while running >= pricing.max_parallel:
-            collect()
-        if stop.requested:  # no launch after a stop: these cells wait for the rerun
-            outcomes.update({c.id: "stopped: not started; rerun to resume" for c in pack})
-            finished += 1
-            continue
-        key = f"pack-{i}"
-        est = sum(cost.cell_usd(c, pricing) for c in pack)
-        # (ECS) A lane's first pack also reserves its instance's start and idle tail, held until
-        # the instances are charged below.
-        lane = cost.lane_usd(pricing, i, len(packs))
-        if (lane and not ledger.reserve(f"lane-{i}", [c.id for c in pack], lane)) \
-                or not ledger.reserve(key, [c.id for c in pack], est):
-            ledger.release(f"lane-{i}")
-            for c in pack:
-                outcomes[c.id] = "skipped: cost cap"
-            finished += 1
-            continue
-        # quote(): Prefect would otherwise walk these objects looking for futures while other
-        # threads mutate them (the ledger, the runner's GPU queue).
-        fut = trainer.with_options(task_run_name=pack[0].label if len(pack) == 1 else f"pack-{i}-{len(pack)}-cells") \
-            .submit(grid_dir, quote(pack), quote(runner), quote(ledger), force, quote(stop))
-        running += 1
-        fut.add_done_callback(lambda f, k=key, p=pack: done.put((k, p, f)))
-    while running:
-        collect()
-    # (ECS) The instances as AWS bills them (launch to termination), then the lanes' holds end.
-    if hasattr(runner, "settle"):
-        runner.settle(ledger)
-    for i in range(min(len(packs), pricing.max_parallel)):
-        ledger.release(f"lane-{i}")
-    return outcomes
+
+def exit_code(result: RunResult) -> int:
+    """The exit code of a run's typed result: a stop first (rerun to resume), then a busy grid,
+    a refusal (bad input; the cap), cells the cap left out, failed cells; else 0."""
+    if result.stopped_by is not None:
+        return 128 + result.stopped_by
+    if result.busy:
+        return EXIT_BUSY
+    if result.refused == "input":
+        return EXIT_INVALID
+    if result.refused == "cap" or result.skipped_by_cap:
+        return EXIT_OVER_CAP
+    if result.incomplete:
+        return EXIT_CELLS_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

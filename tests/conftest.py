@@ -11,12 +11,11 @@ from typing import Any, Callable
 
 import pytest
 
-
 # The files whose tests take tens of seconds (real trainers, servers, signals), longest first:
 # `make test` runs them first, so that its two workers end together instead of one waiting on a
 # long test picked up last (pytest-xdist's work stealing then evens out the short ones).
-LONG_FIRST = ("test_ecs.py", "test_pack.py", "test_grid.py", "test_science.py", "test_train.py", "test_deploy.py",
-              "test_gpu_throughput.py", "test_ui.py", "test_cell.py", "test_ecs_capacity.py")
+LONG_FIRST = ("test_runner.py", "test_pack.py", "test_flow.py", "test_science.py", "test_train.py", "test_deploy.py",
+              "test_gpu_throughput.py", "test_ui.py", "test_cell.py", "test_capacity.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:
@@ -191,7 +190,7 @@ def aws(ecs_moto, monkeypatch):
 def seed_throughput(monkeypatch):
     """The throughput table of the seed figures alone, so hand-checked numbers hold whatever
     benchmark files benchmarks/throughput/ holds (test_throughput checks the committed file)."""
-    from flows import throughput
+    from flows.cost import throughput
 
     seeds = throughput.throughput_table([])
     monkeypatch.setattr(throughput, "default_table", lambda: seeds)
@@ -200,8 +199,8 @@ def seed_throughput(monkeypatch):
 
 def grid_cells(hyper: dict, **static: Any) -> list:
     """The cells of a spec with these hyper factors and static values (until 2 unless given)."""
-    from flows.cells import expand
-    from flows.spec import check_spec
+    from flows.spec.cells import expand
+    from flows.spec.parse import check_spec
 
     return expand(check_spec({"name": "t", "static": {"until": 2, **static}, "hyper": hyper}))
 
@@ -211,6 +210,22 @@ def grid_cells(hyper: dict, **static: Any) -> list:
 # `python -m tests.stand_in_trainer CELL...`: real cell folders, no training (see its docstring).
 STAND_IN = [sys.executable, "-m", "tests.stand_in_trainer"]
 TINY_DATASET = {"kind": "synthetic", "seed": 3, "subjects": 12, "rows": 32, "cols": 64}
+
+
+def pricing_for(backend: str = "local", max_parallel: int = 1, usd_per_hour: float = 0.0, **fields: Any):
+    """A run's Pricing as a test wants it (flows.cost.estimate.Pricing): packs at once, the rate billed."""
+    from flows.cost.estimate import Pricing
+
+    return Pricing(**{"backend": backend, "instance_type": "g5.xlarge", "spot": False, "cells_per_gpu": 1,
+                      "max_parallel": max_parallel, "instances": backend == "ecs", "usd_per_gpu_hour": usd_per_hour,
+                      **fields})
+
+
+def pack_of(*cells, gpu_seconds: float = 60.0, index: int = 0):
+    """The cells as one priced pack (flows.cost.estimate.Pack), what a runner trains."""
+    from flows.cost.estimate import Pack
+
+    return Pack(index, tuple(cells), gpu_seconds, 0.0)
 
 
 def write_grid_spec(tmp: Path, name: str, hyper: dict, static: dict | None = None, epochs: int = 1) -> Path:

@@ -230,9 +230,8 @@ class ContainerEmulator:
         return self
 
     def __exit__(self, *exc) -> None:
-        from moto.moto_api import state_manager
-
         from moto.ecs.models import Task
+        from moto.moto_api import state_manager
 
         self._stop.set()
         self._thread.join(5)

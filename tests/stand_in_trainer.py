@@ -31,11 +31,18 @@ import time
 from pathlib import Path
 
 from autolabel import celldir
-from autolabel.errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DIVERGED, EXIT_OK, STOP_SIGNALS, worst
+from autolabel.datasets.format import LABELS
+from autolabel.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_BUSY,
+    EXIT_DIVERGED,
+    EXIT_OK,
+    STOP_SIGNALS,
+    worst,
+)
 from autolabel.lock import FolderLock, LockBusy
 from autolabel.options import CellMetrics, CellOptions, Plan
 
-LABELS = {"area": ("V1", "V2", "V3"), "ring": ("E0", "E1", "E2", "E3", "E4")}
 KILLED = "stand-in-killed"  # marker: this cell was killed once already
 
 

@@ -16,8 +16,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from autolabel.options import CellMetrics, CellOptions, Plan, Round  # noqa: E402
-from flows import rows as R, summary as S  # noqa: E402
-from flows.cells import Cell, cell_dir  # noqa: E402
+from flows.spec.cells import Cell, cell_dir  # noqa: E402
+from flows.summary import files as S
+from flows.summary import rows as R  # noqa: E402
 
 LABELS = {"area": ["V1", "V2", "V3"], "ring": ["E0", "E1", "E2", "E3", "E4"]}
 LRS = [0.00167, 0.0025, 0.00375]

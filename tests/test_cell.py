@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from autolabel import cell as cell_mod, storage
+from autolabel import cell as cell_mod
+from autolabel import storage
 from autolabel.control import CHECKPOINT_ENV, RunControl
 from autolabel.errors import EXIT_ERROR, EXIT_TERMINATED
 from autolabel.options import CellMetrics

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from autolabel.control import CHECKPOINT_ENV, DEFAULT_CHECKPOINT_EVERY_S, RunControl, parse_seconds
+from autolabel.control import (
+    CHECKPOINT_ENV,
+    DEFAULT_CHECKPOINT_EVERY_S,
+    RunControl,
+    parse_seconds,
+)
 from autolabel.errors import BadInput
 
 

@@ -10,7 +10,15 @@ import time
 import pytest
 import yaml
 
-from tests.prefect_server import ECS_VARIABLES, PREFECT, ROOT, api, prefect, prefect_server, set_variables
+from tests.prefect_server import (
+    ECS_VARIABLES,
+    PREFECT,
+    ROOT,
+    api,
+    prefect,
+    prefect_server,
+    set_variables,
+)
 
 pytestmark = pytest.mark.slow
 

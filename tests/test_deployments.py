@@ -303,7 +303,7 @@ def flow_parameters(entrypoint: str) -> dict[str, bool]:
 
 def test_grid_search_deployment_matches_the_flow(prefect_yaml):
     (dep,) = [d for d in prefect_yaml["deployments"] if d["name"] == "grid-search"]
-    assert dep["entrypoint"] == "flows/grid.py:grid_search"
+    assert dep["entrypoint"] == "flows/flow.py:grid_search"
     params = flow_parameters(dep["entrypoint"])
     given = dep["parameters"]
     assert set(given) <= set(params), f"unknown flow parameters: {set(given) - set(params)}"
@@ -316,8 +316,8 @@ def test_grid_search_deployment_matches_the_flow(prefect_yaml):
 
 
 def runner_keywords() -> set[str]:
-    """The settings EcsRunner takes (flows.ecs_settings.EcsSettings): the keys the flow's `ecs` parameter may hold."""
-    from flows.ecs_settings import EcsSettings
+    """The settings EcsRunner takes (flows.ecs.settings.EcsSettings): the keys the flow's `ecs` parameter may hold."""
+    from flows.ecs.settings import EcsSettings
 
     return set(EcsSettings.model_fields)
 
@@ -326,7 +326,7 @@ def test_ecs_settings_are_keywords_the_runner_takes(prefect_yaml, template):
     (dep,) = [d for d in prefect_yaml["deployments"] if d["name"] == "grid-search"]
     settings = dep["parameters"]["ecs"]
     missing = set(settings) - runner_keywords()
-    assert not missing, f"prefect.yaml ecs keys that flows/ecs.py EcsRunner does not take: {sorted(missing)}"
+    assert not missing, f"prefect.yaml ecs keys that flows/ecs/runner.py EcsRunner does not take: {sorted(missing)}"
     assert settings["container_name"] == template["Outputs"]["ContainerName"]["Value"]
 
 

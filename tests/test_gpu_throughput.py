@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import prices, throughput
+from flows.cost import prices, throughput
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_throughput.py"
 

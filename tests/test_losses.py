@@ -6,7 +6,14 @@ import math
 
 import torch
 
-from autolabel.losses import combined_loss, dice_counts, dice_loss, dice_loss_per_image, dice_score, weighted_bce
+from autolabel.losses import (
+    combined_loss,
+    dice_counts,
+    dice_loss,
+    dice_loss_per_image,
+    dice_score,
+    weighted_bce,
+)
 
 
 def image(values, shape=(1, 1, 1, 4)) -> torch.Tensor:

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torchvision
 
-from autolabel.model import WEIGHT_FILES, ModelError, adapt_first_conv, build_model, count_parameters
+from autolabel.model import (
+    WEIGHT_FILES,
+    ModelError,
+    adapt_first_conv,
+    build_model,
+    count_parameters,
+)
 
 
 @pytest.mark.parametrize("base_model, expected", [("resnet18", 17_850_371), ("resnet34", 27_965_955)])

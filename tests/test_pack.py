@@ -11,9 +11,17 @@ from pathlib import Path
 import pytest
 
 from autolabel import pack
-from autolabel.control import RunControl
 from autolabel.cell import run_cell
-from tests.conftest import DIVERGING_PLAN, SMALL, epoch_keys, history_rows, metrics_of, tiny_options, tiny_plan
+from autolabel.control import RunControl
+from tests.conftest import (
+    DIVERGING_PLAN,
+    SMALL,
+    epoch_keys,
+    history_rows,
+    metrics_of,
+    tiny_options,
+    tiny_plan,
+)
 
 # Two shared cores: one thread per process, and the same arithmetic in workers and in solo runs.
 pytestmark = pytest.mark.usefixtures("one_thread")

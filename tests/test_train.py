@@ -16,7 +16,15 @@ from autolabel import train
 from autolabel.checkpoint import load_trained
 from autolabel.control import CHECKPOINT_ENV, RunControl
 from autolabel.errors import worst
-from tests.conftest import DIVERGING_PLAN, SMALL, epoch_keys, history_rows, metrics_of, tiny_options, tiny_plan
+from tests.conftest import (
+    DIVERGING_PLAN,
+    SMALL,
+    epoch_keys,
+    history_rows,
+    metrics_of,
+    tiny_options,
+    tiny_plan,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -32,9 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
+from autolabel.datasets.cohort import open_cohort
 from autolabel.datasets.cortex import HEMIS, flatten_hemisphere, prf_xy
 from autolabel.datasets.format import (
-    CHANNELS, LABELS, RING_EDGES, DatasetError, open_cohort, publish, write_dataset,
+    CHANNELS,
+    LABELS,
+    RING_EDGES,
+    DatasetError,
+    publish,
+    write_dataset,
 )
 from autolabel.errors import EXIT_BAD_INPUT, EXIT_OK, BadInput
 from autolabel.options import SUBJECT_ID

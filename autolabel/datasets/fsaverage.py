@@ -49,20 +49,29 @@ from pathlib import Path
 import numpy as np
 
 from autolabel.datasets.cortex import (
-    HEMIS,
     FRAME_CENTRE,
     FRAME_HALF_HEIGHT,
+    HEMIS,
     frame_pixels,
     neuropythy_lib,
     pole_rotation,
-    project,
     prf_xy,
+    project,
     rasterise,
     ring_index,
     sample,
     sample_labels,
 )
-from autolabel.datasets.format import CHANNELS, LABELS, MANIFEST, MAX_LABEL_ECC, RING_EDGES, publish, subject_ids, write_dataset
+from autolabel.datasets.format import (
+    CHANNELS,
+    LABELS,
+    MANIFEST,
+    MAX_LABEL_ECC,
+    RING_EDGES,
+    publish,
+    subject_ids,
+    write_dataset,
+)
 from autolabel.datasets.synthetic import STIMULUS_ECC, blur
 
 # Bump whenever the generated arrays change: the cache folder name includes it.

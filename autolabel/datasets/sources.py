@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from autolabel.datasets.format import MANIFEST, Cohort, DatasetError, open_cohort, publish
+from autolabel.datasets.cohort import Cohort, open_cohort
+from autolabel.datasets.format import MANIFEST, DatasetError, publish
 from autolabel.datasets.fsaverage import ensure_cohort as ensure_fsaverage
+from autolabel.datasets.synthetic import GENERATOR_VERSION, generate_cohort
 from autolabel.options import FsaverageDataset, PathDataset, SyntheticDataset
 from autolabel.storage import StorageError, download_prefix, split_s3
-from autolabel.datasets.synthetic import GENERATOR_VERSION, generate_cohort
 
 
 def cache_root() -> Path:

@@ -28,7 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from autolabel.datasets.format import CHANNELS, LABELS, MAX_LABEL_ECC, RING_EDGES, subject_ids, write_dataset
+from autolabel.datasets.format import (
+    CHANNELS,
+    LABELS,
+    MAX_LABEL_ECC,
+    RING_EDGES,
+    subject_ids,
+    write_dataset,
+)
 
 # Bump whenever the generated arrays change: the cache folder name includes it.
 GENERATOR_VERSION = 1

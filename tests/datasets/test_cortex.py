@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autolabel.datasets.cortex import frame_pixels, prf_xy, project, rasterise, ring_index, sample, sample_labels
+from autolabel.datasets.cortex import (
+    frame_pixels,
+    prf_xy,
+    project,
+    rasterise,
+    ring_index,
+    sample,
+    sample_labels,
+)
 from autolabel.datasets.fsaverage import read_fs5
 
 

@@ -11,11 +11,16 @@ import pytest
 from scipy import ndimage
 
 from autolabel.datasets import flatmaps
+from autolabel.datasets.cohort import open_cohort
 from autolabel.datasets.cortex import frame_pixels, project
-from autolabel.datasets.format import missing_channels, open_cohort
+from autolabel.datasets.format import missing_channels
+from autolabel.datasets.fsaverage import (
+    FS5_VERTICES,
+    read_atlas,
+    write_fsaverage5_subject,
+)
 from autolabel.errors import EXIT_BAD_INPUT
 from autolabel.options import FsaverageDataset, PathDataset
-from autolabel.datasets.fsaverage import FS5_VERTICES, read_atlas, write_fsaverage5_subject
 
 ROWS, COLS = 128, 256
 HALF = COLS // 2

@@ -1,4 +1,4 @@
-"""The dataset format (autolabel.datasets.format): its validation, loading, resampling and partitions."""
+"""The dataset format (autolabel.datasets.format) and reading it (autolabel.datasets.cohort): validation, loading, resampling, partitions."""
 
 from __future__ import annotations
 
@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from autolabel.datasets.cohort import open_cohort
 from autolabel.datasets.format import (
     CHANNELS,
     INPUT_SETS,
     LABELS,
     DatasetError,
-    open_cohort,
     split_subjects,
     write_dataset,
 )
 from autolabel.options import ExplicitPartition
+
 
 def test_names_match_the_published_method():
     t1 = ("x", "y", "z", "curvature", "convexity", "thickness", "surface_area")

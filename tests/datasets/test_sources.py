@@ -11,10 +11,11 @@ import pytest
 
 from autolabel import storage
 from autolabel.datasets import sources
-from autolabel.datasets.format import CHANNELS, LABELS, DatasetError, open_cohort, write_dataset
-from autolabel.options import PathDataset, SyntheticDataset
+from autolabel.datasets.cohort import open_cohort
+from autolabel.datasets.format import CHANNELS, LABELS, DatasetError, write_dataset
 from autolabel.datasets.sources import open_dataset
 from autolabel.datasets.synthetic import GENERATOR_VERSION
+from autolabel.options import PathDataset, SyntheticDataset
 from tests.conftest import s3_upload_dir
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from autolabel.datasets import synthetic
-from autolabel.datasets.format import CHANNELS, LABELS, open_cohort
-from autolabel.datasets.format import RING_EDGES
+from autolabel.datasets.cohort import open_cohort
+from autolabel.datasets.format import CHANNELS, LABELS, RING_EDGES
 from autolabel.datasets.synthetic import generate_cohort, generate_subject
 
 ROWS, COLS = 64, 128

@@ -1,0 +1,156 @@
+"""One plan for the dry run and the run: ``prepare(spec, settings) -> RunPlan``.
+
+    from flows.plan.prepare import prepare
+    from flows.run.settings import RunSettings
+    plan = prepare("grid-search/demo.yaml", RunSettings(max_cost_usd=0.5))
+    plan.pending, plan.pricing, plan.decision.packs, plan.problems     # what the run would do
+
+Everything both paths need is decided here, once: the cells and the grid's folder, the cells
+still to train, the checked ECS settings, the stack's prices, the run's Pricing, the cap's
+decision with the packs that run (each priced, with its reservation), and every problem that
+would stop training. The dry run renders the plan (flows/plan/render.py); the flow executes it
+(flows/flow.py), from the command line and from the Prefect UI alike, and re-derives nothing.
+
+Reads only: the spec, the grid folder's cell metrics and ledger, dataset manifests, and (ECS)
+the stack's Auto Scaling group and AWS's price lists. No Prefect, no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flows.cost.cap import Decision, make_pricing, plan_run
+from flows.cost.estimate import Pack, Pricing
+from flows.cost.prices import PRICES, TABLE_REGION, Price, refresh_prices
+from flows.ecs.settings import EcsSettings
+from flows.plan.checks import check_run
+from flows.run.local import detect_gpus
+from flows.run.settings import RunSettings
+from flows.spec.cells import Cell, complete_ids, expand, grid_dir
+from flows.spec.parse import GridSpec, load_spec
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run with these settings will do and cost, decided once."""
+
+    spec: GridSpec
+    spec_path: Path
+    settings: RunSettings
+    grid_dir: Path
+    cells: list[Cell]  # every cell of the grid, in grid order
+    complete: frozenset[str]  # ids of the cells complete on disk
+    pending: list[Cell]  # the cells to train (all of them with force)
+    ecs: EcsSettings | None  # checked (ECS backend); None locally or when they are invalid
+    gpus: list[str]  # this machine's GPUs (local backend)
+    pricing: Pricing
+    decision: Decision  # the cap's verdict, and the packs that run, priced
+    notes: list[str] = field(default_factory=list)  # where prices came from, what a spec ignores
+    problems: list[str] = field(default_factory=list)  # what the run refuses: one line each
+
+    @property
+    def packs(self) -> list[Pack]:
+        """The packs that run, in launch order, each with what it reserves under the cap."""
+        return self.decision.packs
+
+    @property
+    def todo(self) -> list[Cell]:
+        """The cells that run: every pending cell, the subset that fits the cap, or none."""
+        return [c for p in self.packs for c in p.cells]
+
+    @property
+    def left_out(self) -> list[Cell]:
+        """Pending cells that do not run, because of the cap."""
+        chosen = {c.id for c in self.todo}
+        return [c for c in self.pending if c.id not in chosen]
+
+
+def prepare(spec_path: str | Path, settings: RunSettings) -> RunPlan:
+    """The plan of a run: reads the spec, the grid's folder and (ECS) the stack; writes nothing.
+
+    1. spec -> cells, the grid's folder, the cells still to train;
+    2. (ECS) the settings checked and the stack read: its market, its region's and zones' prices;
+    3. the run's pricing and the cap's decision on the pending cells (flows.cost.cap.plan_run);
+    4. what training would refuse (flows.plan.checks).
+
+    Raises SpecError for a bad spec, CostError for an instance type that cannot be priced and
+    LedgerError for a malformed ledger; every other problem goes to ``problems``, so the dry run
+    still shows the price of a run whose stack does not exist yet.
+    """
+    spec = load_spec(spec_path)
+    cells = expand(spec)
+    out = grid_dir(spec, spec_path, settings.out_dir)
+    done = frozenset(complete_ids(out))
+    pending = cells if settings.force else [c for c in cells if c.id not in done]
+    notes, problems, late = list(spec.notes), [], []
+    ecs = check_ecs(settings, late)
+    prices = read_prices(settings, ecs, notes, problems)
+    gpus = detect_gpus() if settings.backend == "local" else []
+    pricing = make_pricing(
+        settings.backend, settings.instance_type, spot=settings.spot, max_parallel=settings.max_parallel,
+        cells_per_gpu=settings.cells_per_gpu, local_gpus=bool(gpus), local_usd_per_hour=settings.local_usd_per_hour,
+        prices=prices,
+    )
+    decision = plan_run(pending, pricing, settings.max_cost_usd, spent_usd(out), settings.on_cap)
+    if pricing.backend == "local" and pricing.usd_per_gpu_hour == 0:
+        notes.append("a local run without GPUs is charged $0 (--local-usd-per-hour says what an hour of this "
+                     "machine costs); --backend ecs prices the cloud run")
+    problems += check_run(pending, out) + late
+    return RunPlan(spec, Path(spec_path), settings, out, cells, done, pending, ecs, gpus, pricing, decision,
+                   notes, problems)
+
+
+def check_ecs(settings: RunSettings, problems: list[str]) -> EcsSettings | None:
+    """The ECS settings, checked (None for the local backend); their problems, one line each."""
+    if settings.backend != "ecs":
+        return None
+    try:
+        return EcsSettings.parse(settings.ecs)
+    except ValueError as e:
+        problems.extend(str(e).splitlines())
+        return None
+
+
+def read_prices(settings: RunSettings, ecs: EcsSettings | None, notes: list[str],
+                problems: list[str]) -> dict[str, Price] | None:
+    """The price table this run uses (None: the dated table); notes say where it came from.
+
+    With the ECS settings, the stack's own reading (flows.ecs.capacity.price_stack: its market
+    checked against spot, its region's and zones' prices); what it refuses goes to ``problems``
+    and the table prices the run meanwhile. Without them, the table, refreshed from AWS for the
+    region with ``refresh_prices``.
+    """
+    if ecs is not None:
+        from flows.ecs.capacity import (  # boto3: only for ECS
+            StackUnreadable,
+            price_stack,
+        )
+
+        try:
+            stack = price_stack(ecs, settings.instance_type, settings.spot, capped=settings.max_cost_usd is not None)
+            notes += stack.notes
+            return stack.prices
+        except StackUnreadable as e:  # the run could not start either; priced from the table meanwhile
+            problems.append(str(e))
+            table, why = refresh_prices([settings.instance_type], ecs.region) if settings.refresh_prices \
+                else (None, [])
+            notes += [f"the stack was not read, so these are the {TABLE_REGION} table's prices; the run "
+                      "checks the group's market and prices its region and zones", *why]
+            return table
+        except ValueError as e:  # CostError included: what the run would refuse
+            problems.append(str(e))
+            return None
+    if settings.refresh_prices:
+        region = (settings.ecs or {}).get("region") or None
+        table, why = refresh_prices([settings.instance_type] if settings.instance_type in PRICES else None, region)
+        notes += why
+        return table
+    return None
+
+
+def spent_usd(out: Path) -> float:
+    """What earlier runs of this grid spent, from its ledger (0 for a new grid)."""
+    from flows.run.ledger import Ledger  # light: json and threading only
+
+    return Ledger.open(out).spent_usd if (out / "ledger.jsonl").exists() else 0.0
