@@ -31,6 +31,7 @@ line naming it and exit 2, and leaves no file behind. Exit codes: 0 done, 1 unex
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -121,10 +122,24 @@ def read_truth(req: Request, ens: Ensemble, sid: str, hemis: dict[str, Hemispher
     return {h: read_codes(surf / req.truth.format(hemi=h), sid, len(hemis[h].sphere), ens.labels) for h in HEMIS}
 
 
+def picture_mesh(req: Request, sid: str, hemi: str, n_vertices: int) -> tuple[np.ndarray, np.ndarray]:
+    """The surface the picture draws: ``inflated`` when the subject has it, else ``white``."""
+    surf = req.subjects_dir / sid / "surf"
+    files = FILES | req.files
+    key = "inflated" if (surf / files["inflated"].format(hemi=hemi)).is_file() else "white"
+    coords, faces = read_surface(surf / files[key].format(hemi=hemi), sid, key)
+    if len(coords) != n_vertices:
+        raise BadInput(f"subject {sid}: {surf / files[key].format(hemi=hemi)}: {len(coords)} vertices but the "
+                       f"white surface has {n_vertices}; point --file {key}=TEMPLATE at this subject's own")
+    return coords, faces
+
+
 def check_subject(req: Request, ens: Ensemble, sid: str) -> Job:
-    """Read and check everything of one subject; plan its files and refuse existing ones without --force."""
+    """Read and check everything of one subject; plan its files, refusing existing ones without --force."""
     hemis = read_for_models(req, ens, sid)
     read_truth(req, ens, sid, hemis)
+    for hemi, h in hemis.items():
+        picture_mesh(req, sid, hemi, len(h.sphere))
     root = req.out / sid if req.out else req.subjects_dir / sid
     outputs = plan_outputs(root, req.tag, ens.prediction, req.probabilities, own_dice=req.truth is not None and not req.out)
     refuse_existing(sid, outputs.paths(), req.force)
@@ -132,9 +147,13 @@ def check_subject(req: Request, ens: Ensemble, sid: str) -> Job:
 
 
 def refuse_existing(sid: str, paths: list[Path], force: bool) -> None:
+    """An existing output without --force, or a folder that cannot be written, is bad input."""
     for path in paths:
         if path.exists() and not force:
             raise BadInput(f"subject {sid}: {path}: exists; give --force to overwrite it, or another --tag or --out")
+        folder = next(p for p in path.parents if p.exists())  # the nearest that exists: created below it
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BadInput(f"subject {sid}: {folder}: not writable, so {path.name} cannot be written; give --out")
 
 
 # ----------------------------------------------------------------------------- labelling
@@ -196,17 +215,11 @@ def codes_image(result: Labelled, codes: dict[str, np.ndarray], n_labels: int) -
 
 
 def surface_views(req: Request, result: Labelled) -> dict[str, SurfaceView]:
-    """Meshes for the picture: ?h.inflated when the subject has it, else the white surface."""
-    surf = req.subjects_dir / result.sid / "surf"
-    files = FILES | req.files
+    """Each hemisphere's mesh for the picture, shaded by curvature (every input set reads it), with its codes."""
     views = {}
     for hemi in HEMIS:
-        key = "inflated" if (surf / files["inflated"].format(hemi=hemi)).is_file() else "white"
-        coords, faces = read_surface(surf / files[key].format(hemi=hemi), result.sid, key)
-        if len(coords) != len(result.codes[hemi]):  # an inflated surface of another mesh: fall back
-            coords, faces = read_surface(surf / files["white"].format(hemi=hemi), result.sid, "white")
-        shade = result.hemis[hemi].maps.get("curvature", np.zeros(len(coords)))
-        views[hemi] = SurfaceView(coords, faces, shade, result.codes[hemi])
+        coords, faces = picture_mesh(req, result.sid, hemi, len(result.codes[hemi]))
+        views[hemi] = SurfaceView(coords, faces, result.hemis[hemi].maps["curvature"], result.codes[hemi])
     return views
 
 

@@ -380,3 +380,10 @@ def test_one_bad_subject_in_a_batch_leaves_every_subject_unwritten(models, one_s
     err = run_bad(one_subject, "--model", models["small"])  # no --out: it would write into s1/ first
     assert "subject s2" in err and "rh.sulc" in err
     assert sorted(one_subject.rglob("*")) == before
+
+
+def test_an_inflated_surface_of_another_mesh_is_named_before_anything_is_written(models, one_subject, tmp_path):
+    coords, faces = nib.freesurfer.read_geometry(str(one_subject / "s1" / "surf" / "lh.inflated"))
+    nib.freesurfer.write_geometry(str(one_subject / "s1" / "surf" / "lh.inflated"), coords[:-5], faces[:100])
+    err = run_bad(one_subject, "--model", models["small"], "--out", tmp_path / "out")
+    assert "subject s1" in err and "lh.inflated" in err and f"{FS5_VERTICES - 5} vertices" in err
