@@ -233,8 +233,10 @@ def write_subject(req: Request, ens: Ensemble, job: Job, result: Labelled, rows:
             write_probabilities(o.probabilities[hemi], result.prob[hemi])
     feats, _ = result.image
     truth = codes_image(result, result.truth, len(ens.labels)) if result.truth else None
-    models = ", ".join(m.path.parent.name for m in ens.members)
-    title = f"{result.sid}: {ens.inputs}-{ens.prediction} by {'an ensemble of ' if len(ens.members) > 1 else ''}{models}"
+    models = ", ".join(m.path.parent.name for m in ens.members)  # each model.pt's cell folder
+    if len(ens.members) > 1:
+        models = f"an ensemble of {models}" if len(models) < 90 else f"an ensemble of {len(ens.members)} models"
+    title = f"{result.sid}: {ens.inputs}-{ens.prediction} by {models}"
     if rows:
         title += "\nsurface Dice " + " | ".join(
             f"{h} " + " ".join(f"{r['label']} {r['dice']:.3f}" for r in rows if r["hemisphere"] == h) for h in HEMIS)
