@@ -124,6 +124,7 @@ def save_model(cell: CellDir, progress: Progress, data: Data, options: CellOptio
         "labels": list(data.labels),
         "feature_mean": data.mean,
         "feature_std": data.std,
+        "image_size": list(data.x_train.shape[-2:]),  # [rows, cols] it trained at: what predict flattens to
         "options": options.model_dump(mode="json"),
         "plan": plan.model_dump(mode="json"),
         "best": {k: best[k] for k in ("repeat", "round", "epoch", "val_loss", "val_dice_loss", "dice")},

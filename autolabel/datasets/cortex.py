@@ -7,6 +7,7 @@ Shared by the FreeSurfer importer (``autolabel.datasets.flatmaps``) and the fsav
     uv, front = project(sphere_reg_xyz, "lh")           # neuropythy's occipital_pole map
     px = frame_pixels(uv, "lh", rows=128, cols=128)       # one hemisphere's half-image
     r = rasterise(px, faces, front, 128, 128)             # which triangle and where, per pixel
+    # (lay_out(sphere_reg_xyz, faces, "lh", 128, 128) does these three and keeps px, front and r)
     maps = sample(r, faces, values)                       # [K, rows, cols], zero off cortex
     area = sample_labels(r, faces, labels, 3)             # [3, rows, cols] one-hot (0 = none)
 
@@ -198,6 +199,26 @@ def prf_xy(polar_angle: np.ndarray, eccentricity: np.ndarray) -> tuple[np.ndarra
     return eccentricity * np.sin(theta), eccentricity * np.cos(theta)
 
 
+@dataclass
+class Layout:
+    """Where one hemisphere's vertices land in its half-image, and which triangle covers each pixel.
+
+    The importer samples maps through ``raster``; ``autolabel.predict`` reads each vertex's
+    label back at ``px`` (the forward projection: no inverse is needed).
+    """
+
+    px: np.ndarray  # float64 [N, 2] continuous (col, row) of every vertex; pixel (r, c) is centred at (c + .5, r + .5)
+    front: np.ndarray  # bool [N]: on the half of the sphere facing the viewer (the far half would overlap it)
+    raster: Raster
+
+
+def lay_out(sphere: np.ndarray, faces: np.ndarray, hemi: str, rows: int, cols: int) -> Layout:
+    """Project, frame and rasterise one hemisphere: the one path from a sphere to a half-image."""
+    uv, front = project(sphere, hemi)
+    px = frame_pixels(uv, hemi, rows, cols)
+    return Layout(px, front, rasterise(px, faces, front, rows, cols))
+
+
 def flatten_hemisphere(
     sphere: np.ndarray,
     faces: np.ndarray,
@@ -205,19 +226,22 @@ def flatten_hemisphere(
     rows: int,
     cols: int,
     values: dict[str, np.ndarray],
-    area: np.ndarray,
-    eccentricity: np.ndarray,
+    area: np.ndarray | None,
+    eccentricity: np.ndarray | None,
     ring_edges: tuple[float, ...],
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """One hemisphere's half-image: per-vertex maps -> {name: [rows, cols]}, area [3, ...] and ring one-hot.
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray | None, Layout]:
+    """One hemisphere's half-image: per-vertex maps -> {name: [rows, cols]}, area [3, ...] and ring one-hot, layout.
 
     ``area`` holds 0 (none), 1 V1, 2 V2, 3 V3 per vertex; rings are the eccentricity
-    bands of ``ring_edges`` within V1-V3.
+    bands of ``ring_edges`` within V1-V3. Without ``area`` (a subject to label, not to
+    train on) both label images are None.
     """
-    uv, front = project(sphere, hemi)
-    r = rasterise(frame_pixels(uv, hemi, rows, cols), faces, front, rows, cols)
+    layout = lay_out(sphere, faces, hemi, rows, cols)
+    r = layout.raster
     names = list(values)
     stack = sample(r, faces, np.stack([values[n] for n in names], axis=1)) if names else np.zeros((0, rows, cols))
+    if area is None:
+        return dict(zip(names, stack)), None, None, layout
     areas = sample_labels(r, faces, area, 3)
     rings = sample_labels(r, faces, ring_index(eccentricity, area, ring_edges), len(ring_edges) - 1)
-    return dict(zip(names, stack)), areas, rings
+    return dict(zip(names, stack)), areas, rings, layout

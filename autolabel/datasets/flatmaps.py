@@ -16,6 +16,10 @@ hemisphere, under ``SUBJECTS_DIR/<id>/surf/`` (``--file KEY=TEMPLATE`` renames a
     prf_radius prf_variance_explained
     visual_area                          labels .mgz: 0 none, 1 V1, 2 V2, 3 V3
     myelin dwi_OR dwi_VOF                optional .mgz; a channel is kept only if every subject has it
+    inflated                             never imported: autolabel.predict's picture shows it when present
+
+``read_subject`` is the one reader of a subject: ``autolabel.predict`` calls it too, asking only
+for the channels its models need.
 
 Any bad input (a missing file, a map whose vertex count differs from its surface,
 NaNs, an unknown subject id) stops the import with one line naming the subject and
@@ -62,11 +66,21 @@ FILES: dict[str, str] = {
     "myelin": "{hemi}.myelin.mgz",
     "dwi_OR": "{hemi}.dwi_OR.mgz",
     "dwi_VOF": "{hemi}.dwi_VOF.mgz",
+    "inflated": "{hemi}.inflated",  # never imported: only autolabel.predict's picture shows it, when present
 }
 SURFACES = ("white", "pial", "sphere_reg")
 OPTIONAL = ("myelin", "dwi_OR", "dwi_VOF")  # channel names equal their file keys
 # Channels that are a per-vertex map read as is (channel name -> file key).
 MORPHOMETRY = {"curvature": "curv", "convexity": "sulc", "thickness": "thickness", "surface_area": "area"}
+# The files each channel is made from (the surfaces are read for every subject anyway).
+CHANNEL_FILES: dict[str, tuple[str, ...]] = (
+    {c: ("white", "pial") for c in ("x", "y", "z")}
+    | {c: (key,) for c, key in MORPHOMETRY.items()}
+    | {c: (c,) for c in OPTIONAL}
+    | {"prf_x": ("prf_polar_angle", "prf_eccentricity"), "prf_y": ("prf_polar_angle", "prf_eccentricity"),
+       "prf_sigma": ("prf_radius",), "prf_cod": ("prf_variance_explained",)}
+)
+REQUIRED = tuple(c for c in CHANNELS if c not in OPTIONAL)  # what the importer needs of every subject
 
 
 @dataclass
@@ -76,17 +90,17 @@ class Hemisphere:
     sphere: np.ndarray  # [N, 3] registered sphere
     faces: np.ndarray  # [F, 3]
     maps: dict[str, np.ndarray]  # per-vertex channel values by channel name
-    area: np.ndarray  # [N] int 0..3
-    eccentricity: np.ndarray  # [N] degrees
+    area: np.ndarray | None  # [N] int 0..3 (None: read without labels)
+    eccentricity: np.ndarray | None  # [N] degrees (None: neither labels nor pRF position read)
 
 
 # ----------------------------------------------------------------------------- reading
 
 
-def read_surface(path: Path, sid: str) -> tuple[np.ndarray, np.ndarray]:
+def read_surface(path: Path, sid: str, key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib  # deferred: only importing and the cohort need nibabel
 
-    check_exists(path, sid)
+    check_exists(path, sid, key)
     try:
         if path.name.endswith(".gii") or path.name.endswith(".gii.gz"):
             img = nib.load(path)
@@ -100,11 +114,15 @@ def read_surface(path: Path, sid: str) -> tuple[np.ndarray, np.ndarray]:
     return coords, np.asarray(faces, np.int64)
 
 
-def read_map(path: Path, sid: str, n_vertices: int) -> np.ndarray:
-    """A per-vertex map from FreeSurfer morphometry (curv, ...), MGH/MGZ, GIfTI or NIfTI."""
+def read_map(path: Path, sid: str, n_vertices: int, key: str | None = None, channels: tuple[str, ...] = ()) -> np.ndarray:
+    """A per-vertex map from FreeSurfer morphometry (curv, ...), MGH/MGZ, GIfTI or NIfTI.
+
+    ``key`` and ``channels`` (the file's ``--file`` key, the channels made from it) only
+    make the message about a missing file say how to fix it.
+    """
     import nibabel as nib
 
-    check_exists(path, sid)
+    check_exists(path, sid, key, channels)
     try:
         if path.suffix in (".mgz", ".mgh", ".gii", ".nii") or path.name.endswith((".nii.gz", ".gii.gz")):
             img = nib.load(path)
@@ -123,9 +141,19 @@ def read_map(path: Path, sid: str, n_vertices: int) -> np.ndarray:
     return data
 
 
-def check_exists(path: Path, sid: str) -> None:
+class MissingFile(BadInput):
+    """A subject's file that is not there; ``channels`` are those it would have given (empty: a surface or labels)."""
+
+    def __init__(self, sid: str, path: Path, key: str | None, channels: tuple[str, ...]):
+        self.sid, self.path, self.key, self.channels = sid, path, key, channels
+        needed = f" (channels {', '.join(channels)} come from it)" if channels else ""
+        point = f"--file {key}=TEMPLATE" if key else "--file"
+        super().__init__(f"subject {sid}: {path}: missing{needed}; provide it or point {point} at it (see README 'Importing')")
+
+
+def check_exists(path: Path, sid: str, key: str | None = None, channels: tuple[str, ...] = ()) -> None:
     if not path.is_file():
-        raise BadInput(f"subject {sid}: {path}: missing; provide it or point --file at it (see README 'Importing')")
+        raise MissingFile(sid, path, key, channels)
 
 
 def check_finite(a: np.ndarray, path: Path, sid: str) -> None:
@@ -134,48 +162,90 @@ def check_finite(a: np.ndarray, path: Path, sid: str) -> None:
         raise BadInput(f"subject {sid}: {path}: {bad} NaN/inf value(s); fill them (e.g. 0 with variance explained 0)")
 
 
-def read_hemisphere(surf: Path, sid: str, hemi: str, files: dict[str, str]) -> Hemisphere:
-    """Read and check one hemisphere; channel meanings are written down next to each line."""
+def code_names(names: tuple[str, ...]) -> str:
+    """'0 (none), 1 V1, 2 V2 or 3 V3' for label names ('V1', 'V2', 'V3')."""
+    codes = ["0 (none)"] + [f"{i} {n}" for i, n in enumerate(names, 1)]
+    return ", ".join(codes[:-1]) + " or " + codes[-1]
+
+
+def read_codes(path: Path, sid: str, n_vertices: int, names: tuple[str, ...], key: str | None = None) -> np.ndarray:
+    """Per-vertex integer labels 0 (none), 1..len(names); any other value is bad input."""
+    values = read_map(path, sid, n_vertices, key)
+    if not np.isin(values, np.arange(len(names) + 1)).all():
+        raise BadInput(f"subject {sid}: {path}: values must be {code_names(names)}")
+    return values.astype(np.int64)
+
+
+def read_hemisphere(
+    surf: Path, sid: str, hemi: str, files: dict[str, str], channels: tuple[str, ...] | None = None, labels: bool = True
+) -> Hemisphere:
+    """Read and check one hemisphere; channel meanings are written down next to each line.
+
+    ``channels`` None reads what the importer needs: every channel, the optional ones
+    (myelin, diffusion) only when their files exist. Given, exactly those are read and
+    each one's files must exist (``autolabel.predict`` asks for a model's input set, so
+    an ``anat`` model needs no pRF maps). ``labels`` reads ``visual_area`` and the
+    eccentricity that cuts the rings.
+    """
     path = {k: surf / t.format(hemi=hemi) for k, t in files.items()}
-    white, faces = read_surface(path["white"], sid)
+    if channels is None:
+        channels = REQUIRED + tuple(c for c in OPTIONAL if path[c].is_file())
+    white, faces = read_surface(path["white"], sid, "white")
     n = len(white)
-    pial, _ = read_surface(path["pial"], sid)
-    sphere, _ = read_surface(path["sphere_reg"], sid)
+    pial, _ = read_surface(path["pial"], sid, "pial")
+    sphere, _ = read_surface(path["sphere_reg"], sid, "sphere_reg")
     for key, coords in (("pial", pial), ("sphere_reg", sphere)):
         if len(coords) != n:
             raise BadInput(f"subject {sid}: {path[key]}: {len(coords)} vertices but {path['white']} has {n}")
 
     def get(key: str) -> np.ndarray:
-        return read_map(path[key], sid, n)
+        return read_map(path[key], sid, n, key, tuple(c for c in channels if key in CHANNEL_FILES[c]))
 
     midgray = (white + pial) / 2  # x y z: the mid-thickness surface (mm), between white and pial
-    maps = {"x": midgray[:, 0], "y": midgray[:, 1], "z": midgray[:, 2]}
+    maps = {c: midgray[:, i] for i, c in enumerate("xyz") if c in channels}
     # curvature = ?h.curv (white surface mean curvature); convexity = ?h.sulc as FreeSurfer writes it
     # (positive in sulci; neuropythy names this file 'convexity'); thickness (mm); surface_area = ?h.area (mm²).
-    maps |= {channel: get(key) for channel, key in MORPHOMETRY.items()}
-    maps |= {name: get(name) for name in OPTIONAL if path[name].is_file()}
-    ecc = get("prf_eccentricity")
-    maps["prf_x"], maps["prf_y"] = prf_xy(get("prf_polar_angle"), ecc)
-    maps["prf_sigma"] = get("prf_radius")  # pRF size (degrees)
-    maps["prf_cod"] = get("prf_variance_explained")  # coefficient of determination, 0..1
-    area = get("visual_area")
-    if not np.isin(area, (0, 1, 2, 3)).all():
-        raise BadInput(f"subject {sid}: {path['visual_area']}: values must be 0 (none), 1 V1, 2 V2 or 3 V3")
-    return Hemisphere(sphere, faces, maps, area.astype(np.int64), ecc)
+    maps |= {channel: get(key) for channel, key in MORPHOMETRY.items() if channel in channels}
+    maps |= {name: get(name) for name in OPTIONAL if name in channels}
+    ecc = get("prf_eccentricity") if labels or {"prf_x", "prf_y"} & set(channels) else None
+    if {"prf_x", "prf_y"} & set(channels):
+        maps["prf_x"], maps["prf_y"] = prf_xy(get("prf_polar_angle"), ecc)
+    if "prf_sigma" in channels:
+        maps["prf_sigma"] = get("prf_radius")  # pRF size (degrees)
+    if "prf_cod" in channels:
+        maps["prf_cod"] = get("prf_variance_explained")  # coefficient of determination, 0..1
+    area = read_codes(path["visual_area"], sid, n, LABELS["area"], "visual_area") if labels else None
+    return Hemisphere(sphere, faces, {c: maps[c] for c in CHANNELS if c in maps}, area, ecc)
+
+
+def read_subject(
+    subjects_dir: Path, sid: str, files: dict[str, str] | None = None, channels: tuple[str, ...] | None = None,
+    labels: bool = True,
+) -> dict[str, Hemisphere]:
+    """Both hemispheres of ``SUBJECTS_DIR/<sid>/surf/``, ``files`` overriding the default file names.
+
+    The one reader of a FreeSurfer subject: the importer and ``autolabel.predict`` both call it.
+    """
+    surf = Path(subjects_dir) / sid / "surf"
+    files = FILES | (files or {})
+    return {hemi: read_hemisphere(surf, sid, hemi, files, channels, labels) for hemi in HEMIS}
 
 
 def subject_image(hemis: dict[str, Hemisphere], rows: int, cols: int, channels: tuple[str, ...]):
-    """Bilateral image LH | RH: features [len(channels), rows, cols] and {area, ring} one-hot labels."""
+    """Bilateral image LH | RH: features [len(channels), rows, cols], {area, ring} one-hot labels
+    (None when the hemispheres were read without labels) and each hemisphere's :class:`Layout`."""
     half = cols // 2
-    parts = [
-        flatten_hemisphere(
+    parts = {
+        hemi: flatten_hemisphere(
             h.sphere, h.faces, hemi, rows, half, {c: h.maps[c] for c in channels}, h.area, h.eccentricity, RING_EDGES
         )
         for hemi, h in hemis.items()
-    ]
-    feats = np.concatenate([np.stack([p[0][c] for c in channels]) for p in parts], axis=2)
-    labels = {"area": np.concatenate([p[1] for p in parts], axis=2), "ring": np.concatenate([p[2] for p in parts], axis=2)}
-    return feats, labels
+    }
+    feats = np.concatenate([np.stack([p[0][c] for c in channels]) for p in parts.values()], axis=2)
+    labels = None
+    if all(p[1] is not None for p in parts.values()):
+        labels = {k: np.concatenate([p[i] for p in parts.values()], axis=2) for i, k in ((1, "area"), (2, "ring"))}
+    return feats, labels, {hemi: p[3] for hemi, p in parts.items()}
 
 
 # ----------------------------------------------------------------------------- importing
@@ -209,7 +279,6 @@ def import_subjects(
 ) -> Path:
     """Write the dataset at ``out`` from FreeSurfer subjects; raises BadInput, leaving ``out`` untouched."""
     subjects_dir, out = Path(subjects_dir), Path(out)
-    files = FILES | (files or {})
     if rows % 32 or cols % 64:
         raise BadInput(f"--rows {rows} --cols {cols}: rows must be a multiple of 32 and cols of 64 (two halves)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -219,17 +288,15 @@ def import_subjects(
     # and so the channel list (optional ones only if every subject has them) is known up front.
     present: dict[str, set[str]] = {}
     for sid in ids:
-        surf = subjects_dir / sid / "surf"
-        hemis = {hemi: read_hemisphere(surf, sid, hemi, files) for hemi in HEMIS}
+        hemis = read_subject(subjects_dir, sid, files)
         present[sid] = set.intersection(*(set(h.maps) for h in hemis.values()))
     channels = tuple(c for c in CHANNELS if all(c in p for p in present.values()))
     missing = {sid: [c for c in CHANNELS if c not in p] for sid, p in present.items()}
 
     def subjects():
         for sid in ids:
-            surf = subjects_dir / sid / "surf"
-            hemis = {hemi: read_hemisphere(surf, sid, hemi, files) for hemi in HEMIS}
-            yield (sid, *subject_image(hemis, rows, cols, channels))
+            feats, labels, _ = subject_image(read_subject(subjects_dir, sid, files), rows, cols, channels)
+            yield sid, feats, labels
 
     source = {
         "importer": "autolabel.datasets.flatmaps",

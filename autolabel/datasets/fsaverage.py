@@ -170,11 +170,14 @@ def template(hemi: str) -> Template:
 
 
 def write_fsaverage5_subject(subjects_dir: Path, sid: str = "fsaverage5") -> Path:
-    """fsaverage5 as a FreeSurfer-layout subject: nilearn's meshes and morphometry, the atlas as pRF maps and labels.
+    """fsaverage5 as a FreeSurfer-layout subject: nilearn's meshes (inflated too) and morphometry, the atlas as
+    pRF maps and labels.
 
     The atlas (sliced to fsaverage5) gives polar angle, eccentricity and radius; variance
     explained is 1 on the atlas's areas and 0 elsewhere; labels are its V1-V3 (all
-    eccentricities). Used by the importer's test and to try the importer on a real brain.
+    eccentricities), and ``?h.visual_area_7deg.mgz`` the cohort's own labels (V1-V3 within 7
+    degrees), the truth to score ``autolabel.predict`` against. Used by the importer's and
+    predict's tests and to try both on a real brain.
     """
     import nibabel as nib
 
@@ -185,6 +188,8 @@ def write_fsaverage5_subject(subjects_dir: Path, sid: str = "fsaverage5") -> Pat
         faces = fs5["faces"].astype(np.int32)
         for name, key in (("white", "white"), ("pial", "pial"), ("sphere.reg", "sphere")):
             nib.freesurfer.write_geometry(str(surf / f"{hemi}.{name}"), fs5[key].astype(np.float64), faces)
+        inflated = read_gifti(nilearn_fsaverage5() / f"infl_{SIDES[hemi]}.gii.gz")[0]  # for predict's picture
+        nib.freesurfer.write_geometry(str(surf / f"{hemi}.inflated"), inflated.astype(np.float64), faces)
         for name in ("curv", "sulc", "thickness", "area"):
             nib.freesurfer.write_morph_data(str(surf / f"{hemi}.{name}"), fs5[name].astype(np.float32))
         varea = atlas["varea"][:FS5_VERTICES]
@@ -194,11 +199,17 @@ def write_fsaverage5_subject(subjects_dir: Path, sid: str = "fsaverage5") -> Pat
             "prf_radius": atlas["sigma"][:FS5_VERTICES],
             "prf_variance_explained": (varea > 0).astype(np.float64),
             "visual_area": np.where(varea <= 3, varea, 0),
+            "visual_area_7deg": cohort_labels(varea, atlas["eccen"][:FS5_VERTICES]),
         }
         for name, values in maps.items():
             img = nib.MGHImage(values.astype(np.float32).reshape(-1, 1, 1), np.eye(4))
             nib.save(img, surf / f"{hemi}.{name}.mgz")
     return Path(subjects_dir) / sid
+
+
+def cohort_labels(varea: np.ndarray, eccen: np.ndarray) -> np.ndarray:
+    """The cohort's labels per vertex: the atlas's V1-V3 (1-3) within 7 degrees, as the published hand-drawn ones; else 0."""
+    return np.where((varea <= 3) & (eccen <= MAX_LABEL_ECC), varea, 0)
 
 
 # ----------------------------------------------------------------------------- warps
@@ -288,7 +299,7 @@ def hemisphere(rng: np.random.Generator, hemi: str, rows: int, cols: int):
     r_func = flatten_mesh(warp_sphere(t.sphere, hemi, shift_func), t.faces, hemi, rows, cols)
     r_label = flatten_mesh(warp_sphere(t.sphere, hemi, shift_func + label(uva)), t.faces, hemi, rows, cols)
     # 2. Labels: the atlas's V1-V3 within 7 degrees.
-    labelled = np.where((t.varea <= 3) & (t.eccen <= MAX_LABEL_ECC), t.varea, 0)
+    labelled = cohort_labels(t.varea, t.eccen)
     labels = {
         "area": sample_labels(r_label, t.faces, labelled, 3),
         "ring": sample_labels(r_label, t.faces, ring_index(t.eccen, labelled, RING_EDGES), len(RING_EDGES) - 1),

@@ -36,15 +36,8 @@ from autolabel import celldir
 from autolabel.celldir import METRICS, MODEL, write_json_atomic, write_text_atomic
 from flows.spec.cells import Cell, cell_dir
 from flows.summary.plots import PREDICTIONS, plot_predictions, write_plots
-from flows.summary.report import BestCell, Summary, render_markdown
-from flows.summary.rows import (
-    best_cells,
-    columns_of,
-    count_statuses,
-    factor_columns,
-    safe_name,
-    stratum_of,
-)
+from flows.summary.report import BestCell, Summary, predict_commands, render_markdown
+from flows.summary.rows import columns_of, count_statuses, factor_columns, safe_name, stratum_of, top_cells
 from flows.summary.stats import ALPHA, effects
 
 
@@ -123,7 +116,8 @@ def write_best(grid_dir: Path, cells: list[Cell], rows: list[dict[str, Any]], pi
     staging = Path(tempfile.mkdtemp(dir=grid_dir, prefix=".best."))
     os.chmod(staging, 0o777 & ~celldir.UMASK)  # best/ as a plain mkdir makes it, not mkdtemp's 0700
     out = []
-    for r in best_cells(rows):
+    for top in top_cells(rows, 3).values():
+        r = top[0]
         cell = by_id[r["id"]]
         dest = staging / safe_name(stratum_of(r))
         dest.mkdir(parents=True)
@@ -141,9 +135,10 @@ def write_best(grid_dir: Path, cells: list[Cell], rows: list[dict[str, Any]], pi
             path=str(final / safe_name(stratum_of(r))),
             predictions=str(final / safe_name(stratum_of(r)) / PREDICTIONS) if drawn else None,
             predictions_note=note,
+            top=[t["id"] for t in top],
         )
         write_json_atomic(dest / "best.json", best.model_dump(mode="json"))
-        (dest / "README.md").write_text(_best_readme(best))
+        (dest / "README.md").write_text(_best_readme(best, grid_dir))
         out.append(best)
     old = Path(grid_dir) / ".best.old"
     if final.exists():
@@ -175,12 +170,15 @@ def _copy_inputs(src: Path, dest: Path, cell: Cell) -> None:
             write_json_atomic(dest / name, model.model_dump(mode="json"))
 
 
-def _best_readme(b: BestCell) -> str:
+def _best_readme(b: BestCell, grid_dir: Path) -> str:
     per_label = ", ".join(f"{k} {v:.4f}" for k, v in b.dice.items())
     return (
         f"# Best cell for {b.stratum}\n\n"
         f"Cell `{b.id}` ({b.label}): mean validation Dice {b.mean_dice:.4f} ({per_label}).\n\n"
         "`options.json` and `plan.json` here are that cell's, ready for the final training.\n"
         "This folder is rebuilt by every summary: copy it elsewhere before training in it, e.g.\n\n"
-        f"    cp -r best/{b.stratum} final-{b.stratum} && python -m autolabel.train final-{b.stratum}\n"
+        f"    cp -r best/{b.stratum} final-{b.stratum} && python -m autolabel.train final-{b.stratum}\n\n"
+        "To label a lab's own FreeSurfer subjects with this cell's model (its model.pt stays in the cell's\n"
+        "folder; this folder's best.json names it), or with the stratum's top cells averaged:\n\n"
+        + "".join(f"    {c}\n" for c in predict_commands(b, grid_dir))
     )

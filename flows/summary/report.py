@@ -42,6 +42,7 @@ class BestCell(BaseModel):
     path: str = Field(description="folder holding its options.json and plan.json")
     predictions: str | None = Field(None, description="its predictions.png (validation subjects), if drawn")
     predictions_note: str = Field("", description="why predictions.png was not drawn")
+    top: list[str] = Field(default=[], description="ids of the stratum's best cells, this one first (up to 3)")
 
 
 class Summary(BaseModel):
@@ -174,7 +175,7 @@ def render_markdown(s: Summary, alpha: float = ALPHA) -> str:
     lines += ["", _method_text(alpha), ""]
     lines += ["## Best cell per inputs x prediction", ""]
     curves = next((p for p in s.plots if Path(p).name == LEARNING_CURVES), None)
-    lines += _best_table(s.best) if s.best else ["No complete cell yet.", ""]
+    lines += _best_table(s.best, s.grid_dir) if s.best else ["No complete cell yet.", ""]
     if pooled:
         lines += ["## Per stratum", ""]
         lines += _effects_table([e for e in s.effects if e.stratum != "all"], alpha) + [""]
@@ -228,14 +229,27 @@ def _not_complete_lines(rows: list[dict[str, Any]]) -> list[str]:
     return out + [""]
 
 
-def _best_table(best: list[BestCell]) -> list[str]:
+def predict_commands(b: BestCell, grid_dir: str | Path) -> list[str]:
+    """The commands that label a lab's subjects with this winner, and with its stratum's top cells
+    averaged (python -m autolabel.predict; SUBJECTS_DIR is the lab's FreeSurfer folder)."""
+    one = f"python -m autolabel.predict SUBJECTS_DIR --model {b.path} --out labels-{b.stratum}"
+    if len(b.top) < 2:
+        return [one]
+    models = " ".join(f"--model {Path(grid_dir) / 'cells' / i}" for i in b.top)
+    return [one, f"python -m autolabel.predict SUBJECTS_DIR {models} --out labels-{b.stratum}-top{len(b.top)}"]
+
+
+def _best_table(best: list[BestCell], grid_dir: str) -> list[str]:
     labels = list(dict.fromkeys(k for b in best for k in b.dice))
     head = ["inputs x prediction", "cell", "id", "mean Dice", *labels]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for b in best:
         per = [_dice(b.dice[k]) if k in b.dice else "" for k in labels]
         out.append(f"| {b.stratum} | {b.label} | `{b.id}` | {_dice(b.mean_dice)} | " + " | ".join(per) + " |")
-    out += ["", "Their options.json and plan.json are in `best/<inputs>-<prediction>/`.", ""]
+    out += ["", "Their options.json and plan.json are in `best/<inputs>-<prediction>/`. To label a lab's own "
+            "FreeSurfer subjects with a winner, or with its stratum's top cells averaged (an ensemble):", ""]
+    for b in best:
+        out += ["    " + c for c in predict_commands(b, grid_dir)] + [""]
     for b in best:
         if b.predictions:
             out += [f"**{b.stratum}** ({b.label}): validation subjects, true borders solid, predicted dashed, "

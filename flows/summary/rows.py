@@ -157,12 +157,16 @@ def dice_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 def best_cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per inputs x prediction: highest mean_dice; ties -> lower best_val_dice_loss, then id."""
-    winners: dict[str, dict[str, Any]] = {}
+    return [top[0] for top in top_cells(rows, 1).values()]
+
+
+def top_cells(rows: list[dict[str, Any]], n: int) -> dict[str, list[dict[str, Any]]]:
+    """Per inputs x prediction (in stratum order): its ``n`` best complete cells, best first, ranked
+    as :func:`best_cells` ranks them (what an ensemble of a stratum's top cells is made of)."""
+    by: dict[str, list[dict[str, Any]]] = {}
     for r in scored(rows):
-        s = stratum_of(r)
-        if s not in winners or _rank_key(r) < _rank_key(winners[s]):
-            winners[s] = r
-    return [winners[s] for s in sorted(winners)]
+        by.setdefault(stratum_of(r), []).append(r)
+    return {s: sorted(by[s], key=_rank_key)[:n] for s in sorted(by)}
 
 
 def _rank_key(r: dict[str, Any]) -> tuple[float, float, str]:

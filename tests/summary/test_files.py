@@ -80,6 +80,12 @@ def test_best_holds_the_winning_cells_files(grid):
         assert (d / "options.json").read_bytes() == (src / "options.json").read_bytes()
         assert (d / "plan.json").read_bytes() == (src / "plan.json").read_bytes()
         assert winner["id"] in (d / "README.md").read_text()
+        # How a lab labels its own subjects with it: the winner, and its stratum's top 3 averaged.
+        top3 = sorted(pool, key=lambda r: -r["mean_dice"])[:3]
+        one = f"python -m autolabel.predict SUBJECTS_DIR --model {d} --out labels-{stratum}"
+        three = " ".join(f"--model {g / 'cells' / r['id']}" for r in top3)
+        for text in ((d / "README.md").read_text(), result.markdown):
+            assert one in text and f"SUBJECTS_DIR {three} --out labels-{stratum}-top3" in text
     assert len(result.best) == 4
     # best/ gets a plain mkdir's permissions (0777 less the umask), not its staging folder's 0700.
     from autolabel.celldir import UMASK

@@ -1,0 +1,1 @@
+"""Labelling a lab's subjects with trained models: ``python -m autolabel.predict`` (autolabel/predict/command.py)."""
