@@ -37,6 +37,7 @@ from autolabel.celldir import (
     load_cell,
     open_cell,
     push,
+    remove_temporaries,
     write_history,
     write_metrics,
 )
@@ -67,7 +68,7 @@ from autolabel.loop import (
     run_epoch,
 )
 from autolabel.model import ModelError, count_parameters, find_weights
-from autolabel.options import CellMetrics, CellOptions, Plan
+from autolabel.options import CellMetrics, CellOptions, Plan, training_problem
 from autolabel.state import (
     Data,
     Progress,
@@ -132,6 +133,10 @@ def start_run(
             raise BadInput(f"{cell.name(OPTIONS)}: {e}") from None
     configure_device(device)
     data = load_data(options, device, cell.name(OPTIONS), control)
+    batches = tuple(r.batch_size or options.batch_size for r in plan.root)  # the data is shared; the plan is not
+    problem = training_problem(len(data.x_train), tuple(data.x_train.shape[-2:]), batches)
+    if problem:
+        raise BadInput(f"{cell.name(OPTIONS)}: {problem}")
     ckpt = None if force else load_checkpoint(cell, options, plan)
     progress = Progress(**ckpt["progress"]) if ckpt else Progress()
     run = CellRun(cell, control, options, plan, device, data, progress, say, wall_before=progress.wall_seconds)
@@ -317,6 +322,10 @@ def train_opened(uri: str, control: RunControl, force: bool, device: str | None,
     """run_cell once the cell is ours: open it, train it, map the outcome to an exit code."""
     try:
         with open_cell(uri, force, control.gate.idle) as cell:
+            stale = remove_temporaries(cell.work)  # ours alone: we hold the cell's lock
+            if stale:
+                say(f"{cell.uri}: removed {len(stale)} temporary file(s) a killed trainer left: "
+                    f"{', '.join(p.name for p in stale)}")
             if is_complete(cell.work) and not force:
                 say(f"{cell.uri}: complete, skipped (rerun with --force to train again)")
                 return EXIT_OK

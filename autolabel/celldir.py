@@ -94,6 +94,17 @@ def sync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries :func:`write_atomic` leaves when its process is killed mid-write
+    (a checkpoint's can be hundreds of MB). Only for a folder whose writer holds its lock."""
+    gone = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda p: p.write_text(text))
 
@@ -142,7 +153,8 @@ def complete_ids(cells_root: Path) -> set[str]:
         entries = list(os.scandir(cells_root))
     except OSError:
         return set()
-    return {e.name for e in entries if e.is_dir(follow_symlinks=False) and is_complete(Path(e.path))}
+    # A cell folder may be a link (to another disk, say): the trainer follows it, so the count does.
+    return {e.name for e in entries if e.is_dir() and is_complete(Path(e.path))}
 
 
 # ----------------------------------------------------------------------------- a cell being trained

@@ -23,6 +23,9 @@ from autolabel.options import CellOptions, Plan
 from autolabel.state import Data, Progress
 
 CHECKPOINT_FORMAT = 1
+# A checkpoint that cannot be resumed: what to do for this cell alone (the flow's --force would
+# retrain every cell of the grid).
+RESTART = "delete this file to train this cell from scratch (the trainer's --force on this cell does the same)"
 
 
 def save_checkpoint(
@@ -65,12 +68,12 @@ def load_checkpoint(cell: CellDir, options: CellOptions, plan: Plan) -> dict | N
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
         reason = type(e).__name__
-        raise BadInput(f"{cell.name(CHECKPOINT)}: unreadable ({reason}); delete it or rerun with --force") from None
+        raise BadInput(f"{cell.name(CHECKPOINT)}: unreadable ({reason}); {RESTART}") from None
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise BadInput(f"{cell.name(CHECKPOINT)}: unknown format; delete it or rerun with --force")
+        raise BadInput(f"{cell.name(CHECKPOINT)}: unknown format; {RESTART}")
     if state["options"] != options.model_dump(mode="json") or state["plan"] != plan.model_dump(mode="json"):
         raise BadInput(
-            f"{cell.name(CHECKPOINT)}: written for different {OPTIONS}/{PLAN}; delete it or rerun with --force"
+            f"{cell.name(CHECKPOINT)}: written for different {OPTIONS}/{PLAN}; {RESTART}"
         )
     return state
 

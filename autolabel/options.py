@@ -136,12 +136,15 @@ def partition_problem(partition: float | ExplicitPartition, subjects: list[str])
     return f"partition: unknown subject id(s) {unknown[:10]}{more}; use ids from the dataset manifest"
 
 
-def training_problem(train_subjects: int, size: tuple[int, int]) -> str | None:
+def training_problem(train_subjects: int, size: tuple[int, int], batch_sizes: tuple[int, ...] = ()) -> str | None:
     """What makes a training set untrainable by the U-Net, as ``field: problem``; None when fine.
 
     One subject cannot train: BatchNorm needs two images in a batch (a final batch of one in a
-    larger set is dropped from its epoch, autolabel.loop.train_one_epoch; the dry run checks it too, flows/plan/checks.py). The encoder halves
-    the image 5 times, so both sides must be multiples of 32 for the skip connections to align.
+    larger set is dropped from its epoch, autolabel.loop.train_one_epoch; the dry run checks it too,
+    flows/plan/checks.py). The encoder halves the image 5 times, so both sides must be multiples of
+    32 for the skip connections to align; and BatchNorm needs more than one value per channel at
+    the deepest level too, so a batch of one image needs images larger than 32x32 (``batch_sizes``:
+    those of the plan's rounds).
     """
     if train_subjects < 2:
         return (f"partition: the training set has {train_subjects} subject; BatchNorm needs at least 2: "
@@ -150,6 +153,10 @@ def training_problem(train_subjects: int, size: tuple[int, int]) -> str | None:
         fixed = tuple(max(32, round(side / 32) * 32) for side in size)
         return (f"image_size: the images are {size[0]}x{size[1]}; both sides must be multiples of 32 "
                 f"(set image_size, e.g. [{fixed[0]}, {fixed[1]}])")
+    deepest = (size[0] // 32) * (size[1] // 32)
+    if batch_sizes and min(batch_sizes) * deepest < 2:
+        return (f"batch_size: a batch of {min(batch_sizes)} image of {size[0]}x{size[1]} leaves BatchNorm one value "
+                "per channel at the encoder's deepest level (1x1); use batch_size >= 2 or larger images")
     return None
 
 

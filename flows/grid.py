@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,12 +130,22 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     code = plan_exit_code(plan)
     if args.dry_run:
-        print(json.dumps(as_json(plan, code), indent=2) if args.json else render(plan))
+        emit(json.dumps(as_json(plan, code), indent=2) if args.json else render(plan))
     for problem in plan.problems:
         print(problem, file=sys.stderr)
     if args.dry_run or plan.problems:
         return code
     return run_grid(args.spec, **run_params(args, plan))
+
+
+def emit(text: str) -> None:
+    """Print the report; a reader that stops early (``| head``) is no error: the rest goes nowhere."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's own flush at exit cannot fail too
+        os.close(devnull)
 
 
 def plan_exit_code(plan: RunPlan) -> int:

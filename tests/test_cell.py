@@ -86,6 +86,23 @@ def test_resume_continues_exactly_where_it_stopped(make_cell, capsys):
     assert metrics_of(cell).epochs == 4
 
 
+def test_a_garbage_checkpoint_names_the_file_to_delete_and_temporaries_of_a_kill_go(make_cell, capsys):
+    cell = make_cell(small_options(), tiny_plan())
+    (cell / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    left = [cell / ".checkpoint.pt.k2j4_x.tmp", cell / ".history.csv.a1b2c3.tmp"]  # a trainer killed mid-write
+    for tmp in left:
+        tmp.write_bytes(b"\0" * 1000)
+    lines: list[str] = []
+    assert run(cell, say=lines.append) == 2
+    err = capsys.readouterr().err
+    assert f"{cell / 'checkpoint.pt'}: unreadable" in err and "delete this file to train this cell from scratch" in err
+    assert "--force" not in err.split("(the trainer's")[0], "the flow's --force would retrain every cell"
+    assert not any(t.exists() for t in left)
+    assert any("removed 2 temporary file(s) a killed trainer left" in line for line in lines)
+    (cell / "checkpoint.pt").unlink()  # what the message says
+    assert run(cell) == 0 and metrics_of(cell).status == "complete"
+
+
 def test_foreign_checkpoint_is_refused_and_force_starts_over(make_cell, capsys):
     cell = make_cell(small_options(), tiny_plan(rounds=2))
     assert run(cell, say=interrupt_at("0 1 1")) == EXIT_ERROR
@@ -110,6 +127,16 @@ def test_foreign_checkpoint_is_refused_and_force_starts_over(make_cell, capsys):
 
 
 # ----------------------------------------------------------------------------- divergence, checkpoints, stops
+
+
+def test_a_batch_of_one_32x32_image_is_refused_before_training(make_cell, capsys):
+    """BatchNorm would meet one value per channel at the encoder's 1x1 deepest level."""
+    options = tiny_options(batch_size=1, dataset={"kind": "synthetic", "subjects": 8, "rows": 32, "cols": 32})
+    cell = make_cell(options, tiny_plan())
+    assert run(cell) == 2
+    err = capsys.readouterr().err
+    assert "options.json: batch_size: a batch of 1 image of 32x32" in err and "Traceback" not in err
+    assert metrics_of(cell).status == "failed" and not (cell / "history.csv").exists()
 
 
 def test_nan_loss_ends_the_cell_as_diverged(make_cell, capsys):

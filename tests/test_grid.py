@@ -266,6 +266,8 @@ def bad_spec(tmp_path: Path, **static) -> Path:
     ("unknown-ids", {"partition": {"train": ["sub000", "nobody"], "validation": ["sub001"]}},
      "partition: unknown subject id(s) ['nobody']"),
     ("image-size", {"image_size": [40, 64]}, "image_size: rows and cols must be positive multiples of 32"),
+    ("batch-of-one", {"batch_size": 1, "dataset": {"kind": "synthetic", "subjects": 8, "rows": 32, "cols": 32}},
+     "batch_size: a batch of 1 image of 32x32 leaves BatchNorm one value per channel"),
     ("no-manifest", {"dataset": {"kind": "path", "path": "/nonexistent/ds"}}, "manifest.json: not found"),
 ])
 def test_inputs_training_would_refuse_are_one_line_exit_2_in_dry_run_and_run(capsys, tmp_path, case, static, words,
@@ -360,3 +362,13 @@ def test_a_failed_flows_result_travels_typed_in_its_state(prefect_api, tmp_path)
     assert isinstance(data, RunFailed) and isinstance(data.result, RunResult)
     assert data.result.refused == "input" and "nobody" in data.result.message
     assert cli.run_grid(spec) == 2
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path):
+    """``python -m flows.grid SPEC --dry-run --json | head``: no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "flows.grid", str(BENSON), "--dry-run", "--json", "--out",
+                             str(tmp_path / "grid")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"{"
+    proc.stdout.close()  # what head does after its lines
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

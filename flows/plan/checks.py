@@ -98,7 +98,8 @@ def cell_problems(cell: Cell) -> list[str]:
     if unknown:
         return [f"{where}: {unknown}"]
     train, _ = split_counts(o.partition, len(subjects))
-    problem = training_problem(train, tuple(o.image_size) if o.image_size else size)
+    batches = tuple(r.batch_size or o.batch_size for r in cell.plan.root)
+    problem = training_problem(train, tuple(o.image_size) if o.image_size else size, batches)
     problems = [f"{where}: {problem}"] if problem else []
     if isinstance(ds, PathDataset):
         from autolabel.datasets.format import (

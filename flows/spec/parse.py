@@ -58,6 +58,9 @@ LEGACY_IGNORED = ("multiproc", "model_cache_path", "data_cache_path")
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # a folder name and an S3 key segment
 
 
+EXTENSION_PREFIX = "x-"  # top-level keys a spec may add for its own use (YAML anchors), ignored
+
+
 class SpecError(ValueError):
     """An invalid spec; ``.lines`` holds one ``path.to.field: problem`` per problem."""
 
@@ -201,6 +204,9 @@ def check_spec(raw: Any, source: str = "<spec>", default_name: str = "grid") -> 
         empty = "the file is empty; " if raw is None else ""
         raise SpecError(source, [f"(top level): {empty}a spec is a mapping with name, static, hyper and plan"])
     notes: list[str] = []
+    # Top-level keys starting with "x-" are ignored, as in Compose files: a home for YAML anchors
+    # (x-base: &base {...}) that every other unknown key, a typo most likely, does not get.
+    raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith(EXTENSION_PREFIX))}
     legacy = source.endswith(".json") and set(raw) == {"static", "hyper"}
     if legacy and isinstance(raw["static"], dict):
         dropped = [k for k in LEGACY_IGNORED if k in raw["static"]]
@@ -335,7 +341,8 @@ def shape_errors(err: ValidationError, raw: Any) -> list[str]:
     out = []
     for path, msg in error_lines(err, raw):
         if "." not in path and "[" not in path and msg.startswith("Extra inputs"):
-            msg = f"unknown key; {unknown_name(path, tuple(SpecFile.model_fields), 'key').split('; ', 1)[1]}"
+            msg = (f"unknown key; {unknown_name(path, tuple(SpecFile.model_fields), 'key').split('; ', 1)[1]}; "
+                   f"keys starting with {EXTENSION_PREFIX} are ignored (a home for YAML anchors)")
         elif path == "name" and msg.startswith("String should match pattern"):
             msg = f"use 1-64 letters, digits, '-' or '_', starting with a letter or digit (got {raw['name']!r})"
         out.append(f"{path}: {msg}")

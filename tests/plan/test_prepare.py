@@ -92,3 +92,15 @@ def test_ecs_settings_that_cannot_run_are_problems_after_the_price(tmp_path, aws
     assert plan.ecs is None
     assert [x.split(":")[0] for x in plan.problems] == ["ecs.capacity_provider", "ecs.task_definition", "ecs.bucket"]
     assert plan.decision.estimate.backend == "ecs" and plan.packs, "a lab prices a cloud run before its stack"
+
+
+def test_a_cell_folder_that_is_a_link_counts_as_the_trainer_sees_it(tmp_path):
+    spec = write_grid_spec(tmp_path, "g", {"lr": [0.002, 0.003]})
+    cells = expand(load_spec(spec))
+    elsewhere = tmp_path / "other-disk" / cells[0].id
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "metrics.json").write_text(json.dumps({"status": "complete"}))
+    (tmp_path / "g" / "cells").mkdir(parents=True)
+    (tmp_path / "g" / "cells" / cells[0].id).symlink_to(elsewhere)
+    plan = prepare(spec, RunSettings())
+    assert plan.complete == {cells[0].id} and plan.pending == cells[1:]

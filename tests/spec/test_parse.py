@@ -79,6 +79,8 @@ def test_legacy_grid_params_loads_unchanged():
 # (spec, expected line): one rule each; every message says where and what to do.
 RULES = [
     ({"name": "g", "colour": "red"}, "colour: unknown key; known: name, description, static, hyper, plan"),
+    ({"name": "g", "base": {"until": 1}}, "base: unknown key; known: name, description, static, hyper, plan, "
+                                         "plan_scale, max_cells; keys starting with x- are ignored"),
     ({"name": "bad name"}, "name: use 1-64 letters, digits, '-' or '_', starting with a letter or digit"),
     ({"static": {"batchsize": 4}}, "static.batchsize: unknown option; did you mean batch_size? known: base_model,"),
     ({"hyper": {"gama": [0.9]}}, "hyper.gama: unknown option; did you mean gamma? known:"),
@@ -133,6 +135,17 @@ RULES = [
 def test_each_rule_has_its_message(tmp_path, spec, expected):
     found = problems(tmp_path, spec)
     assert any(line.startswith(expected) for line in found), found
+
+
+def test_x_keys_hold_yaml_anchors_and_are_ignored(tmp_path):
+    text = (
+        "name: anchored\n"
+        "x-base: &base {until: 1, seed: 3}\n"
+        "x-notes: free text for people\n"
+        "static: {<<: *base, batch_size: 2}\n"
+    )
+    spec = load_spec(write(tmp_path, text))
+    assert spec.static == {"until": 1, "seed": 3, "batch_size": 2}
 
 
 @pytest.mark.parametrize(
