@@ -37,7 +37,7 @@ from flows.run.ledger import Ledger
 from flows.run.local import LocalRunner
 from flows.run.outcomes import Runner
 from flows.run.settings import RunSettings
-from flows.spec.cells import CellOutcome, write_cell
+from flows.spec.cells import CellOutcome, mark_grid_folder, write_cell
 from flows.summary.files import write_summary
 from flows.summary.report import Summary
 from flows.summary.rows import collect_rows
@@ -90,7 +90,9 @@ def prepare_run(spec: str, settings: RunSettings) -> RunPlan | RunResult:
 
 @task(name="write-cells", cache_policy=NO_CACHE)
 def write_cells(plan: RunPlan) -> None:
-    """Materialize each cell's options.json and plan.json (no rewrite when unchanged)."""
+    """Materialize each cell's options.json and plan.json (no rewrite when unchanged), in a folder
+    marked as the grid's."""
+    mark_grid_folder(plan.grid_dir, plan.spec.name)
     for c in plan.cells:
         write_cell(plan.grid_dir, c)
 

@@ -183,6 +183,49 @@ def aws(ecs_moto, monkeypatch):
     storage._client.cache_clear()
 
 
+# ----------------------------------------------------------------------------- a disk that fills
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(kib)``: a fresh tmpfs of that size (a real disk that fills: ENOSPC), unmounted
+    afterwards. Needs root and mount(2); where they are missing, the test that asks skips, saying why."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(kib: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): no full disk to test")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Fill ``disk`` up to ``leave`` bytes free (at most); the filler file, to delete to free space."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+                st = os.statvfs(disk)
+                if st.f_bavail * st.f_frsize <= leave:
+                    break
+        except OSError:
+            pass
+    return filler
+
+
 # ----------------------------------------------------------------------------- the flows' cost model
 
 

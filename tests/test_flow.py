@@ -428,3 +428,32 @@ def test_sigkill_of_the_flow_the_real_trainers_checkpoint_and_its_api_server_goe
     assert run_flow(spec, trainer=None, max_parallel=1).is_completed()
     after = (cell / "history.csv").read_text().splitlines()
     assert after[: len(rows)] == rows and len(after) == 1 + 8  # resumed: nothing lost, nothing twice
+
+
+def test_a_run_never_deletes_what_it_did_not_write(prefect_api, tmp_path, capsys):
+    spec = write_grid_spec(tmp_path, "mine", {"lr": [0.003, 0.004]})
+    theirs = {"plots/figure1.png": b"a figure", "best/final-model/model.pt": b"weights", "summary.md": b"# notes"}
+
+    def put(folder: Path) -> None:
+        for name, data in theirs.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+
+    # --out at a folder of the user's: refused by the dry run and the run, one line, nothing touched.
+    users = tmp_path / "figures"
+    put(users)
+    for flags in (["--dry-run"], []):
+        assert cli.main([str(spec), "--out", str(users), *flags]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and f"--out {users}: holds files that are not a grid's" in err
+    assert {p.relative_to(users).as_posix() for p in users.rglob("*") if p.is_file()} == set(theirs)
+
+    # In a grid's own folder the summary rewrites only its own plots/, best/<stratum>/ and summary.*.
+    assert run_flow(spec).is_completed()
+    grid = tmp_path / "mine"
+    put(grid)
+    (grid / "summary.md").unlink()  # summary.md is the summary's: the user's copy above was in their folder
+    assert run_flow(spec).is_completed()  # a rerun rebuilds the summary
+    for name in ("plots/figure1.png", "best/final-model/model.pt"):
+        assert (grid / name).read_bytes() == theirs[name], name
+    assert (grid / "plots" / "dice_by_lr.png").is_file() and (grid / "best" / "full-area" / "best.json").is_file()

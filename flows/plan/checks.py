@@ -22,7 +22,7 @@ from autolabel.options import (
     split_counts,
     training_problem,
 )
-from flows.spec.cells import Cell, cell_dir
+from flows.spec.cells import Cell, cell_dir, is_grid_folder
 
 # What the flow writes or reads in a cell folder: each must be a regular file where it exists
 # (a folder or a device in its place would stop the writer or the trainer with a traceback).
@@ -43,7 +43,8 @@ def check_run(cells: list[Cell], grid_dir: Path) -> list[str]:
 
 
 def out_dir_problems(grid_dir: Path) -> list[str]:
-    """The output folder must be a writable folder, or creatable in a writable one."""
+    """The output folder must be a writable folder, or creatable in a writable one; an existing one
+    must be a grid's (a run writes cells/, plots/, best/ and summary.* there)."""
     existing = grid_dir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -51,6 +52,11 @@ def out_dir_problems(grid_dir: Path) -> list[str]:
         return [f"--out {grid_dir}: {existing} is a file, not a folder; give a folder"]
     if not os.access(existing, os.W_OK | os.X_OK):
         return [f"--out {grid_dir}: {existing} is not writable; give a folder you can write"]
+    if not is_grid_folder(grid_dir):
+        found = sorted(p.name + ("/" if p.is_dir() else "") for p in grid_dir.iterdir())
+        shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        return [f"--out {grid_dir}: holds files that are not a grid's ({shown}); a run writes cells/, plots/, best/ "
+                "and summary.* there, so give an empty folder or a grid's own"]
     return []
 
 

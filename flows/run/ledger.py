@@ -17,17 +17,20 @@ resumed run counts what earlier runs spent. One line per event:
 
 Every read and append holds ``flock`` on the file, and a decision (``reserve``) reads every
 line written so far before it appends, so two processes sharing a ledger cannot pass the
-cap together: each sees the other's charges and open reservations. Each append is one
-``write`` on a fresh line (a newline first if the last line was cut short), then fsync.
+cap together: each sees the other's charges and open reservations. Each append writes its whole
+line or nothing: a write that fails part way (a full disk) is cut back off and raises, so no later
+read meets half a line of it; then fsync.
 
 When a reservation closes: at its release; or when its holder is known to be gone, which a
 reader can tell only for a process on its own host (pid no longer running, or reused by a
 process that started later; in the reader's own process, a ledger object no longer alive). A reservation from another host stays counted until its
 release, since no reader here can see that host's processes; the skip line lists it.
 
-A line that cannot be read (cut short by a crash, edited by hand) is never counted as zero:
-``Ledger.open`` raises :class:`LedgerError` naming the file and line; a running ledger that
-meets one refuses every further launch under a cap.
+A line that cannot be read (edited by hand, say) is never counted as zero: ``Ledger.open``
+raises :class:`LedgerError` naming the file and line; a running ledger that meets one refuses
+every further launch under a cap. A last line without its newline is an append that never
+finished (every writer writes whole lines under the exclusive flock): under a cap it counts as
+unknown spend, as above; without one it is a note, and the next append cuts it off.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class Ledger:
         self._per_cell: dict[str, float] = {}
         self._open: dict[tuple[str, str], dict[str, Any]] = {}  # (run, key) -> reserve entry
         self._problems: dict[int, str] = {}  # line number -> what is wrong with it
+        self._torn: str | None = None  # a last line without its newline: an append that never finished
         _live_runs[self.run] = self
 
     @classmethod
@@ -97,8 +101,15 @@ class Ledger:
 
     @property
     def problems(self) -> list[str]:
-        """One line per unreadable ledger line met so far, in file order."""
-        return [self._problems[n] for n in sorted(self._problems)]
+        """One line per unreadable ledger line met so far, in file order; under a cap a torn last
+        line too (its amount is unknown)."""
+        torn = [self._torn] if self._torn and self.cap_usd is not None else []
+        return [self._problems[n] for n in sorted(self._problems)] + torn
+
+    @property
+    def notes(self) -> list[str]:
+        """What a run without a cap is told and may go on with: a torn last line, cut off at the next append."""
+        return [self._torn] if self._torn and self.cap_usd is None else []
 
     @property
     def spent_usd(self) -> float:
@@ -147,9 +158,14 @@ class Ledger:
             self._read_line(raw)
         self._offset += len(data) - len(tail)
         # Writers append whole lines under an exclusive flock, so a tail seen under a flock is torn;
-        # it stays unread, and the next append starts a new line after it.
+        # it stays unread (see _append).
+        self._torn = None
         if tail:
-            self._problem(self._lines + 1, tail, "cut short (no newline at its end)")
+            text = tail.decode(errors="replace")
+            self._torn = (f"{self.path}: line {self._lines + 1}: cut short (no newline at its end): "
+                          f"{text if len(text) <= 80 else text[:77] + '...'!r}: an append that never finished "
+                          "(a full disk or a kill); its amount is unknown, so a run under a cap refuses it until "
+                          "the line is repaired or deleted; without a cap it is cut off at the next append")
 
     def _read_line(self, raw: bytes) -> None:
         if not raw.strip():
@@ -210,14 +226,30 @@ class Ledger:
     # ------------------------------------------------------------------ writing
 
     def _append(self, fd: int, entry: dict[str, Any]) -> None:
-        """One line, one write, on a fresh line, fsynced; counted at once."""
+        """One whole line, fsynced, or nothing and an OSError naming the file; counted at once.
+
+        A torn last line (see _catch_up) is cut off first without a cap; under a cap it stays, as
+        unknown spend, and this line starts on a fresh line after it.
+        """
         entry = {"time": round(time.time(), 3), **entry}
         line = json.dumps(entry, sort_keys=True, allow_nan=False).encode() + b"\n"
         size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
+        if self._torn and self.cap_usd is None:
+            os.ftruncate(fd, self._offset)  # ours to cut: no writer holds the flock but this one
+            size, self._torn = self._offset, None
+        elif size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line  # never glue onto a line cut short by a crash
-        os.write(fd, line)
-        os.fsync(fd)
+        try:
+            view = memoryview(line)
+            while view:  # os.write may write part of the line (a full disk): the rest, or an error
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as e:
+            try:  # take back what part of the line was written: every later read stays whole
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise OSError(e.errno, f"{e.strerror}; nothing was recorded", str(self.path)) from None
         self._catch_up(fd)
 
     def reserve(self, key: str, cells: list[str], estimate_usd: float) -> bool:

@@ -181,6 +181,29 @@ def grid_dir(spec: GridSpec, spec_path: str | Path, out: str | Path | None = Non
     return Path(out) if out else Path(spec_path).parent / spec.name
 
 
+# A grid's folder says so: written before its first cell. A run refuses to write into a folder that
+# holds anything but a grid's own files (it would overwrite a user's plots/, best/, summary.md).
+GRID_MARKER = ".autolabel-grid"
+OWN_FILES = (".lock",)  # what a folder may hold and still count as empty (the run's own lock)
+
+
+def is_grid_folder(folder: Path) -> bool:
+    """Whether ``folder`` is absent, empty, or a grid's folder (its marker, or the cells/ and
+    ledger.jsonl of a grid written before the marker existed)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return not folder.exists()
+    if (folder / GRID_MARKER).is_file() or (folder / "cells").is_dir() or (folder / "ledger.jsonl").is_file():
+        return True
+    return all(p.name in OWN_FILES for p in folder.iterdir())
+
+
+def mark_grid_folder(folder: Path, name: str) -> None:
+    """Say that ``folder`` is grid ``name``'s (once, before its first cell is written)."""
+    if not (Path(folder) / GRID_MARKER).is_file():
+        write_json_atomic(Path(folder) / GRID_MARKER, {"grid": name, "written_by": "python -m flows.grid"})
+
+
 def cell_record(cell: Cell) -> dict[str, Any]:
     """A cell as JSON data: id, label, hyper values, options and plan."""
     return {

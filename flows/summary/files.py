@@ -41,6 +41,9 @@ from flows.summary.rows import columns_of, count_statuses, factor_columns, safe_
 from flows.summary.stats import ALPHA, effects
 
 
+BEST_JSON = "best.json"  # what makes a folder under best/ one of the summary's own
+
+
 def write_summary(
     grid_dir: Path,
     cells: list[Cell],
@@ -105,47 +108,64 @@ def _csv_value(v: Any) -> Any:
 
 
 def write_best(grid_dir: Path, cells: list[Cell], rows: list[dict[str, Any]], pictures: bool = True) -> list[BestCell]:
-    """Rebuild best/ from scratch, then swap it in, so no stale winner survives.
+    """best/<stratum>/ for each stratum's winner, each built aside and swapped in whole; a stale
+    stratum's folder (one of ours: it holds best.json) goes. Nothing else in best/ is touched: a
+    folder a user keeps there (a final model, say) stays.
 
     With ``pictures``, each winner's ``predictions.png`` too (from its model.pt, when it has one).
     """
     by_id = {c.id: c for c in cells}
     final = Path(grid_dir) / "best"
-    for leftover in Path(grid_dir).glob(".best.*"):  # from a summary killed mid-swap
+    for leftover in [*Path(grid_dir).glob(".best.*"), *final.glob(".stage.*")]:  # a summary killed mid-swap
         shutil.rmtree(leftover, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(dir=grid_dir, prefix=".best."))
-    os.chmod(staging, 0o777 & ~celldir.UMASK)  # best/ as a plain mkdir makes it, not mkdtemp's 0700
+    final.mkdir(parents=True, exist_ok=True)
     out = []
     for top in top_cells(rows, 3).values():
         r = top[0]
-        cell = by_id[r["id"]]
-        dest = staging / safe_name(stratum_of(r))
-        dest.mkdir(parents=True)
-        _copy_inputs(cell_dir(grid_dir, cell), dest, cell)
-        drawn, note = _draw_predictions(dest, cell_dir(grid_dir, cell), f"{stratum_of(r)} best cell {r['label']}") \
-            if pictures else (False, "")
-        best = BestCell(
-            stratum=stratum_of(r),
-            id=r["id"],
-            label=r["label"],
-            mean_dice=r["mean_dice"],
-            dice={k[5:]: v for k, v in r.items() if k.startswith("dice_") and v is not None},
-            best_val_dice_loss=r["best_val_dice_loss"],
-            hyper={k: r[k] for k in factor_columns(rows)},
-            path=str(final / safe_name(stratum_of(r))),
-            predictions=str(final / safe_name(stratum_of(r)) / PREDICTIONS) if drawn else None,
-            predictions_note=note,
-            top=[t["id"] for t in top],
-        )
-        write_json_atomic(dest / "best.json", best.model_dump(mode="json"))
-        (dest / "README.md").write_text(_best_readme(best, grid_dir))
+        cell, name = by_id[r["id"]], safe_name(stratum_of(r))
+        staging = Path(tempfile.mkdtemp(dir=final, prefix=f".stage.{name}."))
+        os.chmod(staging, 0o777 & ~celldir.UMASK)  # as a plain mkdir makes it, not mkdtemp's 0700
+        best = fill_best(staging, grid_dir, cell, r, top, rows, final / name, pictures)
+        swap_in(staging, final / name)
         out.append(best)
-    old = Path(grid_dir) / ".best.old"
+    winners = {safe_name(b.stratum) for b in out}
+    for old in final.iterdir():
+        if old.is_dir() and old.name not in winners and (old / BEST_JSON).is_file():
+            shutil.rmtree(old, ignore_errors=True)  # a stratum this grid no longer has a winner in
+    return out
+
+
+def fill_best(dest: Path, grid_dir: Path, cell: Cell, r: dict[str, Any], top: list[dict[str, Any]],
+              rows: list[dict[str, Any]], final: Path, pictures: bool) -> BestCell:
+    """One winner's folder (at ``dest``, to become ``final``): its inputs, picture, best.json, README."""
+    _copy_inputs(cell_dir(grid_dir, cell), dest, cell)
+    drawn, note = _draw_predictions(dest, cell_dir(grid_dir, cell), f"{stratum_of(r)} best cell {r['label']}") \
+        if pictures else (False, "")
+    best = BestCell(
+        stratum=stratum_of(r),
+        id=r["id"],
+        label=r["label"],
+        mean_dice=r["mean_dice"],
+        dice={k[5:]: v for k, v in r.items() if k.startswith("dice_") and v is not None},
+        best_val_dice_loss=r["best_val_dice_loss"],
+        hyper={k: r[k] for k in factor_columns(rows)},
+        path=str(final),
+        predictions=str(final / PREDICTIONS) if drawn else None,
+        predictions_note=note,
+        top=[t["id"] for t in top],
+    )
+    write_json_atomic(dest / BEST_JSON, best.model_dump(mode="json"))
+    write_text_atomic(dest / "README.md", _best_readme(best, grid_dir))
+    return best
+
+
+def swap_in(staging: Path, final: Path) -> None:
+    """Put ``staging`` where ``final`` is: readers see the old folder or the new one, never a mix."""
+    old = final.with_name(f".stage.{final.name}.old")
     if final.exists():
         final.rename(old)
     staging.rename(final)
     shutil.rmtree(old, ignore_errors=True)
-    return out
 
 
 def _draw_predictions(dest: Path, cell: Path, title: str) -> tuple[bool, str]:

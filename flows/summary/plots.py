@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import csv
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from autolabel.celldir import HISTORY
+from autolabel.celldir import HISTORY, write_atomic
 from flows.spec.cells import cell_dir
 from flows.summary.rows import (
     STRATA,
@@ -41,14 +40,32 @@ def plot_name(factor: str) -> str:
     return f"dice_by_{safe_name(factor)}.png"
 
 
+def save(fig: Any, path: Path, dpi: int) -> None:
+    """A figure as PNG, atomically: a full disk leaves the old picture or none, never half a file."""
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+
+
+def ours(path: Path) -> bool:
+    """Whether a file under plots/ is one this module writes (a user's own files there are left alone)."""
+    return path.name == LEARNING_CURVES or (path.name.startswith("dice_by_") and path.suffix == ".png")
+
+
 def write_plots(grid_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
     """One PNG per varying factor: Dice by level, a panel per stratum of the other strata keys."""
     out_dir = Path(grid_dir) / "plots"
-    shutil.rmtree(out_dir, ignore_errors=True)  # a factor that no longer varies leaves no plot
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = draw_plots(out_dir, Path(grid_dir), rows)
+    for old in out_dir.iterdir():  # a factor that no longer varies leaves no plot; nothing else is touched
+        if ours(old) and str(old) not in written:
+            old.unlink(missing_ok=True)
+    return written
+
+
+def draw_plots(out_dir: Path, grid_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """The learning curves and a plot per varying factor into ``out_dir``; the paths written."""
     written = []
     curves = out_dir / LEARNING_CURVES
-    if plot_learning_curves(curves, Path(grid_dir), rows):
+    if plot_learning_curves(curves, grid_dir, rows):
         written.append(str(curves))
     cells = scored(rows)
     if not cells:
@@ -89,7 +106,7 @@ def plot_factor(path: Path, factor: str, levels: list[Any], rows: list[dict[str,
     for ax in axes[:, 0]:
         ax.set_ylabel("validation Dice (mean)")
     fig.suptitle(f"Validation Dice by {factor}" + (f", per {' x '.join(blocks)}" if blocks else ""))
-    fig.savefig(path, dpi=90)
+    save(fig, path, dpi=90)
 
 
 def read_history(path: Path) -> list[dict[str, np.ndarray]] | None:
@@ -142,7 +159,7 @@ def plot_learning_curves(path: Path, grid_dir: Path, rows: list[dict[str, Any]])
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
     fig.suptitle("Learning curves per cell (blue: complete, red: not complete)")
-    fig.savefig(path, dpi=80)
+    save(fig, path, dpi=80)
     return True
 
 
@@ -224,4 +241,4 @@ def plot_predictions(path: Path, cell: Path, title: str, subjects: int = SHOWN_S
                 Line2D([], [], color="black", linestyle="dashed", label="predicted border")]
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
     fig.suptitle(f"{title}: validation subjects on {p['channel']} (left | right hemisphere)", fontsize=10)
-    fig.savefig(path, dpi=90)
+    save(fig, path, dpi=90)

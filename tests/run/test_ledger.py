@@ -4,6 +4,7 @@ and the file shared by real processes: no interleaved lines, no cap passed toget
 from __future__ import annotations
 
 import gc
+import errno
 import json
 import math
 import signal
@@ -66,25 +67,35 @@ def test_non_finite_or_negative_amounts_are_refused(tmp_path, bad):
     assert "nan" not in f"${Ledger.open(tmp_path).spent_usd:.2f}"
 
 
-def test_an_append_after_a_torn_line_starts_a_new_line_and_the_torn_one_is_reported(tmp_path):
-    ledger = Ledger.open(tmp_path)
+def test_a_torn_last_line_blocks_a_capped_run_and_is_cut_off_without_a_cap(tmp_path):
+    ledger = Ledger.open(tmp_path, cap_usd=5.0)
     ledger.charge(["c1"], gpu_seconds=1.0, usd=0.25)
     with ledger.path.open("a") as f:
         f.write('{"event": "charge", "usd": 9')  # the process died mid-write
+    # Under a cap the torn line's amount is unknown: refused, naming the line.
     with pytest.raises(LedgerError) as err:
-        Ledger.open(tmp_path)
+        Ledger.open(tmp_path, cap_usd=5.0)
     assert str(err.value).startswith(f"{ledger.path}: line 2: cut short")
-    ledger.charge(["c2"], gpu_seconds=1.0, usd=0.5)  # a run still going appends after it
+    ledger.charge(["c2"], gpu_seconds=1.0, usd=0.5)  # a capped run still going appends after it
     lines = ledger.path.read_text().splitlines()
     assert len(lines) == 3 and json.loads(lines[2])["usd"] == 0.5  # not glued onto the torn line
     with pytest.raises(LedgerError) as err:
         Ledger.open(tmp_path)
     message = str(err.value)
     assert "\n" not in message and f"{ledger.path}: line 2: not JSON" in message and "delete it, then rerun" in message
-    assert ledger.over_cap() is False and not Ledger(ledger.path, cap_usd=5.0).reserve("k", ["c3"], 0.1)
+    assert ledger.over_cap() is True and not Ledger(ledger.path, cap_usd=5.0).reserve("k", ["c3"], 0.1)
     lines.pop(1)
     ledger.path.write_text("\n".join(lines) + "\n")  # what the message says to do
     assert Ledger.open(tmp_path).spent_usd == 0.75  # both charges count, the second one not lost
+
+    # Without a cap a torn last line is a note, and the next append cuts it off: no repair by hand.
+    with ledger.path.open("a") as f:
+        f.write('{"event": "charge", "usd": 9')
+    free = Ledger.open(tmp_path)
+    assert free.spent_usd == 0.75 and "cut short" in free.notes[0] and not free.problems
+    free.charge(["c3"], gpu_seconds=1.0, usd=0.125)
+    assert [json.loads(x)["usd"] for x in ledger.path.read_text().splitlines()] == [0.25, 0.5, 0.125]
+    assert Ledger.open(tmp_path, cap_usd=5.0).spent_usd == 0.875
 
 
 @pytest.mark.parametrize(
@@ -173,3 +184,20 @@ def test_a_reservation_of_a_ledger_gone_from_this_process_is_closed(tmp_path):
     del first
     gc.collect()
     assert second.reserve("b", ["c2"], 0.5)
+
+
+def test_a_full_disk_records_nothing_half_and_the_ledger_stays_usable(small_disk):
+    from tests.conftest import fill
+
+    disk = small_disk(64)
+    ledger = Ledger.open(disk, cap_usd=10.0)
+    ledger.charge(["c1"], gpu_seconds=1.0, usd=0.25)
+    filler = fill(disk)  # only the rest of the ledger's last page is left: part of a line
+    with pytest.raises(OSError) as err:
+        ledger.charge(["c2"], gpu_seconds=1.0, usd=0.5, detail="x" * 8000)  # past its last page
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(ledger.path)
+    assert ledger.path.read_bytes().endswith(b"\n")  # the part written was taken back
+    assert Ledger.open(disk, cap_usd=10.0).spent_usd == 0.25  # whole, readable, under a cap too
+    filler.unlink()  # space again: the next charge lands
+    ledger.charge(["c2"], gpu_seconds=1.0, usd=0.5)
+    assert Ledger.open(disk, cap_usd=10.0).spent_usd == 0.75
