@@ -48,10 +48,12 @@ from autolabel.errors import (
     EXIT_BUSY,
     EXIT_DIVERGED,
     EXIT_ERROR,
+    EXIT_NO_SPACE,
     EXIT_OK,
     BadInput,
     Diverged,
     Stopped,
+    no_space,
 )
 from autolabel.lock import FolderLock, LockBusy
 from autolabel.loop import (
@@ -308,7 +310,11 @@ def run_cell(
     except LockBusy as e:
         print(e, file=sys.stderr, flush=True)
         return EXIT_BUSY
-    except OSError as e:  # an unwritable cell folder
+    except OSError as e:  # an unwritable cell folder, or a full disk
+        if no_space(e):
+            print(f"{uri}: {no_space(e)}: cannot lock the cell folder; free space, then rerun", file=sys.stderr,
+                  flush=True)
+            return EXIT_NO_SPACE
         print(f"{uri}: cannot lock the cell folder ({e.strerror or e}); make it writable", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     try:
@@ -347,7 +353,11 @@ def train_opened(uri: str, control: RunControl, force: bool, device: str | None,
     except storage.StorageError as e:
         print(e, file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
-    except Exception:  # noqa: BLE001 - one broken cell must not stop the others
+    except Exception as e:  # noqa: BLE001 - one broken cell must not stop the others
+        if no_space(e):  # the machine's fault, not the cell's: one line, and a rerun resumes
+            print(f"{uri}: {no_space(e)}; free space, then rerun: the cell resumes from its last checkpoint",
+                  file=sys.stderr, flush=True)
+            return EXIT_NO_SPACE
         print(f"{uri}: unexpected error, the traceback follows", file=sys.stderr)
         traceback.print_exc()
         sys.stderr.flush()

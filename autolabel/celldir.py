@@ -18,6 +18,7 @@ A cell given as ``s3://bucket/prefix`` is staged: :func:`open_cell` downloads it
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import shutil
@@ -74,10 +75,24 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        # A full disk, however the writer reports it (torch.save raises RuntimeError), is an
+        # OSError naming the file: callers tell it from bad input (autolabel.errors.no_space).
+        full = isinstance(e, Exception) and disk_full(path.parent)
         tmp.unlink(missing_ok=True)
+        if full or (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from e
         raise
     sync_dir(path.parent)
+
+
+def disk_full(folder: Path) -> bool:
+    """Whether the file system of ``folder`` has (next to) no space left for this process."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def sync_dir(folder: Path) -> None:

@@ -153,10 +153,12 @@ class FolderLock:
             os.write(new, (json.dumps(this_process()) + "\n").encode())
             os.fsync(new)
             os.replace(tmp, self.path)  # while we hold the old one: nobody can win in between
-        except BaseException:
+        except BaseException as e:
             os.close(new)
             tmp.unlink(missing_ok=True)
             os.close(fd)
+            if isinstance(e, OSError) and e.filename is None:  # os.write names no file: say which (a full disk)
+                raise OSError(e.errno, e.strerror, str(self.path)) from e
             raise
         os.close(fd)
         return new

@@ -24,7 +24,7 @@ from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
-from autolabel.errors import SIGNAL_NAMES
+from autolabel.errors import SIGNAL_NAMES, no_space
 from autolabel.lock import FolderLock, LockBusy
 from flows import artifacts
 from flows.cost.cap import LOCAL_MAX_PARALLEL, OnCap, verdict
@@ -53,6 +53,7 @@ class RunResult(BaseModel):
     skipped_by_cap: int = Field(0, description="cells the cost cap left out (before or during the run)")
     refused: Literal["input", "cap"] | None = Field(None, description="refused before any launch, and why")
     stopped_by: int | None = Field(None, description="the signal that stopped the run (a rerun resumes)")
+    io_fault: str | None = Field(None, description="what of this machine stopped the run: 'disk full at PATH'")
     busy: bool = Field(False, description="another run holds the grid's lock")
     message: str = Field("", description="the run's last line, for people")
     summary: Summary | None = Field(None, description="the summary written (None when refused)")
@@ -89,19 +90,31 @@ def prepare_run(spec: str, settings: RunSettings) -> RunPlan | RunResult:
 
 
 @task(name="write-cells", cache_policy=NO_CACHE)
-def write_cells(plan: RunPlan) -> None:
+def write_cells(plan: RunPlan) -> str | None:
     """Materialize each cell's options.json and plan.json (no rewrite when unchanged), in a folder
-    marked as the grid's."""
-    mark_grid_folder(plan.grid_dir, plan.spec.name)
-    for c in plan.cells:
-        write_cell(plan.grid_dir, c)
+    marked as the grid's; ``disk full at PATH`` instead when the disk is (nothing launches then)."""
+    try:
+        mark_grid_folder(plan.grid_dir, plan.spec.name)
+        for c in plan.cells:
+            write_cell(plan.grid_dir, c)
+    except OSError as e:
+        if not no_space(e):
+            raise
+        return no_space(e)
+    return None
 
 
 @task(name="summarize", cache_policy=NO_CACHE)
-def summarize(plan: RunPlan, outcomes: dict[str, CellOutcome], ledger: Ledger) -> Summary:
-    """Write summary.csv/json/md, plots and best/; publish the Prefect artifacts."""
+def summarize(plan: RunPlan, outcomes: dict[str, CellOutcome], ledger: Ledger) -> Summary | str:
+    """Write summary.csv/json/md, plots and best/; publish the Prefect artifacts. ``disk full at
+    PATH`` when the disk is: the files already written stay whole (each is written atomically)."""
     rows = collect_rows(plan.grid_dir, plan.cells, outcomes, ledger.per_cell_usd)
-    result = write_summary(plan.grid_dir, plan.cells, rows, cap_usd=ledger.cap_usd, spent_usd=ledger.spent_usd)
+    try:
+        result = write_summary(plan.grid_dir, plan.cells, rows, cap_usd=ledger.cap_usd, spent_usd=ledger.spent_usd)
+    except OSError as e:
+        if not no_space(e):
+            raise
+        return no_space(e)
     artifacts.publish_artifacts(result, key_prefix=artifacts.artifact_key(plan.grid_dir.name))
     return result
 
@@ -171,6 +184,10 @@ def grid_search(
         lock.acquire()
     except LockBusy as e:
         return end(RunResult(grid_dir=str(plan.grid_dir), busy=True, message=str(e)))
+    except OSError as e:
+        if not no_space(e):
+            raise
+        return end(io_fault(plan, no_space(e), summary=None))
     try:
         return end(execute(plan))
     finally:
@@ -189,7 +206,9 @@ def execute(plan: RunPlan) -> RunResult:
     try:
         if not plan.decision.fits:
             log.info("cost cap: running a subset of %d cells that keeps every factor level", len(plan.todo))
-        write_cells(quote(plan))
+        full = write_cells(quote(plan))
+        if full:
+            return io_fault(plan, full, summary=None)
         left_out = len(plan.left_out)
         log.info("%d cells, %d already complete, %d to train%s", len(plan.cells),
                  len(plan.cells) - len(plan.pending), len(plan.todo),
@@ -201,7 +220,18 @@ def execute(plan: RunPlan) -> RunResult:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if isinstance(summary, str) or stop.fault:
+        return io_fault(plan, stop.fault or summary, summary if isinstance(summary, Summary) else None)
     return result_of(plan, summary, stop.signum)
+
+
+def io_fault(plan: RunPlan, fault: str, summary: Summary | None) -> RunResult:
+    """A run this machine stopped (a full disk): what is done is kept, and a rerun resumes."""
+    message = (f"{fault}: every running cell checkpointed its epoch in progress and nothing done is lost; free "
+               f"space, then rerun the same command to resume" + ("" if summary else " (no summary was written)"))
+    incomplete = [r["id"] for r in summary.rows if r["status"] != "complete"] if summary else []
+    return RunResult(grid_dir=str(plan.grid_dir), cells=len(plan.cells), incomplete=incomplete, io_fault=fault,
+                     message=message, summary=summary)
 
 
 def make_runner(plan: RunPlan) -> Runner:
@@ -236,6 +266,6 @@ def result_of(plan: RunPlan, summary: Summary, signum: int | None) -> RunResult:
 
 def end(result: RunResult) -> State:
     """The flow's final state: Completed only when every cell is complete and nothing stopped it."""
-    if result.refused or result.busy or result.stopped_by is not None or result.incomplete:
+    if result.refused or result.busy or result.stopped_by is not None or result.io_fault or result.incomplete:
         return Failed(message=result.message, data=RunFailed(result))
     return Completed(message=result.message, data=result)

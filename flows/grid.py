@@ -22,7 +22,8 @@ subset that is) and, for a run, every cell complete; 1 the flow itself failed un
 a writable folder, a dataset training would refuse, a malformed ledger; on ECS a stack that
 cannot be read, whose market is not the run's, or whose region cannot be priced under a cap);
 3 over the cap (refused, or cells skipped by it); 4 some cells failed (the others are
-complete); 75 another run holds this grid; 129, 130, 143 stopped by SIGHUP, Ctrl-C or SIGTERM
+complete); 74 a disk is full (free space and rerun: nothing done is lost); 75 another run
+holds this grid; 129, 130, 143 stopped by SIGHUP, Ctrl-C or SIGTERM
 after every running cell checkpointed (rerun to resume).
 """
 
@@ -35,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autolabel.errors import EXIT_BUSY, EXIT_ERROR, EXIT_INTERRUPTED
+from autolabel.errors import EXIT_BUSY, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NO_SPACE
 from flows.cost import cap
 from flows.cost.prices import PRICES, CostError
 from flows.plan.prepare import RunPlan, prepare
@@ -241,10 +242,12 @@ def run_grid(spec: str | Path, *, out_dir: str | Path | None = None, **params: A
 
 
 def exit_code(result: RunResult) -> int:
-    """The exit code of a run's typed result: a stop first (rerun to resume), then a busy grid,
-    a refusal (bad input; the cap), cells the cap left out, failed cells; else 0."""
+    """The exit code of a run's typed result: a stop first (rerun to resume), a full disk, a busy
+    grid, a refusal (bad input; the cap), cells the cap left out, failed cells; else 0."""
     if result.stopped_by is not None:
         return 128 + result.stopped_by
+    if result.io_fault:
+        return EXIT_NO_SPACE
     if result.busy:
         return EXIT_BUSY
     if result.refused == "input":

@@ -209,20 +209,16 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def fill(disk: Path, leave: int = 0) -> Path:
-    """Fill ``disk`` up to ``leave`` bytes free (at most); the filler file, to delete to free space."""
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte; the filler file, to delete to free the space again."""
     filler = disk / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-                os.fsync(f.fileno())
-                st = os.statvfs(disk)
-                if st.f_bavail * st.f_frsize <= leave:
-                    break
-        except OSError:
-            pass
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: each write meets the disk at once
+        for chunk in (1 << 20, 4096, 1):  # big strides first, then the last pages' worth
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError:
+                pass
     return filler
 
 

@@ -9,7 +9,8 @@ import pytest
 from autolabel import cell as cell_mod
 from autolabel import storage
 from autolabel.control import CHECKPOINT_ENV, RunControl
-from autolabel.errors import EXIT_ERROR, EXIT_TERMINATED
+from autolabel.errors import EXIT_ERROR, EXIT_NO_SPACE, EXIT_TERMINATED
+from flows.run.outcomes import classify_exit
 from autolabel.options import CellMetrics
 from tests.conftest import (
     DIVERGING_PLAN,
@@ -137,6 +138,26 @@ def test_a_batch_of_one_32x32_image_is_refused_before_training(make_cell, capsys
     err = capsys.readouterr().err
     assert "options.json: batch_size: a batch of 1 image of 32x32" in err and "Traceback" not in err
     assert metrics_of(cell).status == "failed" and not (cell / "history.csv").exists()
+
+
+def test_a_full_disk_is_the_machines_fault_not_the_cells(small_disk, capsys):
+    """A cell on a full disk cannot even be locked: one line, exit 74 (transient: the flow retries
+    it), not 2 (bad input, never retried); with space again it trains."""
+    from tests.conftest import fill
+
+    disk = small_disk(300 * 1024)  # room for the cell's model.pt and checkpoint once space is freed
+    cell = disk / "cell"
+    cell.mkdir()
+    (cell / "options.json").write_text(json.dumps(small_options()))
+    (cell / "plan.json").write_text(json.dumps(tiny_plan()))
+    filler = fill(disk)
+    assert run(cell) == EXIT_NO_SPACE == 74
+    err = capsys.readouterr().err
+    assert f"disk full at {cell}/.lock" in err and "free space, then rerun" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not (cell / "metrics.json").exists()
+    assert classify_exit(EXIT_NO_SPACE)[0] == "transient"
+    filler.unlink()
+    assert run(cell) == 0 and metrics_of(cell).status == "complete"
 
 
 def test_nan_loss_ends_the_cell_as_diverged(make_cell, capsys):

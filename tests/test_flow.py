@@ -457,3 +457,27 @@ def test_a_run_never_deletes_what_it_did_not_write(prefect_api, tmp_path, capsys
     for name in ("plots/figure1.png", "best/final-model/model.pt"):
         assert (grid / name).read_bytes() == theirs[name], name
     assert (grid / "plots" / "dice_by_lr.png").is_file() and (grid / "best" / "full-area" / "best.json").is_file()
+
+
+def test_a_disk_that_fills_during_the_summary_is_one_line_exit_74_and_keeps_what_is_done(prefect_api, tmp_path,
+                                                                                        small_disk, capsys):
+    from tests.conftest import fill
+
+    disk = small_disk(4096)
+    spec = write_grid_spec(tmp_path, "g", {"lr": [0.003, 0.004]})
+    out = disk / "g"
+    assert cli.run_grid(spec, out_dir=out, trainer=STAND_IN, retry_delay_s=0.2) == 0
+    cells = {p: p.read_bytes() for p in (out / "cells").rglob("*") if p.is_file() and p.name != ".lock"}
+    (out / "plots" / "dice_by_lr.png").unlink()  # the rerun must draw it again: the disk fills there
+    spare = disk / "spare"
+    spare.write_bytes(b"\0" * 16384)
+    fill(disk)
+    spare.unlink()  # a few pages left: the lock and the small files fit, the pictures do not
+    capsys.readouterr()
+    code = cli.run_grid(spec, out_dir=out, trainer=STAND_IN, retry_delay_s=0.2)
+    said, err = capsys.readouterr()
+    assert code == 74, err
+    assert "Traceback" not in said + err and "disk full at " in err and "free space, then rerun" in err
+    assert err.count("disk full at ") == 1
+    assert not [p for p in out.rglob("*.png") if p.stat().st_size == 0], "a 0-byte picture was left"
+    assert {p: p.read_bytes() for p in cells} == cells, "nothing done was lost"

@@ -46,7 +46,7 @@ from autolabel.datasets.format import (
     publish,
     write_dataset,
 )
-from autolabel.errors import EXIT_BAD_INPUT, EXIT_OK, BadInput
+from autolabel.errors import EXIT_BAD_INPUT, EXIT_NO_SPACE, EXIT_OK, BadInput, no_space
 from autolabel.options import SUBJECT_ID
 
 # Default file of each input, per hemisphere, under <subject>/surf/.
@@ -402,6 +402,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {show_subject(args.dataset, args.subject, args.output)}")
     except (BadInput, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # a full disk (this machine's fault), a folder that cannot be written or a file read
+        where = args.out if args.command == "import" else args.output
+        if no_space(e):
+            print(f"error: {where}: {no_space(e)}; nothing was written: free space and rerun", file=sys.stderr)
+            return EXIT_NO_SPACE
+        writing = e.filename is None or Path(e.filename).resolve().is_relative_to(where.resolve().parent)
+        print(f"error: {where if writing else e.filename}: cannot {'write there' if writing else 'read it'} "
+              f"({e.strerror or e}); nothing was written" + (": give a writable folder" if writing else ""),
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
 

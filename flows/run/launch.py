@@ -26,7 +26,7 @@ from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 
-from autolabel.errors import STOP_SIGNALS
+from autolabel.errors import STOP_SIGNALS, no_space
 from flows import artifacts
 from flows.cost.estimate import Pack, cell_work
 from flows.run.ledger import Ledger
@@ -50,10 +50,18 @@ class StopRequest:
     def __init__(self, runner: Runner):
         self.runner = runner
         self.signum: int | None = None
+        self.fault: str | None = None  # what of this machine stopped the run (a full disk), if not a signal
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return self.signum is not None or self.fault is not None
+
+    def stop_for(self, fault: str) -> None:
+        """Stop as a signal would, for a fault of this machine (``disk full at PATH``): every running
+        trainer checkpoints its epoch in progress, and nothing more launches."""
+        if not self.requested:
+            self.fault = fault
+            self.runner.stop()
 
     def __call__(self, signum: int, _frame: Any = None) -> None:
         first = self.signum is None
@@ -95,8 +103,13 @@ def train_pack(pack: Pack, runner: Runner, ledger: Ledger, force: bool, stop: St
     # Every line names its pack: packs run in parallel with others.
     attempt = runner.run(pack, lambda line: log.info("[%s] %s", pack.name, line),
                          force=force and task_run.run_count <= 1)
-    ledger.charge(pack.ids, attempt.device_seconds, attempt.usd, work={c.id: cell_work(c) for c in pack.cells},
-                  exit_code=attempt.exit_code, outcome=attempt.outcome, detail=attempt.detail, **attempt.extra)
+    try:
+        ledger.charge(pack.ids, attempt.device_seconds, attempt.usd, work={c.id: cell_work(c) for c in pack.cells},
+                      exit_code=attempt.exit_code, outcome=attempt.outcome, detail=attempt.detail, **attempt.extra)
+    except OSError as e:  # a full disk: the charge is not on file, so nothing more may launch
+        if not no_space(e):
+            raise
+        stop.stop_for(no_space(e))
     if stop.requested and attempt.outcome != "ok":
         reason = "checkpointed; rerun to resume"
         stopped = cell_outcomes(runner.grid_dir, pack.cells, CellOutcome("stopped", reason, attempt.exit_code))
@@ -121,8 +134,9 @@ def launch_packs(packs: list[Pack], runner: Runner, ledger: Ledger, stop: StopRe
         window.wait_below(runner.max_parallel)
         if stop.requested:  # no launch after a stop: these cells wait for the rerun
             window.skip(each(pack, "stopped", "not started; rerun to resume"))
-        elif not reserve(ledger, pack):
-            window.skip(each(pack, "skipped", "cost cap"))
+        elif not reserve(ledger, pack, stop):
+            window.skip(each(pack, "stopped" if stop.requested else "skipped",
+                             "not started; rerun to resume" if stop.requested else "cost cap"))
         else:
             # quote(): Prefect would otherwise walk these objects looking for futures while other
             # threads mutate them (the ledger, the runner's GPU queue).
@@ -130,20 +144,32 @@ def launch_packs(packs: list[Pack], runner: Runner, ledger: Ledger, stop: StopRe
                 quote(pack), quote(runner), quote(ledger), settings.force, quote(stop))
             window.add(pack, fut)
     window.wait_below(1)
-    runner.settle(ledger)  # (ECS) the instances as AWS bills them, launch to termination
-    for pack in packs:
-        if pack.lane_usd:
-            ledger.release(f"lane-{pack.index}")
+    try:
+        runner.settle(ledger)  # (ECS) the instances as AWS bills them, launch to termination
+        for pack in packs:
+            if pack.lane_usd:
+                ledger.release(f"lane-{pack.index}")
+    except OSError as e:  # a hold left open ends with this process; what was not charged, the rerun's ledger lacks
+        if not no_space(e):
+            raise
+        stop.stop_for(no_space(e))
     return window.outcomes
 
 
-def reserve(ledger: Ledger, pack: Pack) -> bool:
-    """Hold what the plan priced for ``pack`` (and its lane's instance), or nothing if it does not fit."""
+def reserve(ledger: Ledger, pack: Pack, stop: StopRequest) -> bool:
+    """Hold what the plan priced for ``pack`` (and its lane's instance), or nothing if it does not fit
+    (or the ledger cannot be written: a full disk stops the run)."""
     cells = pack.ids
-    if pack.lane_usd and not ledger.reserve(f"lane-{pack.index}", cells, pack.lane_usd):
-        return False
-    if not ledger.reserve(f"pack-{pack.index}", cells, pack.usd):
-        ledger.release(f"lane-{pack.index}")
+    try:
+        if pack.lane_usd and not ledger.reserve(f"lane-{pack.index}", cells, pack.lane_usd):
+            return False
+        if not ledger.reserve(f"pack-{pack.index}", cells, pack.usd):
+            ledger.release(f"lane-{pack.index}")
+            return False
+    except OSError as e:
+        if not no_space(e):
+            raise
+        stop.stop_for(no_space(e))
         return False
     return True
 
@@ -170,7 +196,11 @@ class Window:
         while self.running >= limit and self.running:
             pack, fut = self.done.get()
             self.running -= 1
-            self.ledger.release(f"pack-{pack.index}")
+            try:
+                self.ledger.release(f"pack-{pack.index}")
+            except OSError as e:  # the hold ends with this process anyway
+                if not no_space(e):
+                    raise
             result = fut.result(raise_on_failure=False)
             if isinstance(result, PackError):
                 self.outcomes.update(result.outcomes)

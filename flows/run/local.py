@@ -66,6 +66,7 @@ class LocalRunner:
         # Without GPUs, parallel cells split the cores rather than oversubscribing them.
         self.threads = max(1, (os.cpu_count() or 1) // max(1, max_parallel))
         self._running: set[subprocess.Popen] = set()
+        self._last: dict[int, str] = {}  # pack index -> its trainer's last line of output
         self._lock = threading.Lock()
         self.stopping = False
 
@@ -94,12 +95,14 @@ class LocalRunner:
         gpu = self._free_gpus.get() if self.gpus else None
         start = time.monotonic()
         try:
-            code = self._spawn(dirs, self._env(gpu), log, force)
+            code = self._spawn(dirs, self._env(gpu), log, force, pack.index)
         finally:
             if gpu is not None:
                 self._free_gpus.put(gpu)
         seconds = time.monotonic() - start
         outcome, detail = classify_exit(code)
+        if outcome != "ok" and self._last.get(pack.index):  # the trainer's own last word says why
+            detail = f"{detail}: {self._last.pop(pack.index)}"
         attempt = Attempt(
             cells=pack.ids,
             outcome=outcome,
@@ -114,8 +117,9 @@ class LocalRunner:
     def settle(self, ledger: Ledger) -> None:
         """Nothing beyond the packs: this machine was running anyway (its hours are in each attempt)."""
 
-    def _spawn(self, dirs: list[Path], env: dict[str, str], log: Log, force: bool) -> int:
-        """Run the trainer, teeing its output to each cell's runner.log and to ``log``."""
+    def _spawn(self, dirs: list[Path], env: dict[str, str], log: Log, force: bool, key: int) -> int:
+        """Run the trainer, teeing its output to each cell's runner.log and to ``log``; its last
+        line is kept under ``key`` for the attempt's detail."""
         cmd = [*self.trainer, *map(str, dirs), *(["--force"] if force else [])]
         logs = [open(d / RUNNER_LOG, "a") for d in dirs]
         try:
@@ -137,6 +141,8 @@ class LocalRunner:
                         f.write(line)
                         f.flush()
                     log(line.rstrip())
+                    if line.strip():
+                        self._last[key] = line.strip()
                 return proc.wait()
             finally:
                 with self._lock:

@@ -8,8 +8,8 @@ Both backends (flows/run/local.py, flows/ecs/runner.py) run the image's own entr
 (:func:`classify_exit`), so that retries mean the same thing everywhere:
 
 - transient (retried, resuming from the checkpoint): killed by a signal, out of memory
-  (137), stopped (143, 130, 129), busy (75: another trainer still holds the cell, e.g. one of a
-  killed flow still checkpointing), or the infrastructure was lost;
+  (137), stopped (143, 130, 129), a full disk (74), busy (75: another trainer still holds the
+  cell, e.g. one of a killed flow still checkpointing), or the infrastructure was lost;
 - permanent (never retried): invalid options (2), diverged (3), any other error.
 
 Statuses are fields, never parsed from messages: the flow, the summary and the exit code read
@@ -30,6 +30,7 @@ from autolabel.errors import (
     EXIT_DIVERGED,
     EXIT_HANGUP,
     EXIT_INTERRUPTED,
+    EXIT_NO_SPACE,
     EXIT_OK,
 )
 from flows.spec.cells import Cell, CellOutcome, cell_dir
@@ -113,6 +114,8 @@ def classify_exit(code: int | None) -> tuple[Outcome, str]:
         return "transient", f"exit {code}: stopped ({'Ctrl-C' if code == EXIT_INTERRUPTED else 'SIGHUP'})"
     if code == EXIT_BUSY:
         return "transient", "exit 75: busy (another trainer holds the cell's lock)"
+    if code == EXIT_NO_SPACE:
+        return "transient", "exit 74: a disk is full (free space; the cell resumes from its checkpoint)"
     if code == EXIT_BAD_INPUT:
         return "permanent", "exit 2: invalid options or data"
     if code == EXIT_DIVERGED:

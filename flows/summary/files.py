@@ -37,9 +37,15 @@ from autolabel.celldir import METRICS, MODEL, write_json_atomic, write_text_atom
 from flows.spec.cells import Cell, cell_dir
 from flows.summary.plots import PREDICTIONS, plot_predictions, write_plots
 from flows.summary.report import BestCell, Summary, predict_commands, render_markdown
-from flows.summary.rows import columns_of, count_statuses, factor_columns, safe_name, stratum_of, top_cells
+from flows.summary.rows import (
+    columns_of,
+    count_statuses,
+    factor_columns,
+    safe_name,
+    stratum_of,
+    top_cells,
+)
 from flows.summary.stats import ALPHA, effects
-
 
 BEST_JSON = "best.json"  # what makes a folder under best/ one of the summary's own
 

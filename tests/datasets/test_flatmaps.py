@@ -19,7 +19,7 @@ from autolabel.datasets.fsaverage import (
     read_atlas,
     write_fsaverage5_subject,
 )
-from autolabel.errors import EXIT_BAD_INPUT
+from autolabel.errors import EXIT_BAD_INPUT, EXIT_NO_SPACE
 from autolabel.options import FsaverageDataset, PathDataset
 
 ROWS, COLS = 128, 256
@@ -199,3 +199,26 @@ def test_renamed_files_are_read(one_subject, tmp_path):
     assert flatmaps.main(["import", str(one_subject), str(out), "--rows", "32", "--cols", "64",
                           "--file", "prf_polar_angle={hemi}.angle.mgz"]) == 0
     assert open_cohort(out).subjects == ["s1"]
+
+
+@pytest.mark.parametrize("where", ["full", "read-only", "below-a-file"])
+def test_an_out_that_cannot_be_written_is_one_line_and_leaves_nothing(one_subject, small_disk, capsys, where):
+    """OUT on a full disk (exit 74, free space), on a read-only folder or below a regular file (exit 2)."""
+    import subprocess
+
+    from tests.conftest import fill
+
+    disk = small_disk(256)
+    if where == "full":
+        fill(disk)
+    elif where == "read-only":
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)  # as root, chmod would not stop a write
+    else:
+        (disk / "a-file").write_text("not a folder")
+    out = disk / "a-file" / "out" if where == "below-a-file" else disk / "out"
+    code = flatmaps.main(["import", str(one_subject), str(out), "--rows", "32", "--cols", "64"])
+    err = capsys.readouterr().err.strip()
+    assert code == (EXIT_NO_SPACE if where == "full" else EXIT_BAD_INPUT)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and str(out) in err, err
+    assert ("disk full" in err) == (where == "full")
+    assert not out.exists() and not list(disk.glob(".out.tmp-*")), "a failed import left files"

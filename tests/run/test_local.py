@@ -25,6 +25,7 @@ from tests.conftest import grid_cells, pack_of, pricing_for
         (130, "transient", "Ctrl-C"),
         (129, "transient", "SIGHUP"),
         (75, "transient", "busy"),  # a dying trainer of a killed flow still holds the cell: retry later
+        (74, "transient", "disk is full"),  # this machine's fault: free space, the cell resumes
         (None, "transient", "infrastructure"),
         (2, "permanent", "invalid"),
         (3, "permanent", "diverged"),
@@ -62,6 +63,18 @@ def test_local_runner_tees_output_and_reports_the_signal(tmp_path):
         assert "epoch 1 done" in log
     killed = CellOutcome("failed", attempt.detail, -signal.SIGKILL)
     assert attempt.outcomes == {"a": killed, "b": killed}
+
+
+def test_a_failed_attempt_carries_the_trainers_own_last_word(tmp_path):
+    """summary.md then says why, not just "exit 74"."""
+    trainer = stand_in(tmp_path, "import sys\nprint('training', flush=True)\n"
+                                 "print('cell: disk full at /data/cell/checkpoint.pt; free space, then rerun', flush=True)\n"
+                                 "sys.exit(74)\n")
+    cell = make_cell(tmp_path, "a")
+    attempt = LocalRunner(tmp_path, pricing_for(), trainer=trainer, gpus=[]).run(pack_of(cell), lambda _: None)
+    assert attempt.outcome == "transient" and attempt.detail.startswith("exit 74: a disk is full")
+    assert attempt.detail.endswith("disk full at /data/cell/checkpoint.pt; free space, then rerun")
+    assert attempt.outcomes["a"].reason == attempt.detail
 
 
 def test_local_runner_bills_the_rate_it_is_given(tmp_path):
