@@ -37,11 +37,18 @@ from autolabel.celldir import (
     load_cell,
     open_cell,
     push,
+    read_metrics,
     remove_temporaries,
     write_history,
     write_metrics,
 )
-from autolabel.checkpoint import load_checkpoint, restore, save_checkpoint, save_model
+from autolabel.checkpoint import (
+    load_checkpoint,
+    rebuild_metrics,
+    restore,
+    save_checkpoint,
+    save_model,
+)
 from autolabel.control import RunControl
 from autolabel.errors import (
     EXIT_BAD_INPUT,
@@ -324,6 +331,22 @@ def run_cell(
             lock.release()
 
 
+def recovered(cell: CellDir, say: Callable[[str], None]) -> bool:
+    """An unreadable metrics.json of a cell whose model.pt and history.csv show it finished is
+    rebuilt from them (autolabel.checkpoint.rebuild_metrics) rather than the cell trained again."""
+    problem = read_metrics(cell.work)
+    if not isinstance(problem, str):
+        return False
+    options, plan = load_cell(cell)
+    metrics = rebuild_metrics(cell, options, plan, problem.split(": ", 1)[-1])
+    if metrics is None:
+        say(f"{problem}; {MODEL} and {HISTORY} do not show a finished cell: training it again")
+        return False
+    write_metrics(cell, metrics)
+    say(f"{problem}; rebuilt from {MODEL} and {HISTORY}, which show the cell finished: nothing trained again")
+    return True
+
+
 def train_opened(uri: str, control: RunControl, force: bool, device: str | None, say: Callable[[str], None]) -> int:
     """run_cell once the cell is ours: open it, train it, map the outcome to an exit code."""
     try:
@@ -335,9 +358,11 @@ def train_opened(uri: str, control: RunControl, force: bool, device: str | None,
             if is_complete(cell.work) and not force:
                 say(f"{cell.uri}: complete, skipped (rerun with --force to train again)")
                 return EXIT_OK
-            if (cell.work / METRICS).exists():  # a stale failed/diverged result must not outlive this run
-                delete(cell, METRICS)
             try:
+                if not force and recovered(cell, say):
+                    return EXIT_OK
+                if (cell.work / METRICS).exists():  # a stale failed/diverged result must not outlive this run
+                    delete(cell, METRICS)
                 train_cell(cell, control, force, device, say)
                 return EXIT_OK
             except BadInput as e:

@@ -145,14 +145,14 @@ def read_metrics(cell: Path | str, client=None) -> CellMetrics | str | None:
         except FileNotFoundError:
             raw = None
         except OSError as e:  # a folder in its place, no permission, ...
-            return f"{path}: unreadable ({e.strerror or e}); delete it and rerun the cell"
+            return f"{path}: unreadable ({e.strerror or e})"
     if raw is None:
         return None
     try:
         return CellMetrics.model_validate_json(raw)
     except ValidationError as e:
         first = str(e.errors()[0].get("msg", e)).splitlines()[0]
-        return f"{shown}: unreadable metrics.json ({first}); delete it and rerun the cell"
+        return f"{shown}: unreadable metrics.json ({first})"
 
 
 def is_complete(cell: Path | str, client=None) -> bool:
@@ -164,12 +164,28 @@ def is_complete(cell: Path | str, client=None) -> bool:
 
 def complete_ids(cells_root: Path) -> set[str]:
     """Ids (folder names) of the complete cells under ``cells_root`` (one directory scan)."""
+    return scan_cells(cells_root)[0]
+
+
+def scan_cells(cells_root: Path) -> tuple[set[str], dict[str, str]]:
+    """(ids of the complete cells, {id: problem} of the cells whose metrics.json cannot be read)
+    under ``cells_root``, in one directory scan: both commands name such a file rather than
+    silently counting the cell as not done."""
     try:
         entries = list(os.scandir(cells_root))
     except OSError:
-        return set()
-    # A cell folder may be a link (to another disk, say): the trainer follows it, so the count does.
-    return {e.name for e in entries if e.is_dir() and is_complete(Path(e.path))}
+        return set(), {}
+    done, unreadable = set(), {}
+    for e in entries:
+        # A cell folder may be a link (to another disk, say): the trainer follows it, so the count does.
+        if not e.is_dir():
+            continue
+        m = read_metrics(Path(e.path))
+        if isinstance(m, str):
+            unreadable[e.name] = m
+        elif m is not None and m.status == "complete":
+            done.add(e.name)
+    return done, unreadable
 
 
 # ----------------------------------------------------------------------------- a cell being trained
@@ -236,6 +252,15 @@ def load_cell(cell: CellDir) -> tuple[CellOptions, Plan]:
         except ValidationError as e:
             raise BadInput("\n".join(format_validation_error(cell.name(file), raw, e))) from None
     return parsed[0], parsed[1]
+
+
+def read_history(path: Path) -> list[dict[str, str]] | None:
+    """history.csv's rows (text values, as written); None when the file is absent or unreadable."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
 
 
 def write_history(cell: CellDir, rows: list[dict], log: list[str]) -> None:

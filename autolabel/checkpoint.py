@@ -16,10 +16,19 @@ from pathlib import Path
 
 import torch
 
-from autolabel.celldir import CHECKPOINT, MODEL, OPTIONS, PLAN, CellDir, write_atomic
+from autolabel.celldir import (
+    CHECKPOINT,
+    HISTORY,
+    MODEL,
+    OPTIONS,
+    PLAN,
+    CellDir,
+    read_history,
+    write_atomic,
+)
 from autolabel.errors import BadInput
 from autolabel.model import build_model
-from autolabel.options import CellOptions, Plan
+from autolabel.options import CellMetrics, CellOptions, Plan, RepeatResult, RoundResult
 from autolabel.state import Data, Progress
 
 CHECKPOINT_FORMAT = 1
@@ -133,6 +142,48 @@ def save_model(cell: CellDir, progress: Progress, data: Data, options: CellOptio
         "best": {k: best[k] for k in ("repeat", "round", "epoch", "val_loss", "val_dice_loss", "dice")},
     }
     write_atomic(cell.work / MODEL, lambda p: torch.save(state, p))
+
+
+def rebuild_metrics(cell: CellDir, options: CellOptions, plan: Plan, problem: str) -> CellMetrics | None:
+    """metrics.json again, from model.pt and history.csv, when both say the cell finished (a
+    metrics.json cut short or corrupted after the fact must not cost the training again); None
+    when they do not (then the cell is trained again). ``problem``: what was wrong with the old one.
+
+    The best result comes from model.pt; every round's and repeat's result from history.csv by
+    the trainer's own rules (autolabel/loop.py); what neither file holds (the device, image
+    counts) stays unset, and the message says the metrics were rebuilt.
+    """
+    rows = read_history(cell.work / HISTORY)
+    if not (cell.work / MODEL).is_file() or rows is None or len(rows) != options.until * plan.total_epochs:
+        return None
+    try:
+        info = torch.load(cell.work / MODEL, map_location="cpu", weights_only=True)
+        best, labels = info["best"], list(info["labels"])
+    except Exception:  # noqa: BLE001 - an unreadable model.pt: the cell is trained again
+        return None
+    rounds, repeats = round_results(rows), []
+    for r in sorted({x.repeat for x in rounds}):
+        top = min((x for x in rounds if x.repeat == r), key=lambda x: x.val_dice_loss)  # first of equals, as the trainer
+        repeats.append(RepeatResult(repeat=r, best_round=top.round, val_dice_loss=top.val_dice_loss))
+    dice = dict(zip(labels, best["dice"]))
+    return CellMetrics(
+        status="complete",
+        message=f"rebuilt from {MODEL} and {HISTORY} ({problem})",
+        best_val_dice_loss=best["val_dice_loss"], dice=dice, mean_dice=sum(dice.values()) / len(dice),
+        rounds=rounds, repeats=repeats, best_repeat=best["repeat"], best_round=best["round"],
+        best_epoch=best["epoch"], epochs=len(rows), wall_seconds=round(sum(float(x["seconds"]) for x in rows), 3),
+    )
+
+
+def round_results(rows: list[dict]) -> list[RoundResult]:
+    """Each round's result from history.csv rows: its first epoch of lowest validation loss."""
+    out: dict[tuple[int, int], RoundResult] = {}
+    for x in rows:
+        key, loss = (int(x["repeat"]), int(x["round"])), float(x["val_loss"])
+        if key not in out or loss < out[key].val_loss:
+            out[key] = RoundResult(repeat=key[0], round=key[1], best_epoch=int(x["epoch"]), val_loss=loss,
+                                   val_dice_loss=float(x["val_dice"]))
+    return [out[k] for k in sorted(out)]
 
 
 def load_trained(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:

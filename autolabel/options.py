@@ -219,6 +219,11 @@ class Plan(RootModel[list[Round]]):
     def __getitem__(self, i: int) -> Round:
         return self.root[i]
 
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of one pass through the plan (a repeat)."""
+        return sum(r.num_epochs for r in self.root)
+
 
 # ----------------------------------------------------------------------------- results
 

@@ -160,6 +160,32 @@ def test_a_full_disk_is_the_machines_fault_not_the_cells(small_disk, capsys):
     assert run(cell) == 0 and metrics_of(cell).status == "complete"
 
 
+def test_a_cut_metrics_json_is_rebuilt_from_model_and_history_not_retrained(make_cell):
+    cell = make_cell(small_options(until=2), tiny_plan(rounds=2))
+    assert run(cell) == 0
+    first = metrics_of(cell)
+    model, history = (cell / "model.pt").read_bytes(), (cell / "history.csv").read_bytes()
+    text = (cell / "metrics.json").read_text()
+    (cell / "metrics.json").write_text(text[: len(text) // 2])  # cut in half
+    lines: list[str] = []
+    assert run(cell, say=lines.append) == 0
+    again = metrics_of(cell)
+    assert (cell / "model.pt").read_bytes() == model and (cell / "history.csv").read_bytes() == history
+    assert any(f"{cell / 'metrics.json'}: unreadable metrics.json" in x and "rebuilt from model.pt" in x for x in lines)
+    assert again.status == "complete" and again.message.startswith("rebuilt from model.pt and history.csv")
+    for field in ("best_val_dice_loss", "dice", "mean_dice", "rounds", "repeats", "best_repeat", "best_round",
+                  "best_epoch", "epochs"):
+        assert getattr(again, field) == pytest.approx(getattr(first, field)), field
+
+    # Without model.pt nothing shows the cell finished: it trains again.
+    (cell / "metrics.json").write_text("{")
+    (cell / "model.pt").unlink()
+    lines.clear()
+    assert run(cell, say=lines.append) == 0
+    assert any("do not show a finished cell: training it again" in x for x in lines)
+    assert metrics_of(cell).message == "" and (cell / "model.pt").is_file()
+
+
 def test_nan_loss_ends_the_cell_as_diverged(make_cell, capsys):
     cell = make_cell(small_options(), DIVERGING_PLAN)
     assert run(cell) == 3

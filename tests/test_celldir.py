@@ -66,6 +66,10 @@ def test_complete_ids_count_only_cell_folders_that_say_complete(tmp_path):
         celldir.write_json_atomic(tmp_path / name / celldir.METRICS, {"status": status})
     (tmp_path / "c").mkdir()  # no metrics yet
     (tmp_path / "stray-file").write_text("x")
-    (tmp_path / "link").symlink_to(tmp_path / "a")  # a link is not a cell of this grid
-    assert celldir.complete_ids(tmp_path) == {"a"}
+    (tmp_path / "link").symlink_to(tmp_path / "a")  # a cell folder may be a link: the trainer follows it
+    assert celldir.complete_ids(tmp_path) == {"a", "link"}  # so the count does (the plan keeps the grid's ids)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / celldir.METRICS).write_text('{"status": "comp')  # cut short
+    done, unreadable = celldir.scan_cells(tmp_path)
+    assert done == {"a", "link"} and list(unreadable) == ["d"] and "unreadable metrics.json" in unreadable["d"]
     assert celldir.complete_ids(tmp_path / "missing") == set()

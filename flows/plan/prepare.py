@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autolabel.celldir import scan_cells
 from flows.cost.cap import Decision, make_pricing, plan_run
 from flows.cost.estimate import Pack, Pricing
 from flows.cost.prices import PRICES, TABLE_REGION, Price, refresh_prices
@@ -27,7 +28,7 @@ from flows.ecs.settings import EcsSettings
 from flows.plan.checks import check_run
 from flows.run.local import detect_gpus
 from flows.run.settings import RunSettings
-from flows.spec.cells import Cell, complete_ids, expand, grid_dir
+from flows.spec.cells import Cell, expand, grid_dir
 from flows.spec.parse import GridSpec, load_spec
 
 
@@ -81,9 +82,13 @@ def prepare(spec_path: str | Path, settings: RunSettings) -> RunPlan:
     spec = load_spec(spec_path)
     cells = expand(spec)
     out = grid_dir(spec, spec_path, settings.out_dir)
-    done = frozenset(complete_ids(out))
+    complete, unreadable = scan_cells(out / "cells")
+    done = frozenset(complete)
     pending = cells if settings.force else [c for c in cells if c.id not in done]
     notes, problems, late = list(spec.notes), [], []
+    ids = {c.id for c in cells}
+    notes += [f"{why}: the run rebuilds it from model.pt and history.csv if they show the cell finished, else "
+              "trains the cell again" for cid, why in sorted(unreadable.items()) if cid in ids]
     ecs = check_ecs(settings, late)
     prices = read_prices(settings, ecs, notes, problems)
     gpus = detect_gpus() if settings.backend == "local" else []

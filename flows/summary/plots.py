@@ -10,7 +10,6 @@ importing this module costs nothing. No Prefect.
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from autolabel.celldir import HISTORY, write_atomic
+from autolabel.celldir import read_history as read_history_rows
 from flows.spec.cells import cell_dir
 from flows.summary.rows import (
     STRATA,
@@ -114,15 +114,16 @@ def read_history(path: Path) -> list[dict[str, np.ndarray]] | None:
 
     None if the file is absent or unreadable (a cell that never finished an epoch): no curve.
     """
+    records = read_history_rows(path)
+    if records is None:
+        return None
     try:
-        with open(path, newline="") as f:
-            records = list(csv.DictReader(f))
         repeats = list(dict.fromkeys(r.get("repeat", "0") for r in records))
         out = [
             {col: np.array([float(r[col]) for r in records if r.get("repeat", "0") == rep]) for col, _ in CURVES}
             for rep in repeats
         ]
-    except (OSError, KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError):
         return None
     return out or None
 

@@ -104,3 +104,14 @@ def test_a_cell_folder_that_is_a_link_counts_as_the_trainer_sees_it(tmp_path):
     (tmp_path / "g" / "cells" / cells[0].id).symlink_to(elsewhere)
     plan = prepare(spec, RunSettings())
     assert plan.complete == {cells[0].id} and plan.pending == cells[1:]
+
+
+def test_an_unreadable_metrics_json_is_named_not_counted(tmp_path):
+    spec = write_grid_spec(tmp_path, "g", {"lr": [0.002, 0.003]})
+    cells = expand(load_spec(spec))
+    complete(tmp_path / "g", cells[0])
+    (cell_dir(tmp_path / "g", cells[0]) / "metrics.json").write_text('{"status": "compl')
+    plan = prepare(spec, RunSettings())
+    path = cell_dir(tmp_path / "g", cells[0]) / "metrics.json"
+    assert plan.complete == set() and plan.pending == cells
+    assert any(n.startswith(f"{path}: unreadable metrics.json") and "rebuilds it from model.pt" in n for n in plan.notes)
