@@ -32,6 +32,7 @@ from flows.cost.estimate import Backend
 from flows.cost.prices import PRICES
 from flows.ecs.settings import EcsSettings
 from flows.plan.prepare import RunPlan, prepare
+from flows.run.forced import end_forced
 from flows.run.launch import StopRequest, launch_packs
 from flows.run.ledger import Ledger
 from flows.run.local import LocalRunner
@@ -222,7 +223,10 @@ def execute(plan: RunPlan) -> RunResult:
             signal.signal(sig, handler)
     if isinstance(summary, str) or stop.fault:
         return io_fault(plan, stop.fault or summary, summary if isinstance(summary, Summary) else None)
-    return result_of(plan, summary, stop.signum)
+    result = result_of(plan, summary, stop.signum)
+    if plan.settings.force and not result.incomplete and result.stopped_by is None:
+        end_forced(plan.grid_dir)  # every cell retrained: the forced run is over
+    return result
 
 
 def io_fault(plan: RunPlan, fault: str, summary: Summary | None) -> RunResult:

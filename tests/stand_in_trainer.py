@@ -85,6 +85,7 @@ def train(cell: Path, fault: str, force: bool, epoch_s: float) -> int:
         celldir.write_json_atomic(metrics, CellMetrics(status="failed", message="invalid options").model_dump())
         return EXIT_BAD_INPUT
     total = options.until * sum(r.num_epochs for r in plan.root)
+    metrics.unlink(missing_ok=True)  # as the trainer: an old result must not outlive the training it starts
     ckpt = cell / celldir.CHECKPOINT
     done = 0 if force or not ckpt.is_file() else int(ckpt.read_text())
     log = [f"resumed from {celldir.CHECKPOINT} at epoch {done}"] if done else []

@@ -481,3 +481,37 @@ def test_a_disk_that_fills_during_the_summary_is_one_line_exit_74_and_keeps_what
     assert err.count("disk full at ") == 1
     assert not [p for p in out.rglob("*.png") if p.stat().st_size == 0], "a 0-byte picture was left"
     assert {p: p.read_bytes() for p in cells} == cells, "nothing done was lost"
+
+
+def test_a_stopped_force_run_resumes_what_it_had_not_finished_and_retrains_nothing_twice(prefect_api, tmp_path):
+    """The issue's case: --force, SIGTERM after 2 of 4 cells are retrained, then the same command."""
+    spec = write_grid_spec(tmp_path, "forced", {"lr": [0.002, 0.003, 0.004, 0.005]}, epochs=3)
+    assert run_flow(spec).is_completed()  # a finished grid, for --force to retrain
+    grid = tmp_path / "forced"
+    cells = sorted((grid / "cells").iterdir())
+    assert [launches(c) for c in cells] == [1, 1, 1, 1]
+    env = flow_env(tmp_path) | {"STAND_IN_EPOCH_S": "0.4"}  # 6 epochs: 2.4 s a cell, 2 at a time
+    log = tmp_path / "flow.log"
+    proc = start_flow(spec, env, log, force=True)
+    try:
+        # The first pair retrained and the second pair half-way: their checkpoints are on disk.
+        wait_until(lambda: sum(launches(c) == 2 for c in cells) == 4 and
+                   sum((c / "checkpoint.pt").exists() for c in cells) == 2, proc, log)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        end_session(proc)
+    assert proc.returncode == 143, log.read_text()[-3000:]
+    finished = [c for c in cells if not (c / "checkpoint.pt").exists()]
+    stopped = [c for c in cells if (c / "checkpoint.pt").exists()]
+    assert len(finished) == len(stopped) == 2
+    assert set(json.loads((grid / "forced.json").read_text())["retrained"]) == {c.name for c in cells}
+    kept = {c: (c / "metrics.json").read_text() for c in finished}
+
+    assert run_flow(spec, force=True).is_completed()  # the same command: it resumes
+    assert all(launches(c) == 2 for c in finished), "a cell the forced run finished is not retrained again"
+    assert all((c / "metrics.json").read_text() == kept[c] for c in finished)
+    for c in stopped:
+        assert launches(c) == 3 and "resumed from checkpoint.pt" in (c / "training.log").read_text()
+    assert not (grid / "forced.json").exists(), "the forced run is over"
+    assert all(json.loads((c / "metrics.json").read_text())["status"] == "complete" for c in cells)

@@ -107,12 +107,14 @@ class Decision:
 
 
 def plan_run(
-    cells: list[Cell], pricing: Pricing, max_cost_usd: float | None, spent_usd: float = 0.0, on_cap: OnCap = "refuse"
+    cells: list[Cell], pricing: Pricing, max_cost_usd: float | None, spent_usd: float = 0.0, on_cap: OnCap = "refuse",
+    forced: frozenset[str] = frozenset(),
 ) -> Decision:
     """Price ``cells``; within ``max_cost_usd`` (earlier spend included) they all run, else the
     covering subset that fits runs under on_cap="subset", and nothing runs under "refuse".
-    The decision holds the packs that run, priced once (cost.price_packs)."""
-    packs = price_packs(cells, pricing)
+    The decision holds the packs that run, priced once (cost.price_packs; ``forced``: the cells
+    retrained under --force)."""
+    packs = price_packs(cells, pricing, forced)
     est = cost.estimate(cells, pricing, packs)
     fits = max_cost_usd is None or not cells or spent_usd + est.usd <= max_cost_usd
     if fits:
@@ -121,7 +123,7 @@ def plan_run(
         subset = select_subset(cells, max(0.0, max_cost_usd - spent_usd), pricing)
     except CostError as e:
         return Decision(len(cells), est, spent_usd, max_cost_usd, on_cap, False, problem=str(e))
-    runs = price_packs(subset, pricing) if on_cap == "subset" else []
+    runs = price_packs(subset, pricing, forced) if on_cap == "subset" else []
     return Decision(len(cells), est, spent_usd, max_cost_usd, on_cap, False, subset=subset, packs=runs)
 
 

@@ -250,6 +250,7 @@ class Pack:
     gpu_seconds: float  # the task's start-up plus its cells' training, at the pack's own size
     usd: float  # what its launch reserves under the cap: gpu_seconds at the run's rate
     lane_usd: float = 0.0  # (ECS) the start and idle tail of the instance it opens; else 0
+    force: bool = False  # its cells are retrained (--force) rather than skipped when complete or resumed
 
     @property
     def ids(self) -> list[str]:
@@ -261,16 +262,18 @@ class Pack:
         return self.cells[0].label if len(self.cells) == 1 else f"pack-{self.index}-{len(self.cells)}-cells"
 
 
-def price_packs(cells: list[Cell], pricing: Pricing) -> list[Pack]:
+def price_packs(cells: list[Cell], pricing: Pricing, forced: frozenset[str] = frozenset()) -> list[Pack]:
     """``cells`` in packs, each priced as ``pricing`` runs it: the one pricing of packs that the
-    estimate, the in-run cap and the runners' time limits all read."""
+    estimate, the in-run cap and the runners' time limits all read. Cells in ``forced`` (retrained
+    under --force) pack apart from the others (a trainer's --force holds for all its cells)."""
     gpu = pricing.price.gpu
-    groups = make_packs(cells, pricing.cells_per_gpu)
+    groups = [(g, True) for g in make_packs([c for c in cells if c.id in forced], pricing.cells_per_gpu)]
+    groups += [(g, False) for g in make_packs([c for c in cells if c.id not in forced], pricing.cells_per_gpu)]
     packs = []
-    for i, group in enumerate(groups):
+    for i, (group, force) in enumerate(groups):
         seconds = TASK_START_S + sum(train_seconds(work_of(c), gpu, len(group)) for c in group)
         packs.append(Pack(i, tuple(group), seconds, seconds / 3600 * pricing.usd_per_gpu_hour,
-                          lane_usd(pricing, i, len(groups))))
+                          lane_usd(pricing, i, len(groups)), force))
     return packs
 
 

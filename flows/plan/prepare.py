@@ -26,6 +26,7 @@ from flows.cost.estimate import Pack, Pricing
 from flows.cost.prices import PRICES, TABLE_REGION, Price, refresh_prices
 from flows.ecs.settings import EcsSettings
 from flows.plan.checks import check_run
+from flows.run.forced import read_forced
 from flows.run.local import detect_gpus
 from flows.run.settings import RunSettings
 from flows.spec.cells import Cell, expand, grid_dir
@@ -84,8 +85,8 @@ def prepare(spec_path: str | Path, settings: RunSettings) -> RunPlan:
     out = grid_dir(spec, spec_path, settings.out_dir)
     complete, unreadable = scan_cells(out / "cells")
     done = frozenset(complete)
-    pending = cells if settings.force else [c for c in cells if c.id not in done]
     notes, problems, late = list(spec.notes), [], []
+    pending, forced = pending_cells(cells, done, out, settings.force, notes)
     ids = {c.id for c in cells}
     notes += [f"{why}: the run rebuilds it from model.pt and history.csv if they show the cell finished, else "
               "trains the cell again" for cid, why in sorted(unreadable.items()) if cid in ids]
@@ -97,13 +98,36 @@ def prepare(spec_path: str | Path, settings: RunSettings) -> RunPlan:
         cells_per_gpu=settings.cells_per_gpu, local_gpus=bool(gpus), local_usd_per_hour=settings.local_usd_per_hour,
         prices=prices,
     )
-    decision = plan_run(pending, pricing, settings.max_cost_usd, spent_usd(out), settings.on_cap)
+    decision = plan_run(pending, pricing, settings.max_cost_usd, spent_usd(out), settings.on_cap, forced)
     if pricing.backend == "local" and pricing.usd_per_gpu_hour == 0:
         notes.append("a local run without GPUs is charged $0 (--local-usd-per-hour says what an hour of this "
                      "machine costs); --backend ecs prices the cloud run")
     problems += check_run(pending, out) + late
     return RunPlan(spec, Path(spec_path), settings, out, cells, done, pending, ecs, gpus, pricing, decision,
                    notes, problems)
+
+
+def pending_cells(cells: list[Cell], done: frozenset[str], out: Path, force: bool,
+                  notes: list[str]) -> tuple[list[Cell], frozenset[str]]:
+    """(the cells to train, those of them to retrain with --force).
+
+    Without force: the cells not complete, none forced. With force: every cell, all forced; or, when
+    a forced run of this grid was stopped (flows.run.forced), its resume: the cells it retrained and
+    finished are done, the ones it retrained and stopped resume from their checkpoints, and only
+    the others are forced.
+    """
+    if not force:
+        return [c for c in cells if c.id not in done], frozenset()
+    record = read_forced(out)
+    if record is None:
+        return list(cells), frozenset(c.id for c in cells)
+    started, retrained = record
+    pending = [c for c in cells if not (c.id in retrained and c.id in done)]
+    forced = frozenset(c.id for c in pending if c.id not in retrained)
+    notes.append(f"resuming the --force run started {started}: {len(cells) - len(pending)} cells it retrained are "
+                 f"complete, {len(pending) - len(forced)} it stopped resume from their checkpoints, {len(forced)} "
+                 "still to retrain")
+    return pending, forced
 
 
 def check_ecs(settings: RunSettings, problems: list[str]) -> EcsSettings | None:

@@ -29,6 +29,7 @@ from prefect.utilities.annotations import quote
 from autolabel.errors import STOP_SIGNALS, no_space
 from flows import artifacts
 from flows.cost.estimate import Pack, cell_work
+from flows.run.forced import note_forced
 from flows.run.ledger import Ledger
 from flows.run.outcomes import (
     PackError,
@@ -90,7 +91,7 @@ def each(pack: Pack, status: str, reason: str) -> dict[str, CellOutcome]:
 
 
 @task(name="train-pack", cache_policy=NO_CACHE, retry_condition_fn=_is_transient)
-def train_pack(pack: Pack, runner: Runner, ledger: Ledger, force: bool, stop: StopRequest) -> dict[str, CellOutcome]:
+def train_pack(pack: Pack, runner: Runner, ledger: Ledger, stop: StopRequest) -> dict[str, CellOutcome]:
     """Train one pack; raise TransientError to be retried, PermanentError or StoppedError to stop."""
     log = get_run_logger()
     if stop.requested:  # a retry after the flow was asked to stop: leave the cells for the rerun
@@ -102,7 +103,7 @@ def train_pack(pack: Pack, runner: Runner, ledger: Ledger, force: bool, stop: St
     # --force retrains complete cells once; a retry must resume, not start over again.
     # Every line names its pack: packs run in parallel with others.
     attempt = runner.run(pack, lambda line: log.info("[%s] %s", pack.name, line),
-                         force=force and task_run.run_count <= 1)
+                         force=pack.force and task_run.run_count <= 1)
     try:
         ledger.charge(pack.ids, attempt.device_seconds, attempt.usd, work={c.id: cell_work(c) for c in pack.cells},
                       exit_code=attempt.exit_code, outcome=attempt.outcome, detail=attempt.detail, **attempt.extra)
@@ -134,14 +135,14 @@ def launch_packs(packs: list[Pack], runner: Runner, ledger: Ledger, stop: StopRe
         window.wait_below(runner.max_parallel)
         if stop.requested:  # no launch after a stop: these cells wait for the rerun
             window.skip(each(pack, "stopped", "not started; rerun to resume"))
-        elif not reserve(ledger, pack, stop):
+        elif not reserve(ledger, pack, stop) or not record_forced(pack, runner, stop):
             window.skip(each(pack, "stopped" if stop.requested else "skipped",
                              "not started; rerun to resume" if stop.requested else "cost cap"))
         else:
             # quote(): Prefect would otherwise walk these objects looking for futures while other
             # threads mutate them (the ledger, the runner's GPU queue).
             fut = trainer.with_options(task_run_name=pack.name).submit(
-                quote(pack), quote(runner), quote(ledger), settings.force, quote(stop))
+                quote(pack), quote(runner), quote(ledger), quote(stop))
             window.add(pack, fut)
     window.wait_below(1)
     try:
@@ -154,6 +155,21 @@ def launch_packs(packs: list[Pack], runner: Runner, ledger: Ledger, stop: StopRe
             raise
         stop.stop_for(no_space(e))
     return window.outcomes
+
+
+def record_forced(pack: Pack, runner: Runner, stop: StopRequest) -> bool:
+    """Before a --force pack launches, its cells go into the grid's record (flows.run.forced), so
+    that the rerun of a stopped forced run resumes them rather than retraining them again."""
+    if not pack.force:
+        return True
+    try:
+        note_forced(runner.grid_dir, pack.ids)
+    except OSError as e:
+        if not no_space(e):
+            raise
+        stop.stop_for(no_space(e))
+        return False
+    return True
 
 
 def reserve(ledger: Ledger, pack: Pack, stop: StopRequest) -> bool:
