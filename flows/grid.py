@@ -22,8 +22,9 @@ subset that is) and, for a run, every cell complete; 1 the flow itself failed un
 a writable folder, a dataset training would refuse, a malformed ledger; on ECS a stack that
 cannot be read, whose market is not the run's, or whose region cannot be priced under a cap);
 3 over the cap (refused, or cells skipped by it); 4 some cells failed (the others are
-complete); 74 a disk is full (free space and rerun: nothing done is lost); 75 another run
-holds this grid; 129, 130, 143 stopped by SIGHUP, Ctrl-C or SIGTERM
+complete); 69 the Prefect API stopped answering mid-run (every running cell checkpointed;
+start it again and rerun); 74 a disk is full (free space and rerun: nothing done is lost); 75
+another run holds this grid; 129, 130, 143 stopped by SIGHUP, Ctrl-C or SIGTERM
 after every running cell checkpointed (rerun to resume).
 """
 
@@ -216,11 +217,11 @@ def run_grid(spec: str | Path, *, out_dir: str | Path | None = None, **params: A
         RunResult,
         grid_search,
     )
-    from flows.server import temporary_api
+    from flows.server import api_watch, temporary_api
     from flows.summary.report import console_table
 
     try:
-        with temporary_api():
+        with temporary_api(), api_watch():
             state = grid_search(spec=str(spec), out_dir=str(out_dir) if out_dir else None, return_state=True,
                                 **params)
     except KeyboardInterrupt:  # Ctrl-C before the flow's own handler was set (Prefect starting up)

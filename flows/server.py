@@ -1,6 +1,6 @@
-"""The command line's temporary Prefect API server, which never outlives its flow.
+"""The command line's temporary Prefect API server, which never outlives its flow, and its watch.
 
-    with temporary_api():      # PREFECT_API_URL set: nothing; else a local server for this run
+    with temporary_api(), api_watch():     # PREFECT_API_URL set: that one; else a local server for this run
         grid_search(...)
 
 Prefect starts its own temporary server (prefect.server.api.server.SubprocessASGIServer, in
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Iterator
 
 from autolabel.process import die_with_parent
@@ -83,6 +86,82 @@ def drain_workers(timeout_s: float = 10.0) -> None:
 
     for worker in (APILogWorker, EventsWorker):
         worker.drain_all(timeout=timeout_s)
+
+
+# The API's health is read every WATCH_S seconds. It is gone after MISSES refused connections in a
+# row (nothing listens: its process died), or after SLOW_MISSES reads in a row that got no answer
+# within WATCH_TIMEOUT_S (a server on a busy 2-core machine can be slow for seconds, and stopping a
+# healthy run would be far worse than noticing a dead server a minute late).
+WATCH_S = 1.0
+WATCH_TIMEOUT_S = 5.0
+MISSES = 3
+SLOW_MISSES = 12
+CHECKPOINT_GRACE_S = 120.0  # the trainers' time to checkpoint the epoch in progress and exit
+EXIT_API_GONE = 69  # BSD sysexits' EX_UNAVAILABLE: a service this command needs is gone
+
+
+@contextlib.contextmanager
+def api_watch() -> Iterator[None]:
+    """Watch the Prefect API while the flow runs. Once it stops answering, the flow can launch and
+    record nothing more, and Prefect's own client would retry for minutes: so the watch stops the
+    run as SIGTERM does (every trainer checkpoints its epoch in progress), waits for the trainers,
+    says in one line that the API at URL is gone and how to resume, and ends the process with
+    EXIT_API_GONE. Nothing done is lost: a rerun resumes from the checkpoints."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    done = threading.Event()
+    watcher = threading.Thread(target=watch, args=(url, done), name="api-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join(timeout=WATCH_S + WATCH_TIMEOUT_S)
+
+
+def watch(url: str, done: threading.Event) -> None:
+    """The watch's thread: health reads until ``done``; the API gone, the run's end (see api_watch)."""
+    import httpx
+
+    misses = 0.0
+    while not done.wait(WATCH_S):
+        try:
+            ok = httpx.get(f"{url}/health", timeout=WATCH_TIMEOUT_S).status_code == 200
+            misses = 0.0 if ok else misses + 1 / SLOW_MISSES
+        except httpx.ConnectError:  # refused: nothing listens there any more
+            misses += 1 / MISSES
+        except httpx.HTTPError:  # no answer in time: slow, or hung
+            misses += 1 / SLOW_MISSES
+        if misses >= 1 - 1e-9 and not done.is_set():
+            end_without_api(url)
+
+
+def end_without_api(url: str) -> None:
+    """Stop the run (the flow's SIGTERM handler stops every trainer), wait for the trainers to
+    checkpoint and exit, say so, and end the process: the flow cannot report to a dead API."""
+    print(f"the Prefect API at {url} stopped answering: stopping every running cell (each checkpoints its "
+          "epoch in progress)", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    deadline = time.monotonic() + CHECKPOINT_GRACE_S
+    while living_children() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    print(f"the Prefect API at {url} is gone; nothing done is lost: start it again (or unset PREFECT_API_URL "
+          "for a temporary one) and rerun the same command to resume", file=sys.stderr, flush=True)
+    os._exit(EXIT_API_GONE)
+
+
+def living_children() -> list[int]:
+    """This process's children that still run (not zombies): the local backend's trainers."""
+    me, found = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] != "Z":  # fields: state, ppid, ...
+            found.append(int(stat.parent.name))
+    return found
 
 
 @contextlib.contextmanager

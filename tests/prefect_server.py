@@ -34,6 +34,13 @@ def free_port() -> int:
 @contextmanager
 def prefect_server(home: Path, timeout_s: float = 120) -> Iterator[dict[str, str]]:
     """Start a server on a free port with a private PREFECT_HOME; yield the environment that reaches it."""
+    with prefect_server_process(home, timeout_s) as (_, env):
+        yield env
+
+
+@contextmanager
+def prefect_server_process(home: Path, timeout_s: float = 120) -> Iterator[tuple[subprocess.Popen, dict[str, str]]]:
+    """:func:`prefect_server`, with the server's process too (a test that kills it)."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -53,9 +60,12 @@ def prefect_server(home: Path, timeout_s: float = 120) -> Iterator[dict[str, str
                 if time.time() > deadline:
                     raise RuntimeError(f"prefect server did not answer within {timeout_s:.0f} s") from None
                 time.sleep(0.3)
-        yield {**env, "PREFECT_API_URL": api}
+        yield proc, {**env, "PREFECT_API_URL": api}
     finally:
-        os.killpg(proc.pid, 15)
+        try:
+            os.killpg(proc.pid, 15)
+        except ProcessLookupError:
+            pass
         proc.wait(timeout=30)
 
 

@@ -515,3 +515,34 @@ def test_a_stopped_force_run_resumes_what_it_had_not_finished_and_retrains_nothi
         assert launches(c) == 3 and "resumed from checkpoint.pt" in (c / "training.log").read_text()
     assert not (grid / "forced.json").exists(), "the forced run is over"
     assert all(json.loads((c / "metrics.json").read_text())["status"] == "complete" for c in cells)
+
+
+@pytest.mark.slow
+def test_a_dead_prefect_api_ends_the_run_in_one_line_after_the_cells_checkpoint(prefect_api, tmp_path):
+    """A `prefect server` the test starts, killed while cells train: exit 69 and one line naming the
+    API and how to resume, once every running cell has checkpointed; the rerun resumes."""
+    from tests.prefect_server import prefect_server_process
+
+    spec = write_grid_spec(tmp_path, "noapi", {"lr": [0.002, 0.003, 0.004]}, epochs=10)
+    cells = tmp_path / "noapi" / "cells"
+    log = tmp_path / "flow.log"
+    with prefect_server_process(tmp_path / "server-home") as (server, env):
+        api = env["PREFECT_API_URL"]
+        proc = start_flow(spec, env | {"STAND_IN_EPOCH_S": "0.3", "CUDA_VISIBLE_DEVICES": ""}, log)  # 6 s a cell
+        try:
+            wait_until(lambda: any(cells.glob("*/history.csv")) if cells.exists() else False, proc, log)
+            os.killpg(server.pid, signal.SIGKILL)
+            started = time.monotonic()
+            proc.wait(timeout=120)
+            took = time.monotonic() - started
+        finally:
+            left = end_session(proc)
+    out = log.read_text()
+    assert proc.returncode == 69, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert f"the Prefect API at {api} is gone" in last and "rerun the same command to resume" in last, last
+    assert took < 60 and not left, (took, left)
+    stopped = [d for d in cells.iterdir() if (d / "checkpoint.pt").exists()]
+    assert stopped and not any((d / "metrics.json").exists() for d in stopped), "stopped cells checkpointed"
+    assert run_flow(spec).is_completed()  # the rerun (this session's API) resumes them
+    assert all(json.loads((d / "metrics.json").read_text())["status"] == "complete" for d in cells.iterdir())
