@@ -25,7 +25,7 @@ out="${1:-benchmarks/throughput/}"
 mkdir -p "$out"
 log="$out/gpu-check-$(date +%F-%H%M%S).log"
 exec > >(tee -a "$log") 2>&1
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python || command -v python3)}"
 budget="${GPU_CHECK_BUDGET_S:-460}"  # seconds for the whole script: 8 minutes, less a margin
 started=$SECONDS
 left() { echo $((budget - (SECONDS - started))); }
