@@ -53,6 +53,21 @@ from autolabel.step import TrainStep
 FUSED_EVAL_IMAGES = 256
 
 
+class FloatBatchNorm(torch.nn.BatchNorm2d):
+    """BatchNorm2d on a float32 copy of its input, its output back in the input's dtype.
+
+    Under vmap, PyTorch applies a batched BatchNorm's weight and bias outside the kernel and
+    calls the kernel without them; CUDA's backward kernel then refuses autocast's bf16 input
+    beside float32 running statistics ("Expected running_mean to have type BFloat16 but got
+    Float": PyTorch 2.11 on an H200, 2026-12-04), a mix it accepts when given the weight. A
+    solo cell's BatchNorm computes in float32 from bf16 input too and returns bf16, as this does.
+    Elsewhere (float32 input) the casts do nothing.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
 class FusedModel(torch.nn.Module):
     """K U-Nets of one architecture as one module: stacked weights, the forward vmapped over K.
 
@@ -68,6 +83,9 @@ class FusedModel(torch.nn.Module):
         # The architecture alone (no memory): functional_call runs it with the stacked tensors,
         # and its train/eval flag switches BatchNorm as it does for a solo model.
         self.base = copy.deepcopy(models[0]).to("meta")
+        for module in self.base.modules():
+            if type(module) is torch.nn.BatchNorm2d:
+                module.__class__ = FloatBatchNorm  # the same module, its forward in float32 (see there)
         self.cells = len(models)
 
     def call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,7 @@ if [ -n "$smoke" ]; then
 else
   # Threads at 16 cells (the trainer's default) with fewer steps than the full benchmark, no
   # smaller thread packs; fused packs at K = 8, 16, 32, 64 with what time is left.
-  bench=(--strategies threads,fused --steps 60 --warmup 10 --budget-s 0 --fused-steps 20)
+  bench=(--strategies threads,fused --steps 40 --warmup 8 --budget-s 0 --fused-steps 20)
 fi
 remaining=$(left)
 if [ "$remaining" -lt 90 ]; then

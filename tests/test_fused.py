@@ -38,7 +38,7 @@ from autolabel.train import train_cells
 from tests.conftest import epoch_keys, history_rows, metrics_of, tiny_options
 
 # the scheduler of a fused cell never sees its own Adam step (the pack's does): autolabel.control.QUIET_WARNINGS
-pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
+pytestmark = pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
 
 VAL_LOSS_TOL = 5e-3
 DICE_TOL = 1e-2
