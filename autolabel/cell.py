@@ -9,6 +9,8 @@ checkpoint: everything that can be wrong fails there, before any work), :func:`b
 (a new repeat's weights, a new round's optimizer), :func:`train_epoch` (one epoch of the method,
 autolabel/loop.py), :func:`checkpoint_if_due` and :func:`stop_if_asked` between epochs, and
 :func:`finish_cell` (model.pt, then metrics.json last). :class:`CellRun` is what they share.
+A fused pack (autolabel/fused.py) runs the same stages for each of its cells around one joint
+epoch: :func:`begin_round` and :func:`close_epoch` are the per-cell halves of the two epoch stages.
 """
 
 from __future__ import annotations
@@ -177,10 +179,21 @@ def describe_run(run: CellRun) -> list[str]:
 
 
 def begin_epoch(run: CellRun) -> None:
+    """:func:`begin_round`, then the cell's step (made once) at the round's BCE weight."""
+    begin_round(run)
+    rnd = run.plan[run.progress.round]
+    if run.step is None:
+        run.step = TrainStep(run.model, run.optimizer, run.data.x_train, run.data.y_train, rnd.bce_weight,
+                             graphs=run.control.graphs, gate=run.control.gate)
+    run.step.set_bce_weight(rnd.bce_weight)
+
+
+def begin_round(run: CellRun) -> None:
     """At a round's first epoch: a new repeat's fresh weights, a new round's optimizer.
 
     Both go into the same tensors in place, so the step recorded as a CUDA graph once serves
-    the whole run (autolabel/step.py).
+    the whole run (autolabel/step.py), and a fused pack's cell writes into its slice of the
+    pack's weights (autolabel/fused.py).
     """
     p, rnd = run.progress, run.plan[run.progress.round]
     if p.epoch == 0:
@@ -197,19 +210,20 @@ def begin_epoch(run: CellRun) -> None:
             run.optimizer, run.scheduler = new_optimizer(run.model, rnd)
         else:
             run.scheduler = restart_optimizer(run.optimizer, rnd)
-    if run.step is None:
-        run.step = TrainStep(run.model, run.optimizer, run.data.x_train, run.data.y_train, rnd.bce_weight,
-                             graphs=run.control.graphs, gate=run.control.gate)
-    run.step.set_bce_weight(rnd.bce_weight)
 
 
 def train_epoch(run: CellRun) -> None:
-    """One epoch of the method: train, validate, record; the round's end when it is its last.
+    """One epoch of the method: train, validate, then :func:`close_epoch`."""
+    row = run_epoch(run.step, run.scheduler, run.data, run.options, run.plan[run.progress.round], run.progress)
+    close_epoch(run, row)
+
+
+def close_epoch(run: CellRun, row: dict) -> None:
+    """Record an epoch's row and log it; the round's end when it is its last.
 
     A NaN or infinite loss ends the cell as diverged (end_diverged raises Diverged).
     """
     p, rnd = run.progress, run.plan[run.progress.round]
-    row = run_epoch(run.step, run.scheduler, run.data, run.options, rnd, p)
     if diverged(row):
         run.clock()
         end_diverged(run, row)
@@ -237,10 +251,15 @@ def end_diverged(run: CellRun, row: dict) -> None:
     raise Diverged(message)
 
 
-def checkpoint_if_due(run: CellRun, stopping: bool) -> None:
-    """After an epoch: a checkpoint once ``interval`` seconds have passed since the last (0: every
-    epoch) and always when a stop was asked for; history.csv and training.log every epoch."""
-    due = stopping or time.monotonic() - run.last_checkpoint >= run.control.checkpoint_interval()
+def checkpoint_due(run: CellRun, stopping: bool) -> bool:
+    """Whether a checkpoint is due: ``interval`` seconds since the last (0: every epoch), or a stop."""
+    return stopping or time.monotonic() - run.last_checkpoint >= run.control.checkpoint_interval()
+
+
+def checkpoint_if_due(run: CellRun, stopping: bool, due: bool | None = None) -> None:
+    """After an epoch: a checkpoint when :func:`checkpoint_due` (or ``due``: one decision for all
+    the cells of a fused pack); history.csv and training.log every epoch."""
+    due = checkpoint_due(run, stopping) if due is None else due
     p = run.progress
     if due:  # before history.csv: with a checkpoint every epoch, a row on disk is a saved epoch
         save_checkpoint(run.cell, run.model, run.optimizer, run.scheduler, p, run.options, run.plan)
@@ -285,14 +304,18 @@ def train_cell(
     far already written) when a loss becomes NaN or infinite, and Stopped after the
     checkpoint of the epoch in progress once ``control`` asks to stop.
     """
-    run = start_run(cell, control, force, device_override, say)
+    return train_run(start_run(cell, control, force, device_override, say))
+
+
+def train_run(run: CellRun) -> CellMetrics:
+    """The epochs of a started cell (:func:`start_run`), then :func:`finish_cell`."""
     while run.progress.repeat < run.options.until:
         begin_epoch(run)
         train_epoch(run)
         # One look at the stop flag per epoch: a signal that lands after it (while this epoch's
         # files are written) is seen after the next epoch, which then checkpoints. Reading the
         # flag twice would stop here without the checkpoint the message promises.
-        stopping = control.stop_requested
+        stopping = run.control.stop_requested
         checkpoint_if_due(run, stopping)
         stop_if_asked(run, stopping)
     return finish_cell(run)
@@ -310,25 +333,33 @@ def run_cell(
     same cell (a rerun racing a dying one, two flows) exits 75 at once without touching it.
     An s3:// cell is guarded by its grid's lock and the ECS runner's adoption of running tasks.
     """
+    lock, refused = lock_cell(uri)
+    if refused is not None:
+        return refused
+    try:
+        return train_opened(uri, control, force, device, say)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def lock_cell(uri: str) -> tuple[FolderLock | None, int | None]:
+    """(the local cell folder's lock, now held; None for others), or (None, the exit code that refuses it)."""
     lock = FolderLock(uri) if not storage.is_s3(uri) and Path(uri).is_dir() else None
     try:
         if lock is not None:
             lock.acquire()
     except LockBusy as e:
         print(e, file=sys.stderr, flush=True)
-        return EXIT_BUSY
+        return None, EXIT_BUSY
     except OSError as e:  # an unwritable cell folder, or a full disk
         if no_space(e):
             print(f"{uri}: {no_space(e)}: cannot lock the cell folder; free space, then rerun", file=sys.stderr,
                   flush=True)
-            return EXIT_NO_SPACE
+            return None, EXIT_NO_SPACE
         print(f"{uri}: cannot lock the cell folder ({e.strerror or e}); make it writable", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
-    try:
-        return train_opened(uri, control, force, device, say)
-    finally:
-        if lock is not None:
-            lock.release()
+        return None, EXIT_BAD_INPUT
+    return lock, None
 
 
 def recovered(cell: CellDir, say: Callable[[str], None]) -> bool:
@@ -337,7 +368,10 @@ def recovered(cell: CellDir, say: Callable[[str], None]) -> bool:
     problem = read_metrics(cell.work)
     if not isinstance(problem, str):
         return False
-    options, plan = load_cell(cell)
+    try:
+        options, plan = load_cell(cell)
+    except BadInput:  # training will say so, in its own words
+        return False
     metrics = rebuild_metrics(cell, options, plan, problem.split(": ", 1)[-1])
     if metrics is None:
         say(f"{problem}; {MODEL} and {HISTORY} do not show a finished cell: training it again")
@@ -351,39 +385,63 @@ def train_opened(uri: str, control: RunControl, force: bool, device: str | None,
     """run_cell once the cell is ours: open it, train it, map the outcome to an exit code."""
     try:
         with open_cell(uri, force, control.gate.idle) as cell:
-            stale = remove_temporaries(cell.work)  # ours alone: we hold the cell's lock
-            if stale:
-                say(f"{cell.uri}: removed {len(stale)} temporary file(s) a killed trainer left: "
-                    f"{', '.join(p.name for p in stale)}")
-            if is_complete(cell.work) and not force:
-                say(f"{cell.uri}: complete, skipped (rerun with --force to train again)")
+            if not needs_training(cell, force, say):
                 return EXIT_OK
-            try:
-                if not force and recovered(cell, say):
-                    return EXIT_OK
-                if (cell.work / METRICS).exists():  # a stale failed/diverged result must not outlive this run
-                    delete(cell, METRICS)
-                train_cell(cell, control, force, device, say)
-                return EXIT_OK
-            except BadInput as e:
-                print(e, file=sys.stderr, flush=True)
-                fail_cell(cell, "failed", str(e))
-                return EXIT_BAD_INPUT
-            except Diverged as e:
-                print(f"{cell.uri}: diverged: {e}", file=sys.stderr, flush=True)
-                return EXIT_DIVERGED
-            except Stopped as e:
-                print(f"{cell.uri}: {e}", file=sys.stderr, flush=True)
-                return control.stop_code
+            return outcome(cell, control, lambda: train_cell(cell, control, force, device, say))
     except storage.StorageError as e:
         print(e, file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     except Exception as e:  # noqa: BLE001 - one broken cell must not stop the others
-        if no_space(e):  # the machine's fault, not the cell's: one line, and a rerun resumes
-            print(f"{uri}: {no_space(e)}; free space, then rerun: the cell resumes from its last checkpoint",
-                  file=sys.stderr, flush=True)
-            return EXIT_NO_SPACE
-        print(f"{uri}: unexpected error, the traceback follows", file=sys.stderr)
-        traceback.print_exc()
-        sys.stderr.flush()
-        return EXIT_ERROR
+        return unexpected(uri, e)
+
+
+def needs_training(cell: CellDir, force: bool, say: Callable[[str], None]) -> bool:
+    """False for a complete cell (said so; unless ``force``) or one whose unreadable metrics.json
+    could be rebuilt (:func:`recovered`); else True, with a stale result removed. First the
+    temporaries a killed trainer left go (ours alone: the caller holds the cell's lock)."""
+    stale = remove_temporaries(cell.work)
+    if stale:
+        say(f"{cell.uri}: removed {len(stale)} temporary file(s) a killed trainer left: "
+            f"{', '.join(p.name for p in stale)}")
+    if is_complete(cell.work) and not force:
+        say(f"{cell.uri}: complete, skipped (rerun with --force to train again)")
+        return False
+    if not force and recovered(cell, say):
+        return False
+    if (cell.work / METRICS).exists():  # a stale failed/diverged result must not outlive this run
+        delete(cell, METRICS)
+    return True
+
+
+def outcome(cell: CellDir, control: RunControl, work: Callable[[], object]) -> int:
+    """Run ``work`` for this cell and map how it ended to the cell's exit code (said on stderr).
+
+    Bad input is recorded in metrics.json (status failed); a divergence already is. Other
+    exceptions are the caller's (:func:`unexpected`).
+    """
+    try:
+        work()
+        return EXIT_OK
+    except BadInput as e:
+        print(e, file=sys.stderr, flush=True)
+        fail_cell(cell, "failed", str(e))
+        return EXIT_BAD_INPUT
+    except Diverged as e:
+        print(f"{cell.uri}: diverged: {e}", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
+    except Stopped as e:
+        print(f"{cell.uri}: {e}", file=sys.stderr, flush=True)
+        return control.stop_code
+
+
+def unexpected(uri: str, e: BaseException) -> int:
+    """The exit code of an exception nobody expected: a full disk is the machine's fault (one line,
+    EXIT_NO_SPACE: a rerun resumes); anything else prints its traceback, naming the cell (EXIT_ERROR)."""
+    if no_space(e):
+        print(f"{uri}: {no_space(e)}; free space, then rerun: the cell resumes from its last checkpoint",
+              file=sys.stderr, flush=True)
+        return EXIT_NO_SPACE
+    print(f"{uri}: unexpected error, the traceback follows", file=sys.stderr)
+    traceback.print_exc()
+    sys.stderr.flush()
+    return EXIT_ERROR

@@ -42,7 +42,7 @@ def save_checkpoint(
 ) -> None:
     """Everything a rerun needs to continue exactly after this epoch."""
     cuda = next(model.parameters()).device.type == "cuda"
-    weights = model.state_dict()
+    weights = own_storage(model.state_dict())
     saved = dict(vars(progress))
     # Usually a best-so-far state equals the current weights; pointing it at them lets
     # torch.save store those tensors once, which keeps the checkpoint near 3x the model.
@@ -61,6 +61,14 @@ def save_checkpoint(
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else None},
     }
     write_atomic(cell.work / CHECKPOINT, lambda p: torch.save(state, p))
+
+
+def own_storage(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights, those that view a larger tensor copied out: a fused pack's cell holds views
+    of the pack's stacked weights (autolabel/fused.py), and torch.save writes a view's whole
+    storage, which would put every cell of the pack into each checkpoint."""
+    return {k: v.clone() if v.untyped_storage().nbytes() > v.numel() * v.element_size() else v
+            for k, v in weights.items()}  # fmt: skip
 
 
 def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

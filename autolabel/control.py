@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import warnings
 from contextlib import contextmanager
@@ -26,8 +27,13 @@ from autolabel.gate import Gate
 CHECKPOINT_ENV = "AUTOLABEL_CHECKPOINT_EVERY_S"
 DEFAULT_CHECKPOINT_EVERY_S = 60.0
 # Warnings a run silences: a CUDA cell's Adam is built capturable (its lr and step live on the
-# device, for the CUDA graph) and also runs eagerly for the warm-up steps, which is intended.
-QUIET_WARNINGS = ("This instance was constructed with capturable=True",)
+# device, for the CUDA graph) and also runs eagerly for the warm-up steps, which is intended;
+# a fused pack's cell keeps its own torch Adam for its lr schedule and checkpoint while the
+# pack's Adam steps (autolabel/fused.py), so its StepLR never sees that Adam step.
+QUIET_WARNINGS = (
+    "This instance was constructed with capturable=True",
+    "Detected call of `lr_scheduler.step()` before `optimizer.step()`",
+)
 
 
 def parse_seconds(raw: str, shown: str) -> float:
@@ -74,7 +80,7 @@ class RunControl:
         once, in the main thread, around every cell (Python's filters are process-wide)."""
         with warnings.catch_warnings():
             for message in QUIET_WARNINGS:
-                warnings.filterwarnings("ignore", message=message)
+                warnings.filterwarnings("ignore", message=re.escape(message))
             yield
 
     def checkpoint_interval(self) -> float:

@@ -89,21 +89,32 @@ def restart_optimizer(optimizer: torch.optim.Adam, rnd: Round) -> torch.optim.lr
 # ----------------------------------------------------------------------------- one epoch
 
 
-def train_one_epoch(step: TrainStep, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+def epoch_generator(options: CellOptions, progress: Progress) -> torch.Generator:
+    """The generator of this epoch's data order, seeded by (cell seed, repeat, round, epoch): a resumed
+    run, and the same cell in a fused pack, sees the same batches."""
+    return torch.Generator().manual_seed(seed_for(options.seed, progress.repeat, progress.round, progress.epoch))
+
+
+def train_one_epoch(step: TrainStep, batch_size: int, generator: torch.Generator | list[torch.Generator]) -> torch.Tensor:
     """One pass over the training images in seeded random order; mean (bce, dice, loss) as a tensor.
 
+    A fused pack passes one generator per cell: each cell gets its own order of the shared
+    images (a row of the batch index each) and its own row of means.
     Losses are summed on the device and never read inside the loop: reading one
     would make the CPU wait for the GPU at every step.
     """
     step.model.train()
     n = len(step.x)
-    order = torch.randperm(n, generator=generator).to(step.x.device)
+    generators = generator if isinstance(generator, list) else [generator]
+    order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(step.x.device)
+    if not isinstance(generator, list):
+        order = order[0]
     # BatchNorm cannot train on one image: a final batch of one is left out of this epoch (a
     # different image each epoch, since the order is reshuffled). n == 1 is refused as bad input.
     used = n - 1 if n > 1 and n % batch_size == 1 else n
     step.sums.zero_()
     for start in range(0, used, batch_size):
-        step(order[start : min(start + batch_size, used)])
+        step(order[..., start : min(start + batch_size, used)])
     return step.sums / used
 
 
@@ -111,15 +122,23 @@ def train_one_epoch(step: TrainStep, batch_size: int, generator: torch.Generator
 def evaluate(model: torch.nn.Module, data: Data, bce_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Validation mean (bce, dice, loss) and per-label Dice scores, as tensors (no host sync)."""
     model.eval()
+    return validation_scores(model, data, bce_weight)
+
+
+def validation_scores(forward, data: Data, bce_weight, batch: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :func:`evaluate` returns, for ``forward(x) -> logits`` already in eval mode.
+
+    Written out of place, so that a fused pack can vmap it over its cells (autolabel/fused.py).
+    """
     n = len(data.x_val)
     sums = torch.zeros(3, device=data.x_val.device)
     overlap = total = torch.zeros(len(data.labels), device=data.x_val.device)
-    for start in range(0, n, EVAL_BATCH):
-        x, y = data.x_val[start : start + EVAL_BATCH], data.y_val[start : start + EVAL_BATCH]
+    for start in range(0, n, batch):
+        x, y = data.x_val[start : start + batch], data.y_val[start : start + batch]
         with autocast(x.device):
-            logits = model(x)
+            logits = forward(x)
         loss, bce, dice = combined_loss(logits, y, bce_weight)
-        sums += torch.stack([bce, dice, loss]) * len(x)
+        sums = sums + torch.stack([bce, dice, loss]) * len(x)
         o, t = dice_counts(logits.float(), y)
         overlap, total = overlap + o, total + t
     return sums / n, dice_score(overlap, total)
@@ -129,15 +148,23 @@ def run_epoch(step: TrainStep, scheduler, data: Data, options: CellOptions, rnd:
     """Train and validate one epoch; returns its history row (one host sync, at the end)."""
     started = time.perf_counter()
     batch_size = rnd.batch_size or options.batch_size
-    generator = torch.Generator().manual_seed(seed_for(options.seed, progress.repeat, progress.round, progress.epoch))
     lr = float(scheduler.get_last_lr()[0])  # a device tensor on CUDA (see new_optimizer)
     # Two CPU-GPU sync points per epoch (reading the losses), none inside a step.
-    train = train_one_epoch(step, batch_size, generator).tolist()
+    train = train_one_epoch(step, batch_size, epoch_generator(options, progress)).tolist()
     train_done = time.perf_counter()
     val, dice = evaluate(step.model, data, rnd.bce_weight)
     values = train + torch.cat([val, dice]).tolist()
+    return epoch_row(progress, scheduler, len(data.x_train), lr, batch_size, values, started, train_done)
+
+
+def epoch_row(progress: Progress, scheduler, train_images: int, lr: float, batch_size: int, values: list[float],
+              started: float, train_done: float) -> dict:  # fmt: skip
+    """After an epoch's numbers are in: the scheduler's step, the progress counters, the history row.
+
+    ``values``: train (bce, dice, loss), validation (bce, dice, loss), then Dice per label.
+    """
     scheduler.step()
-    progress.train_images += len(data.x_train)
+    progress.train_images += train_images
     progress.train_seconds += train_done - started
     row = dict(zip(HISTORY_COLUMNS[5:11], values[:6]))
     row = {"repeat": progress.repeat, "round": progress.round, "epoch": progress.epoch + 1, "lr": lr,

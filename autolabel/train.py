@@ -1,7 +1,7 @@
 """Train grid cells from their directories: the entry point of the training image.
 
     python -m autolabel.train CELL_DIR [CELL_DIR ...] [--force] [--device cpu|cuda|mps|auto]
-                              [--threads K] [--workers N] [--eager]
+                              [--threads K] [--workers N] [--eager] [--fused]
 
 A cell directory (local folder or ``s3://bucket/prefix``) holds ``options.json``
 (:class:`autolabel.options.CellOptions`) and ``plan.json`` (:class:`autolabel.options.Plan`).
@@ -41,6 +41,11 @@ images/s against 684 for 16 eager processes. ``--threads K`` sets the cells per 
 turns the graphs off. Elsewhere the default is one cell after another. A worker process
 killed by a signal makes the pack exit 128+signal, so a retry resumes it.
 
+``--fused`` trains cells of one shape (base model, data, batch sizes, epochs, repeats) as one
+model vmapped over the cells, in this process, one such pack after another (autolabel/fusing.py,
+autolabel/fused.py); each cell keeps its own seed, data order, lr, gamma, BCE weight, files and
+exit code. The cells that fuse with no other then go the usual way (``--threads``, ``--workers``).
+
 This module is the command line only: it makes the run's :class:`autolabel.control.RunControl`
 from the flags, sets it from SIGTERM, SIGINT or SIGHUP, and hands the cells to autolabel.cell (one cell, the
 method) or autolabel.pack (several at once). ``python -m autolabel`` is the same command.
@@ -55,7 +60,7 @@ import sys
 import threading
 from typing import Any, Callable
 
-from autolabel import pack
+from autolabel import fusing, pack
 from autolabel.cell import run_cell
 from autolabel.control import (
     CHECKPOINT_ENV,
@@ -68,16 +73,23 @@ from autolabel.errors import SIGNAL_NAMES, STOP_SIGNALS, BadInput, worst
 
 def train_cells(
     cells: list[str], control: RunControl, force: bool = False, device: str | None = None,
-    workers: int | None = None, threads: int | None = None,
+    workers: int | None = None, threads: int | None = None, fused: bool = False,
 ) -> int:  # fmt: skip
     """Train cells, each independent of the others' outcome; the worst exit code.
 
-    ``threads`` > 1 trains that many cells at once in one process, a thread (and CUDA
-    stream) each; ``workers`` > 1 runs that many such processes at once (autolabel.pack);
-    otherwise one after another in this process (defaults: autolabel.pack.layout). With
-    several cells every line of progress starts with the cell's name (errors on stderr name
-    the cell's folder).
+    ``fused``: cells of one shape first, each group as one vmapped model (autolabel.fusing);
+    the rest as follows. ``threads`` > 1 trains that many cells at once in one process, a
+    thread (and CUDA stream) each; ``workers`` > 1 runs that many such processes at once
+    (autolabel.pack); otherwise one after another in this process (defaults:
+    autolabel.pack.layout). With several cells every line of progress starts with the cell's
+    name (errors on stderr name the cell's folder).
     """
+    if fused:
+        packs, rest = fusing.form_packs(cells, force, device)
+        codes = fusing.train_packs(packs, control, force, device, lambda uri: say_for(uri, len(cells)))
+        if rest and not control.stop_requested:
+            codes.append(train_cells(rest, control, force, device, workers, threads))
+        return worst(codes + ([control.stop_code] if control.stop_requested else []))
     workers, threads = pack.layout(len(cells), device, workers, threads)
     if workers > 1:
         return pack.train_packed(cells, control, workers, force, device, threads)
@@ -87,9 +99,14 @@ def train_cells(
     for uri in cells:
         if control.stop_requested:
             break  # the cells not started yet wait for the rerun
-        prefix = f"[{pack.cell_label(uri)}] " if len(cells) > 1 else ""
-        codes.append(run_cell(uri, control, force, device, say=lambda line, p=prefix: print(p + line, flush=True)))
+        codes.append(run_cell(uri, control, force, device, say=say_for(uri, len(cells))))
     return worst(codes + ([control.stop_code] if control.stop_requested else []))
+
+
+def say_for(uri: str, cells: int) -> Callable[[str], None]:
+    """Where a cell's progress lines go: stdout, with the cell's name in front when there are several."""
+    prefix = f"[{pack.cell_label(uri)}] " if cells > 1 else ""
+    return lambda line: print(prefix + line, flush=True)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunControl]:
@@ -104,6 +121,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunControl]:
                         help="cells trained at once in each process, a thread and CUDA stream each "
                              "(default: see autolabel/pack.py; 1 on CPU)")
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs: every step launched from Python")
+    parser.add_argument("--fused", action="store_true",
+                        help="train cells of one shape as one model vmapped over the cells (see autolabel/fusing.py)")
     parser.add_argument("--checkpoint-every", metavar="SECONDS",
                         help=f"seconds between checkpoints, 0 for every epoch (default ${CHECKPOINT_ENV} or "
                              f"{DEFAULT_CHECKPOINT_EVERY_S:g}); SIGTERM always checkpoints")  # fmt: skip
@@ -123,7 +142,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunControl]:
 
 def main(argv: list[str] | None = None) -> int:
     args, control = parse_args(argv)
-    run = (args.cells, control, args.force, args.device, args.workers, args.threads)
+    run = (args.cells, control, args.force, args.device, args.workers, args.threads, args.fused)
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         return train_cells(*run)
     previous = {s: signal.signal(s, stop_handler(control)) for s in STOP_SIGNALS}

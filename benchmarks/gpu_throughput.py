@@ -1,10 +1,13 @@
-"""Training images/s on one GPU: one cell at a time (eager fp32) against the packed trainer.
+"""Training images/s on one GPU: one cell at a time (eager fp32) against packed and fused trainers.
 
     python benchmarks/gpu_throughput.py --out benchmarks/throughput/    # one H200: 158 s (2026-11-27)
     python benchmarks/gpu_throughput.py --smoke --out /tmp/bench.json   # CPU, tiny cohort: ~45 s (the tests)
     python benchmarks/gpu_throughput.py --strategies processes,processes-graphs,threads,hybrid  # ~4.5 min
+    python benchmarks/gpu_throughput.py --strategies threads,fused --out benchmarks/throughput/  # + fused packs
+    python benchmarks/gpu_throughput.py --strategies fused --smoke --out /tmp/bench.json        # CPU, fused only
 
-The device machine has PyTorch but no pydantic: carry its wheels (see README "Packing").
+The device machine has PyTorch but no pydantic: carry its wheels (see README "Packing");
+benchmarks/gpu_check.sh runs this with the fused equivalence tests in one call.
 
 Cells are at the published sizes: the full synthetic cohort (181 subjects, 14 channels,
 128x256), batch sizes 2/4/6 and both base models, taken in turn from MIX. Every cell
@@ -27,13 +30,18 @@ host sync inside the timed loop, one at its end.
     Every cell waits at a barrier after its warm-up (and capture); aggregate images/s =
     all images / (last end - first start). The best strategy at k = --cells is then
     measured at smaller packs while the time budget allows (the cost model interpolates).
+(c) Fused (``fused`` in --strategies; benchmarks/fused_throughput.py): K cells of one kind as
+    one vmapped model, as ``python -m autolabel.train CELL ... --fused`` trains them, at each K
+    of --fused-k for both base models and batch sizes 2, 4, 6, within --fused-budget-s.
 
 The file's figures: each kind's solo images/s (cells_per_gpu 1: the trainer's step alone
-under CUDA graphs; on CPU the baseline), and per pack size k each kind's mean per-cell
+under CUDA graphs; on CPU the baseline), per pack size k each kind's mean per-cell
 images/s in the mixed pack times k (what a pack of k such cells would reach if they shared
-the GPU as in the mix; the note says so), for the best strategy.
+the GPU as in the mix; the note says so), for the best strategy, and each fused
+configuration's images/s; every figure names its ``strategy`` and fused ones their
+``peak_memory_gib`` (benchmarks/throughput_file.py). The file is rewritten after each phase.
 
-Printed: images/s of both, their ratio, MFU (GFLOP per image fwd+bwd from flows.cost.throughput,
+Printed: images/s of each, their ratio, MFU (GFLOP per image fwd+bwd from flows.cost.throughput,
 peak from flows.cost.throughput.GPU_PEAK_TFLOPS by device name), and the projected GPU-hours and
 dollars of the 1800-cell benson2025 grid with flows.cost.estimate and only this run's figures.
 ``--out`` writes the throughput file that flows/cost/throughput.py reads (a folder: <gpu>-<date>.json).
@@ -42,8 +50,6 @@ dollars of the 1800-cell benson2025 grid with flows.cost.estimate and only this 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import multiprocessing as mp
 import os
 import queue
@@ -54,20 +60,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flows.cost import estimate as cost  # noqa: E402  (pure: no torch)
-
-from flows.cost import prices
-
-from flows.cost import throughput
+from benchmarks import fused_throughput as fused_bench  # noqa: E402
+from benchmarks.pack_workers import WORKER_TIMEOUT_S, baseline_worker, pack_worker  # noqa: E402
+from benchmarks.throughput_file import project_grid, write_out  # noqa: E402
+from flows.cost import throughput  # noqa: E402  (pure: no torch)
 
 # (base model, batch size) of cell i is MIX[i % 6]: both models early, so small runs cover both.
 MIX = [("resnet18", 4), ("resnet34", 2), ("resnet18", 6), ("resnet34", 4), ("resnet18", 2), ("resnet34", 6)]
 FULL = {"subjects": 181, "rows": 128, "cols": 256}
 SMOKE = {"subjects": 12, "rows": 32, "cols": 64}
-GRID_SPEC = ROOT / "grid-search" / "benson2025.yaml"
-# The instance whose per-GPU price projects the dollars of each GPU (flows.cost.prices.PRICES).
-PRICED_AS = {"H100": "p5.48xlarge", "H200": "p5.48xlarge", "A100": "p4d.24xlarge", "A10G": "g5.xlarge",
-             "L4": "g6.xlarge", "L40S": "g6e.xlarge", "T4": "g4dn.xlarge", "V100": "p3.2xlarge"}  # fmt: skip
 # strategy -> (step mode, cells per process; None: all of the pack's cells in one process)
 STRATEGIES = {"processes": ("trainer", 1), "processes-graphs": ("graphs", 1), "threads": ("graphs", None),
               "hybrid": ("graphs", 4)}  # fmt: skip
@@ -75,140 +76,11 @@ HOW = {"processes": "one process per cell, eager steps (bf16 autocast, channels_
        "processes-graphs": "one process per cell, steps replayed from CUDA graphs",
        "threads": "one process, a thread and CUDA stream per cell, steps replayed from CUDA graphs",
        "hybrid": "4 cells per process in threads on CUDA streams, steps replayed from CUDA graphs"}  # fmt: skip
-WORKER_TIMEOUT_S = 150  # a pack whose workers have not all reported by then counts them as failed
 BASELINE_S_PER_CELL = 30  # the baseline's allowance per cell on top of WORKER_TIMEOUT_S
 
 
 def say(line: str) -> None:
     print(line, flush=True)
-
-
-# ----------------------------------------------------------------------------- in the workers
-
-
-def build_cell(base_model: str, batch_size: int, dataset: dict, device_name: str, mode: str, control):
-    """One cell's step: the trainer's own set-up and step, or the plain fp32 one (``eager``).
-
-    ``control`` is the worker's autolabel.control.RunControl: its init lock and shared data.
-    """
-    import torch
-
-    from autolabel.loop import new_model, new_optimizer
-    from autolabel.model import build_model
-    from autolabel.options import CellOptions, Round
-    from autolabel.state import configure_device, load_data
-    from autolabel.step import TrainStep
-
-    device = torch.device(device_name)
-    configure_device(device)
-    options = CellOptions(device=device_name, base_model=base_model, batch_size=batch_size,
-                          dataset={"kind": "synthetic", **dataset})  # fmt: skip
-    data = load_data(options, device, "benchmark", control)
-    if mode == "eager":
-        with control.init_lock:
-            torch.manual_seed(0)
-            model = build_model(base_model, len(data.channels), len(data.labels)).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
-        x, y = data.x_train.contiguous(), data.y_train.contiguous()
-        return EagerStep(model, optimizer, x, y)
-    model = new_model(options, data, device, 0, control.init_lock)
-    optimizer, _ = new_optimizer(model, Round(lr=0.003, bce_weight=0.75, num_epochs=1))
-    return TrainStep(model, optimizer, data.x_train, data.y_train, 0.75, graphs=mode == "graphs", gate=control.gate)
-
-
-class EagerStep:
-    """The baseline: a plain fp32 eager step, no autocast, default memory format, unfused Adam."""
-
-    def __init__(self, model, optimizer, x, y):
-        import torch
-
-        self.model, self.optimizer, self.x, self.y = model, optimizer, x, y
-        self.sums = torch.zeros(3, device=x.device)
-
-    def __call__(self, idx) -> None:
-        from autolabel.losses import combined_loss
-
-        loss, bce, dice = combined_loss(self.model(self.x[idx]), self.y[idx], 0.75)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.sums.add_(loss.detach())
-
-
-def run_steps(step, batch_size: int, steps: int, seed: int) -> None:
-    """``steps`` optimizer steps on random batches, then the only host sync (reading the loss sums)."""
-    import torch
-
-    step.model.train()
-    g = torch.Generator().manual_seed(seed)
-    batches = torch.randint(len(step.x), (steps, batch_size), generator=g).to(step.x.device)
-    for idx in batches:
-        step(idx)
-    step.sums.sum().item()  # waits for the device: the end of the timed work
-
-
-def measure(kind: tuple[str, int], dataset: dict, device: str, steps: int, warmup: int, mode: str, control,
-            barrier=None):  # fmt: skip
-    """One cell: build, warm up (and capture), (wait for the pack,) time ``steps`` steps. A result dict."""
-    step = build_cell(*kind, dataset, device, mode, control)
-    run_steps(step, kind[1], warmup, seed=1)  # cuDNN search, allocator, graph capture
-    if barrier is not None:
-        with control.gate.idle():  # a pack-mate in this process may still have to capture
-            barrier.wait(timeout=WORKER_TIMEOUT_S)
-    start = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of this machine
-    run_steps(step, kind[1], steps, seed=2)
-    end = time.monotonic()
-    # Images count at 128x256, as in the cost model; only --smoke uses smaller ones.
-    images = steps * kind[1] * dataset["rows"] * dataset["cols"] / throughput.REF_PIXELS
-    return {"base_model": kind[0], "batch_size": kind[1], "images": images, "start": start, "end": end}
-
-
-def baseline_worker(kinds, dataset, device, steps, warmup, results) -> None:
-    """Process entry: the cells one at a time, each freed before the next; eager fp32, then solo graphs."""
-    from autolabel.control import RunControl
-
-    control = RunControl()
-    modes = ["eager"] + (["graphs"] if device == "cuda" else [])
-    for mode in modes:
-        for i, kind in enumerate(kinds):
-            what = "baseline" if mode == "eager" else "solo-graphs"
-            try:
-                results.put((what, i, measure(kind, dataset, device, steps, warmup, mode, control)))
-            except Exception as e:  # noqa: BLE001 - report and go on with the next cell
-                results.put((what, i, {"error": f"{type(e).__name__}: {e}"}))
-            if device == "cuda":
-                import torch
-
-                torch.cuda.empty_cache()
-
-
-def pack_worker(cells, dataset, device, steps, warmup, mode, barrier, results) -> None:
-    """Process entry: ``cells`` [(index, kind)] of a pack, in threads on CUDA streams when several."""
-    import threading
-
-    from autolabel.control import RunControl
-    control = RunControl(shared_data={})  # as autolabel.pack.train_threaded: one copy of the data per process
-
-    def one(i, kind) -> None:
-        try:
-            with control.gate.member():  # captures one at a time, the other threads at a safepoint
-                if device == "cuda":
-                    import torch
-
-                    with torch.cuda.stream(torch.cuda.Stream()):
-                        r = measure(kind, dataset, device, steps, warmup, mode, control, barrier)
-                else:
-                    r = measure(kind, dataset, device, steps, warmup, mode, control, barrier)
-            results.put(("packed", i, r))
-        except Exception as e:  # noqa: BLE001 - a broken barrier or OOM: reported, the parent decides
-            barrier.abort()
-            results.put(("packed", i, {"error": f"{type(e).__name__}: {e}"}))
-
-    threads = [threading.Thread(target=one, args=cell) for cell in cells]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
 
 
 # ----------------------------------------------------------------------------- in the parent
@@ -281,71 +153,38 @@ def run_pack(ctx, kinds, dataset, device, steps, warmup, strategy) -> list[dict]
     return [got.get(("packed", i), {"error": "no result (worker died)"}) for i in range(len(kinds))]
 
 
-def figures(solo: list[dict], packs: dict[int, list[dict]], how: str,
+def figures(solo: list[dict], packs: dict[int, list[dict]], strategy: str | None,
             solo_how: str = "eager fp32, one cell at a time") -> list[dict]:  # fmt: skip
     """BenchFigure rows: each kind's solo images/s; per pack size, each kind's mean per-cell images/s x k.
 
     ``solo`` is what one cell alone runs at: on a GPU the trainer's own step (CUDA graphs),
-    which is what a grid with cells_per_gpu 1 would get; on CPU the baseline.
+    which is what a grid with cells_per_gpu 1 would get; on CPU the baseline. Each row names
+    its ``strategy`` (benchmarks/throughput_file.py): ``solo``, or the packs' ``strategy``.
     """
     rows = []
     for r in solo:
         if "error" not in r:
             rows.append({"base_model": r["base_model"], "batch_size": r["batch_size"], "cells_per_gpu": 1,
-                         "images_per_second": r["images"] / (r["end"] - r["start"]), "note": solo_how})  # fmt: skip
+                         "images_per_second": r["images"] / (r["end"] - r["start"]), "note": solo_how,
+                         "strategy": "solo"})  # fmt: skip
     for k, results in packs.items():
         ok = [r for r in results if "error" not in r]
         for kind in sorted({(r["base_model"], r["batch_size"]) for r in ok}):
             mine = [r["images"] / (r["end"] - r["start"]) for r in ok if (r["base_model"], r["batch_size"]) == kind]
-            note = (f"{k} cells ({how}), mixed pack (this kind's mean per-cell images/s x {k}); "
-                    f"{len(ok)}/{k} cells reported; pack total {aggregate(results, True):.1f} img/s")  # fmt: skip
+            note = (f"{k} cells ({HOW.get(strategy, strategy)}), mixed pack (this kind's mean per-cell images/s "
+                    f"x {k}); {len(ok)}/{k} cells reported; pack total {aggregate(results, True):.1f} img/s")  # fmt: skip
             rows.append({"base_model": kind[0], "batch_size": kind[1], "cells_per_gpu": k,
-                         "images_per_second": k * sum(mine) / len(mine), "note": note})  # fmt: skip
+                         "images_per_second": k * sum(mine) / len(mine), "note": note, "strategy": strategy})  # fmt: skip
     return rows
-
-
-def project_grid(rows: list[dict], gpu: str, k: int) -> dict:
-    """GPU-hours and dollars of the benson2025 grid, solo and packed by k, from these figures only."""
-    from flows.spec.cells import expand
-    from flows.spec.parse import load_spec
-
-    cells = expand(load_spec(GRID_SPEC))
-    table = throughput.Table(tuple(throughput.Figure(gpu, r["base_model"], r["batch_size"], r["cells_per_gpu"],
-                                         r["images_per_second"], "this run", "") for r in rows))  # fmt: skip
-    instance = PRICED_AS.get(gpu, "p5.48xlarge")
-    price = prices.price_of(instance)
-    out = {"cells": len(cells), "priced_as": instance}
-    for name, per_gpu in (("solo", 1), ("packed", k)):
-        seconds = sum(cost.train_seconds(cost.work_of(c), gpu, per_gpu, table) for c in cells)
-        hours = (seconds + cost.TASK_START_S * len(cells) / per_gpu) / 3600
-        out[name] = {"cells_per_gpu": per_gpu, "gpu_hours": hours, "usd_on_demand": hours * price.per_gpu(False),
-                     "usd_spot": hours * price.per_gpu(True)}  # fmt: skip
-    out["floor_gpu_hours"] = None
-    if gpu in throughput.GPU_PEAK_TFLOPS:
-        pflop = sum(cost.work_of(c).gflop for c in cells) / 1e6
-        out["floor_gpu_hours"] = pflop * 1e6 / (throughput.GPU_PEAK_TFLOPS[gpu][0] * 1e3) / 3600
-    return out
-
-
-def write_out(out: str, gpu: str, device_name: str, source: str, rows: list[dict]) -> Path:
-    """The throughput file (flows.cost.throughput.BenchFile); a folder gets ``<gpu>-<date>.json``."""
-    day = dt.date.today().isoformat()
-    path = Path(out)
-    if out.endswith("/") or path.is_dir():
-        path = path / f"{gpu.replace(' ', '_')}-{day}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"gpu": gpu, "device": device_name, "date": day, "source": source, "figures": rows}
-    throughput.BenchFile.model_validate(doc)  # the cost model must be able to read what we write
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    return path
 
 
 # ----------------------------------------------------------------------------- the run
 
 
 def benchmark(cells: int, steps: int, warmup: int, smoke: bool, budget_s: float, out: str | None,
-              strategies: list[str]) -> int:  # fmt: skip
-    """Both measurements, the printed report and the throughput file; the exit code."""
+              strategies: list[str], fused_k: tuple[int, ...], fused_steps: int, fused_budget_s: float,
+              time_limit_s: float | None = None) -> int:  # fmt: skip
+    """The measurements, the printed report and the throughput file (written after each phase); the exit code."""
     started = time.monotonic()
     import torch
 
@@ -380,37 +219,83 @@ def benchmark(cells: int, steps: int, warmup: int, smoke: bool, budget_s: float,
     if solo_graphs:
         say(f"{clock()} solo graphs (the trainer's step, one cell at a time): "
             f"{aggregate(solo_graphs, concurrent=False):.1f} images/s")  # fmt: skip
+    run = Run(baseline, solo_graphs, out, gpu, device_name, steps, fused_steps, started)
 
-    tried: dict[str, list[dict]] = {}
-    for strategy in strategies:
+    for strategy in [s for s in strategies if s != "fused"]:
         results = run_pack(ctx, kinds, dataset, device, steps, warmup, strategy)
-        tried[strategy] = results
+        run.tried[strategy] = results
         errors = [r["error"] for r in results if "error" in r]
         failed = f" ({len(errors)} failed: {errors[0]})" if errors else ""
         say(f"{clock()} {strategy} ({cells} cells): {aggregate(results, True):.1f} images/s{failed}")
-    complete = {s: r for s, r in tried.items() if all("error" not in x for x in r)}
-    best = max(complete or tried, key=lambda s: aggregate(tried[s], True))
-    packs: dict[int, list[dict]] = {cells: tried[best]}
+    complete = {s: r for s, r in run.tried.items() if all("error" not in x for x in r)}
+    run.best = max(complete or run.tried, key=lambda s: aggregate(run.tried[s], True)) if run.tried else None
+    if run.best:
+        run.packs[cells] = run.tried[run.best]
+    run.save()
+    if "fused" in strategies:
+        fused_kinds = distinct if smoke else fused_bench.KINDS
+        if time_limit_s is not None:  # what is left of the run's limit, less the report and a stuck worker's grace
+            left = time_limit_s - (time.monotonic() - started) - REPORT_RESERVE_S - fused_bench.GRACE_S
+            fused_budget_s = max(0.0, min(fused_budget_s, left))
+        say(f"{clock()} fused packs: K = {', '.join(map(str, fused_k))}, {len(fused_kinds)} kinds, "
+            f"{fused_steps} timed steps each, budget {fused_budget_s:.0f}s")  # fmt: skip
+        run.fused = fused_bench.run_fused(ctx, fused_kinds, fused_k, dataset, device, fused_steps, FUSED_WARMUP[smoke],
+                                          fused_budget_s, throughput.REF_PIXELS, say)  # fmt: skip
+        run.save()
     last = 0.0  # seconds the previous pack took, start-up included: a smaller one takes less
-    for k in [k for k in (8, 4) if k < cells and not smoke]:
+    for k in [k for k in (8, 4) if k < cells and not smoke and run.best]:
         elapsed = time.monotonic() - started
         if elapsed + last > budget_s:
             say(f"{clock()} skipping the {k}-cell pack: the {budget_s:.0f}s budget would be exceeded")
             continue
-        packs[k] = run_pack(ctx, kinds[:k], dataset, device, steps, warmup, best)
+        run.packs[k] = run_pack(ctx, kinds[:k], dataset, device, steps, warmup, run.best)
         last = time.monotonic() - started - elapsed
-        say(f"{clock()} {best} ({k} cells): {aggregate(packs[k], True):.1f} images/s")
-    return report(baseline, base_ips, solo_graphs, tried, best, packs, gpu, device_name, steps, out, started)
+        say(f"{clock()} {run.best} ({k} cells): {aggregate(run.packs[k], True):.1f} images/s")
+    return report(run, base_ips)
 
 
-def report(baseline, base_ips, solo_graphs, tried, best, packs, gpu, device_name, steps, out, started) -> int:
-    """The summary lines, the grid projection and the throughput file."""
-    import torch
+class Run:
+    """What one benchmark run measured so far, and its throughput file (rewritten after each phase)."""
 
-    cells = max(packs)
-    full = packs[cells]
-    packed_ips = aggregate(full, concurrent=True)
-    if not base_ips or not packed_ips:
+    def __init__(self, baseline, solo_graphs, out, gpu, device_name, steps, fused_steps, started):
+        self.baseline, self.solo_graphs, self.out = baseline, solo_graphs, out
+        self.gpu, self.device_name = gpu, device_name
+        self.steps, self.fused_steps, self.started = steps, fused_steps, started
+        self.tried: dict[str, list[dict]] = {}
+        self.best: str | None = None
+        self.packs: dict[int, list[dict]] = {}
+        self.fused: list[dict] = []
+
+    def solo_rows(self) -> list[dict]:
+        how = "the trainer's step (CUDA graphs), one cell at a time" if self.solo_graphs else None
+        return figures(self.solo_graphs or self.baseline, {}, None, *([how] if how else []))
+
+    def rows(self) -> list[dict]:
+        """The packed figures of the threads-like strategy (the best one)."""
+        return figures([], self.packs, self.best)
+
+    def save(self) -> None:
+        """The throughput file with every figure so far: a run cut short keeps what it measured."""
+        import torch
+
+        figs = self.solo_rows() + self.rows() + fused_bench.fused_figures(self.fused, self.fused_steps)
+        if self.out and figs:
+            source = (f"benchmarks/gpu_throughput.py, torch {torch.__version__}, {self.steps} steps per cell "
+                      f"(fused: {self.fused_steps}), packed strategy {self.best or 'none'}")  # fmt: skip
+            path = write_out(self.out, self.gpu, self.device_name, source, figs)
+            say(f"[{time.monotonic() - self.started:5.1f}s] wrote {path}")
+
+
+# Fused warm-up steps: one eager (Adam's state, cuDNN's search), the capture, then replays.
+FUSED_WARMUP = {False: 4, True: 1}
+REPORT_RESERVE_S = 30  # the report's grid projections, one per pack size, after the measurements
+
+
+def report(run: Run, base_ips: float) -> int:
+    """The summary lines, the grid projections; the exit code (1 when nothing was measured)."""
+    gpu = run.gpu
+    fused_ok = [r for r in run.fused if "images" in r]
+    if not base_ips or not (run.packs and aggregate(run.packs[max(run.packs)], True)) and not fused_ok:
         say("FAILED: no throughput measured (see the errors above)")
         return 1
     peak = throughput.GPU_PEAK_TFLOPS.get(gpu, (None,))[0]
@@ -418,19 +303,37 @@ def report(baseline, base_ips, solo_graphs, tried, best, packs, gpu, device_name
     def mfu(results, ips):
         return f"{gflop_rate(results, ips) / (peak * 1e3):.1%}" if peak else "n/a (no peak for this device)"
 
-    solo_how = "the trainer's step (CUDA graphs), one cell at a time" if solo_graphs else None
-    rows = figures(solo_graphs or baseline, packs, HOW[best], *([solo_how] if solo_how else []))
     say("")
-    say(f"baseline images/s {base_ips:.5g}  MFU {mfu(baseline, base_ips)}  (eager fp32, one cell at a time)")
-    if solo_graphs:
-        ips = aggregate(solo_graphs, concurrent=False)
-        say(f"solo graphs images/s {ips:.5g}  MFU {mfu(solo_graphs, ips)}  (trainer's step, one cell at a time)")
-    for strategy, results in tried.items():
+    say(f"baseline images/s {base_ips:.5g}  MFU {mfu(run.baseline, base_ips)}  (eager fp32, one cell at a time)")
+    if run.solo_graphs:
+        ips = aggregate(run.solo_graphs, concurrent=False)
+        say(f"solo graphs images/s {ips:.5g}  MFU {mfu(run.solo_graphs, ips)}  (trainer's step, one cell at a time)")
+    for strategy, results in run.tried.items():
         ips = aggregate(results, concurrent=True)
         say(f"  {strategy:17} {ips:9.1f} images/s  MFU {mfu(results, ips)}  {ips / base_ips:5.2f}x")
-    say(f"packed images/s   {packed_ips:.5g}  MFU {mfu(full, packed_ips)}  ({cells} cells; {best}: {HOW[best]})")
-    say(f"ratio packed/baseline {packed_ips / base_ips:.2f}x (goal >= 6x)")
-    grid = project_grid(rows, gpu, cells)
+    threads_grid = None
+    if run.packs:
+        cells = max(run.packs)
+        packed_ips = aggregate(run.packs[cells], concurrent=True)
+        say(f"packed images/s   {packed_ips:.5g}  MFU {mfu(run.packs[cells], packed_ips)}  "
+            f"({cells} cells; {run.best}: {HOW[run.best]})")  # fmt: skip
+        say(f"ratio packed/baseline {packed_ips / base_ips:.2f}x (goal >= 6x)")
+        threads_grid = say_grid(run.solo_rows() + run.rows(), gpu, cells)
+    if run.fused:
+        fused_bench.report_fused(run.fused, fused_bench.fused_figures(run.fused, run.fused_steps), run.solo_rows(),
+                                 gpu, peak, throughput.GFLOP_PER_IMAGE, threads_grid, say)  # fmt: skip
+    run.save()
+    say(f"total {time.monotonic() - run.started:.1f}s")
+    return 0
+
+
+def say_grid(rows: list[dict], gpu: str, cells: int) -> dict | None:
+    """The grid's projection, solo and packed by ``cells``, said; None when it cannot be made here."""
+    try:
+        grid = project_grid(rows, gpu, cells)
+    except Exception as e:  # noqa: BLE001 - the figures stand without it (a machine without PyYAML, say)
+        say(f"grid projection unavailable: {type(e).__name__}: {e}")
+        return None
     for name in ("solo", "packed"):
         g = grid[name]
         say(f"grid benson2025 ({grid['cells']} cells) {name:6} ({g['cells_per_gpu']} per GPU): "
@@ -438,11 +341,7 @@ def report(baseline, base_ips, solo_graphs, tried, best, packs, gpu, device_name
             f"(priced as {grid['priced_as']})")  # fmt: skip
     if grid["floor_gpu_hours"] is not None:
         say(f"grid floor at {gpu} peak: {grid['floor_gpu_hours']:.2f} GPU-hours (goal <= 2 GPU-hours packed)")
-    if out:
-        source = f"benchmarks/gpu_throughput.py, torch {torch.__version__}, {steps} steps per cell, strategy {best}"
-        say(f"wrote {write_out(out, gpu, device_name, source, rows)}")
-    say(f"total {time.monotonic() - started:.1f}s")
-    return 0
+    return grid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,20 +351,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, help="untimed steps per cell first (default 15; --smoke 2)")
     parser.add_argument("--budget-s", type=float, default=170.0, help="start no smaller pack past this (s)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny cohort, few steps: seconds")
-    parser.add_argument("--strategies", help=f"comma-separated, of {', '.join(STRATEGIES)} (default: threads, "
+    parser.add_argument("--strategies", help=f"comma-separated, of {', '.join(STRATEGIES)}, fused (default: threads, "
                                              "the trainer's; --smoke: processes,threads)")  # fmt: skip
+    parser.add_argument("--fused-k", help=f"fused pack sizes (default {','.join(map(str, fused_bench.FUSED_K))}; "
+                                          f"--smoke {','.join(map(str, fused_bench.SMOKE_K))})")  # fmt: skip
+    parser.add_argument("--fused-steps", type=int, help="timed steps per fused configuration (default 20; --smoke 2)")
+    parser.add_argument("--fused-budget-s", type=float, default=240.0,
+                        help="seconds for all fused configurations; larger K are skipped past it")
+    parser.add_argument("--time-limit-s", type=float,
+                        help="the whole run must end within this: the fused configurations get what is left")
     parser.add_argument("--out", help="throughput JSON to write: a file, or a folder for <gpu>-<date>.json")
     args = parser.parse_args(argv)
     cells = args.cells or (2 if args.smoke else 16)
     steps = args.steps or (3 if args.smoke else 150)
     warmup = args.warmup if args.warmup is not None else (2 if args.smoke else 15)
-    if min(cells, steps) < 1 or warmup < 0:
-        parser.error("--cells and --steps must be at least 1, --warmup at least 0")
+    fused_steps = args.fused_steps or (2 if args.smoke else 20)
+    if min(cells, steps, fused_steps) < 1 or warmup < 0:
+        parser.error("--cells, --steps and --fused-steps must be at least 1, --warmup at least 0")
     strategies = (args.strategies or ("processes,threads" if args.smoke else "threads")).split(",")
-    unknown = [s for s in strategies if s not in STRATEGIES]
+    unknown = [s for s in strategies if s not in STRATEGIES and s != "fused"]
     if unknown:
-        parser.error(f"--strategies: unknown {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
-    return benchmark(cells, steps, warmup, args.smoke, args.budget_s, args.out, strategies)
+        parser.error(f"--strategies: unknown {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}, fused")
+    try:
+        fused_k = tuple(int(k) for k in args.fused_k.split(",")) if args.fused_k else None
+    except ValueError:
+        parser.error(f"--fused-k: expected comma-separated pack sizes, got {args.fused_k!r}")
+    fused_k = fused_k or (fused_bench.SMOKE_K if args.smoke else fused_bench.FUSED_K)
+    if min(fused_k) < 1:
+        parser.error("--fused-k: pack sizes must be at least 1")
+    return benchmark(cells, steps, warmup, args.smoke, args.budget_s, args.out, strategies, fused_k, fused_steps,
+                     args.fused_budget_s, args.time_limit_s)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -96,3 +96,59 @@ def test_figures_and_grid_projection_from_gpu_like_results(tmp_path):
 
     path = bench.write_out(f"{tmp_path}/", "H100", "NVIDIA H100 80GB HBM3", "test", rows)
     assert path.name.startswith("H100-") and len(throughput.load_throughput(path)) == 4
+
+
+GPU_CHECK = SCRIPT.parent / "gpu_check.sh"
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_the_fused_benchmark_and_keeps_its_files(tmp_path):
+    # What a GPU machine runs in one call (benchmarks/gpu_check.sh), here at CPU sizes (~30 s).
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(GPU_CHECK), "--smoke", str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert re.search(r"== tests: exit (0|5) ", out) and "== benchmark: exit 0" in out  # 5: no CUDA, nothing ran
+    assert "fused K=2 resnet18 batch 4: " in out and "fused packs (images/s" in out
+    logs = list(tmp_path.glob("gpu-check-*.log"))
+    assert len(logs) == 1 and "== done in" in logs[0].read_text()
+    files = list(tmp_path.glob("cpu-*.json"))
+    assert len(files) == 1
+    figures = json.loads(files[0].read_text())["figures"]
+    fused = [f for f in figures if f["strategy"] == "fused"]
+    assert {(f["base_model"], f["batch_size"], f["cells_per_gpu"]) for f in fused} == {
+        ("resnet18", 4, 2), ("resnet34", 2, 2)
+    }  # fmt: skip
+    assert all(f["images_per_second"] > 0 and f["peak_memory_gib"] is None for f in fused)  # no GPU memory on a CPU
+    assert {f["strategy"] for f in figures} == {"solo", "fused"}
+    assert len(throughput.load_throughput(files[0])) == len(figures)  # today's cost model reads the file
+
+
+def test_fused_figures_and_their_grid_projection_from_gpu_like_results(tmp_path):
+    # What the fused worker reports, made up: K cells of a kind at 20 steps, faster per image as K grows.
+    bench = load_benchmark()
+    fused = bench.fused_bench
+
+    def result(model: str, batch: int, k: int, seconds: float) -> dict:
+        return {"base_model": model, "batch_size": batch, "cells": k, "images": 20.0 * k * batch, "start": 1.0,
+                "end": 1.0 + seconds, "peak_memory_gib": 0.5 * k, "graphed": True}  # fmt: skip
+
+    results = [result(m, b, k, 0.2 + 0.01 * k) for k in (8, 16) for m, b in (("resnet18", 4), ("resnet34", 2))]
+    results.append({"base_model": "resnet18", "batch_size": 4, "cells": 32, "error": "out of memory"})
+    rows = fused.fused_figures(results, steps=20)
+    assert [(r["base_model"], r["cells_per_gpu"], r["strategy"]) for r in rows] == [
+        ("resnet18", 8, "fused"), ("resnet34", 8, "fused"), ("resnet18", 16, "fused"), ("resnet34", 16, "fused")
+    ]  # fmt: skip
+    assert rows[2]["images_per_second"] == pytest.approx(20 * 16 * 4 / 0.36) and rows[2]["peak_memory_gib"] == 8.0
+    solo = [{"base_model": m, "batch_size": b, "cells_per_gpu": 1, "images_per_second": 900.0, "strategy": "solo"}
+            for m, b in (("resnet18", 4), ("resnet34", 2))]  # fmt: skip
+    lines: list[str] = []
+    best = fused.report_fused(results, rows, solo, "H200", 989.0, throughput.GFLOP_PER_IMAGE, None, lines.append)
+    assert best["cells_per_gpu"] == 16 and best["gpu_hours"] > 0  # the faster of the two pack sizes
+    assert any("K=32: out of memory" in line for line in lines)
+    assert any(line.startswith("grid benson2025 (1800 cells) fused K=16:") for line in lines)
+
+    path = bench.write_out(f"{tmp_path}/", "H200", "NVIDIA H200", "test", solo + rows)
+    doc = json.loads(path.read_text())
+    assert {f["strategy"] for f in doc["figures"]} == {"solo", "fused"} and len(throughput.load_throughput(path)) == 6
