@@ -260,11 +260,11 @@ def pricing_for(backend: str = "local", max_parallel: int = 1, usd_per_hour: flo
                       **fields})
 
 
-def pack_of(*cells, gpu_seconds: float = 60.0, index: int = 0):
+def pack_of(*cells, gpu_seconds: float = 60.0, index: int = 0, fused: bool = False):
     """The cells as one priced pack (flows.cost.estimate.Pack), what a runner trains."""
     from flows.cost.estimate import Pack
 
-    return Pack(index, tuple(cells), gpu_seconds, 0.0)
+    return Pack(index, tuple(cells), gpu_seconds, 0.0, fused=fused)
 
 
 def write_grid_spec(tmp: Path, name: str, hyper: dict, static: dict | None = None, epochs: int = 1) -> Path:

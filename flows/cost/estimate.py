@@ -29,6 +29,7 @@ from flows.cost.throughput import (
     GPU_PEAK_TFLOPS,
     REF_PIXELS,
     Table,
+    pack_throughput,
     throughput,
 )
 
@@ -122,11 +123,16 @@ def cell_work(cell: Cell) -> float:
     return work_of(cell).gflop
 
 
-def train_seconds(work: Work, gpu: str, cells_per_gpu: int = 1, table: Table | None = None) -> float:
-    """The cell's share of GPU time for its images (start-up excluded)."""
+def train_seconds(work: Work, gpu: str, cells_per_gpu: int = 1, table: Table | None = None,
+                  fused: bool = False) -> float:
+    """The cell's share of GPU time for its images (start-up excluded); ``fused``: as one of a
+    fused pack of ``cells_per_gpu`` (its measured figure)."""
     total = 0.0
     for batch, train, val in work.rounds:
-        ips, _ = throughput(gpu, work.base_model, batch, cells_per_gpu, table)
+        if fused:
+            ips = pack_throughput(gpu, work.base_model, batch, cells_per_gpu, table)[0]
+        else:
+            ips, _ = throughput(gpu, work.base_model, batch, cells_per_gpu, table)
         total += (train + FORWARD_SHARE * val) * work.pixel_scale / ips
     return total
 
@@ -251,10 +257,16 @@ class Pack:
     usd: float  # what its launch reserves under the cap: gpu_seconds at the run's rate
     lane_usd: float = 0.0  # (ECS) the start and idle tail of the instance it opens; else 0
     force: bool = False  # its cells are retrained (--force) rather than skipped when complete or resumed
+    fused: bool = False  # trained as one vmapped model (--fused): a benchmark measured that faster
 
     @property
     def ids(self) -> list[str]:
         return [c.id for c in self.cells]
+
+    def flags(self, force: bool) -> list[str]:
+        """The trainer's flags for this pack (``python -m autolabel.train CELL ... FLAGS``), on
+        either backend; ``force``: this launch retrains its cells (a retry resumes instead)."""
+        return [*(["--force"] if force else []), *(["--fused"] if self.fused else [])]
 
     @property
     def name(self) -> str:
@@ -271,10 +283,21 @@ def price_packs(cells: list[Cell], pricing: Pricing, forced: frozenset[str] = fr
     groups += [(g, False) for g in make_packs([c for c in cells if c.id not in forced], pricing.cells_per_gpu)]
     packs = []
     for i, (group, force) in enumerate(groups):
-        seconds = TASK_START_S + sum(train_seconds(work_of(c), gpu, len(group)) for c in group)
+        fused = fuses(group, gpu)
+        seconds = TASK_START_S + sum(train_seconds(work_of(c), gpu, len(group), fused=fused) for c in group)
         packs.append(Pack(i, tuple(group), seconds, seconds / 3600 * pricing.usd_per_gpu_hour,
-                          lane_usd(pricing, i, len(groups)), force))
+                          lane_usd(pricing, i, len(groups)), force, fused))
     return packs
+
+
+def fuses(group: list[Cell], gpu: str) -> bool:
+    """Whether a pack trains fused: one shape throughout (base model and every round's batch size),
+    and its benchmark figure faster fused than side by side (flows.cost.throughput.pack_throughput)."""
+    shapes = {(c.options.base_model, tuple(r.batch_size or c.options.batch_size for r in c.plan.root)) for c in group}
+    if len(group) < 2 or len(shapes) > 1:
+        return False
+    base_model, batches = shapes.pop()
+    return all(pack_throughput(gpu, base_model, b, len(group))[2] for b in set(batches))
 
 
 def estimate(cells: list[Cell], pricing: Pricing, packs: list[Pack] | None = None) -> Estimate:

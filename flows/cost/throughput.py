@@ -24,6 +24,7 @@ from autolabel.options import BaseModelName
 from flows.cost.prices import CostError, gpu_of
 
 REF_PIXELS = 128 * 256  # the published image size; throughput figures are at this size
+FUSED = "fused"  # a benchmark figure's strategy for K cells trained as one vmapped model (autolabel/fused.py)
 # Forward+backward GFLOP per 128x256 image with 14 inputs: this project's measurement of the
 # U-Net on one NVIDIA H200 with PyTorch 2.11, 2026-11-27.
 GFLOP_PER_IMAGE = {"resnet18": 73.0, "resnet34": 80.3}
@@ -54,6 +55,7 @@ class Figure:
     images_per_second: float
     source: str
     date: str
+    strategy: str = ""  # how the cells shared the GPU: "" or "threads", ... ; "fused": one vmapped model
 
 
 # Timed on one NVIDIA H200 with PyTorch 2.11 (this project, 2026-11-27), before the trainer
@@ -90,6 +92,8 @@ class BenchFigure(BaseModel):
     cells_per_gpu: int = Field(1, ge=1, description="cells sharing the GPU; 1 = solo eager")
     images_per_second: float = Field(gt=0, description="aggregate over the GPU's cells, fwd+bwd at 128x256")
     note: str = Field("", description="how: eager, processes, CUDA graphs, fused ...")
+    strategy: str = Field("", description="solo, threads, ...; fused: K cells as one vmapped model")
+    peak_memory_gib: float | None = Field(None, description="fused: the GPU memory the pack took at its peak")
 
 
 class BenchFile(BaseModel):
@@ -121,7 +125,7 @@ def load_throughput(path: str | Path) -> list[Figure]:
     gpu = gpu_key(bench.gpu)
     return [
         Figure(gpu, f.base_model, f.batch_size, f.cells_per_gpu, f.images_per_second,
-               f"{bench.source}{': ' + f.note if f.note else ''}", bench.date)
+               f"{bench.source}{': ' + f.note if f.note else ''}", bench.date, f.strategy)
         for f in bench.figures
     ]
 
@@ -133,7 +137,14 @@ class Table:
     figures: tuple[Figure, ...]
 
     def of(self, gpu: str, packed: bool) -> list[Figure]:
-        return [f for f in self.figures if f.gpu == gpu and (f.cells_per_gpu > 1) == packed]
+        """The figures of cells trained as cells (solo, or packed in threads or processes)."""
+        return [f for f in self.figures if f.gpu == gpu and (f.cells_per_gpu > 1) == packed and f.strategy != FUSED]
+
+    def fused(self, gpu: str, base_model: str, batch_size: int, cells: int) -> Figure | None:
+        """The measured fused pack of exactly this shape, if any (never interpolated: a pack of
+        another size may not fit the GPU's memory, or may be slower)."""
+        return next((f for f in self.figures if f.strategy == FUSED and (f.gpu, f.base_model, f.batch_size,
+                     f.cells_per_gpu) == (gpu, base_model, batch_size, cells)), None)
 
 
 def throughput_table(paths: list[Path] | None = None) -> Table:
@@ -147,8 +158,8 @@ def throughput_table(paths: list[Path] | None = None) -> Table:
     covered = {f.gpu for f in measured}
     figs = [f for f in seed_figures() if f.gpu not in covered] + measured
     latest: dict[tuple, Figure] = {}
-    for f in sorted(figs, key=lambda f: f.date):
-        latest[(f.gpu, f.base_model, f.batch_size, f.cells_per_gpu)] = f
+    for f in sorted(figs, key=lambda f: f.date):  # a fused figure never replaces a threads one, nor the reverse
+        latest[(f.gpu, f.base_model, f.batch_size, f.cells_per_gpu, f.strategy == FUSED)] = f
     return Table(tuple(latest.values()))
 
 
@@ -254,6 +265,18 @@ def throughput(
 ) -> tuple[float, str]:
     """(aggregate images/s of ``cells_per_gpu`` cells on one ``gpu``, the figure's source)."""
     return _throughput(gpu, base_model, batch_size, cells_per_gpu, table or default_table())
+
+
+def pack_throughput(gpu: str, base_model: str, batch_size: int, cells: int,
+                    table: Table | None = None) -> tuple[float, str, bool]:
+    """(aggregate images/s, source, fused) of a pack of ``cells`` such cells on one ``gpu``: fused
+    (``--fused``) only where a benchmark measured that very pack faster than the cells side by side."""
+    table = table or default_table()
+    ips, src = throughput(gpu, base_model, batch_size, cells, table)
+    fused = table.fused(gpu, base_model, batch_size, cells) if cells > 1 else None
+    if fused is not None and fused.images_per_second > ips:
+        return fused.images_per_second, f"{fused.source} (fused, measured faster than {ips:.0f})", True
+    return ips, src, False
 
 
 def interpolate(points: list[tuple[int, float]], k: int) -> float:

@@ -168,7 +168,7 @@ class EcsRunner:
         try:
             arn = self.adopt(uris)
             verb = "still running from an earlier run; waiting for it" if arn else "launched"
-            arn = arn or self.launch(uris, force, ids)
+            arn = arn or self.launch(uris, pack.flags(force), ids)
         except _LaunchFailed as e:
             self.poller.slots.release()
             return self._note(cells, log, Attempt(ids, e.outcome, e.detail))
@@ -253,7 +253,7 @@ class EcsRunner:
                     found[tuple(a for a in o.get("command", []) if a.startswith("s3://"))] = task["taskArn"]
         return found
 
-    def launch(self, uris: list[str], force: bool, ids: list[str]) -> str:
+    def launch(self, uris: list[str], flags: list[str], ids: list[str]) -> str:
         """run_task once (count=1), retrying throttling with backoff; the task's ARN."""
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -263,7 +263,7 @@ class EcsRunner:
             "count": 1,
             "capacityProviderStrategy": [{"capacityProvider": self.capacity_provider, "weight": 1, "base": 0}],
             "overrides": {"containerOverrides": [
-                {"name": self.container_name, "command": [*uris, *(["--force"] if force else [])],
+                {"name": self.container_name, "command": [*uris, *flags],
                  # The trainer reads its checkpoint cadence from here (autolabel.train).
                  "environment": [{"name": CHECKPOINT_ENV,
                                   "value": f"{self.settings.checkpoint_every_s:g}"}]},

@@ -99,6 +99,10 @@ def prepare(spec_path: str | Path, settings: RunSettings) -> RunPlan:
         prices=prices,
     )
     decision = plan_run(pending, pricing, settings.max_cost_usd, spent_usd(out), settings.on_cap, forced)
+    fused = sum(p.fused for p in decision.packs)
+    if fused:
+        notes.append(f"{fused} of {len(decision.packs)} packs train fused (one vmapped model: the trainer's "
+                     "--fused), where a benchmark measured that very pack faster than its cells side by side")
     if pricing.backend == "local" and pricing.usd_per_gpu_hour == 0:
         notes.append("a local run without GPUs is charged $0 (--local-usd-per-hour says what an hour of this "
                      "machine costs); --backend ecs prices the cloud run")

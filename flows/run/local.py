@@ -95,7 +95,7 @@ class LocalRunner:
         gpu = self._free_gpus.get() if self.gpus else None
         start = time.monotonic()
         try:
-            code = self._spawn(dirs, self._env(gpu), log, force, pack.index)
+            code = self._spawn(dirs, self._env(gpu), log, pack.flags(force), pack.index)
         finally:
             if gpu is not None:
                 self._free_gpus.put(gpu)
@@ -117,10 +117,10 @@ class LocalRunner:
     def settle(self, ledger: Ledger) -> None:
         """Nothing beyond the packs: this machine was running anyway (its hours are in each attempt)."""
 
-    def _spawn(self, dirs: list[Path], env: dict[str, str], log: Log, force: bool, key: int) -> int:
+    def _spawn(self, dirs: list[Path], env: dict[str, str], log: Log, flags: list[str], key: int) -> int:
         """Run the trainer, teeing its output to each cell's runner.log and to ``log``; its last
         line is kept under ``key`` for the attempt's detail."""
-        cmd = [*self.trainer, *map(str, dirs), *(["--force"] if force else [])]
+        cmd = [*self.trainer, *map(str, dirs), *flags]
         logs = [open(d / RUNNER_LOG, "a") for d in dirs]
         try:
             for f in logs:

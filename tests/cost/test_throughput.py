@@ -96,3 +96,39 @@ def test_every_priced_gpu_has_a_sourced_estimate(seed_throughput):
     for price in prices.PRICES.values():
         ips, source = throughput.throughput(price.gpu, "resnet18", 4, 1)
         assert ips > 0 and source
+
+
+def test_fused_figures_price_fused_packs_only_where_measured_faster(tmp_path, monkeypatch):
+    """A benchmark's fused rows never stand in for threads rows; a pack fuses (--fused) only at
+    a size a fused figure measured faster, and is priced at that figure."""
+    from flows.cost.cap import make_pricing
+    from flows.cost.estimate import price_packs
+    from tests.conftest import grid_cells
+
+    threads = {"strategy": "threads", "base_model": "resnet18", "batch_size": 4, "images_per_second": 1400.0}
+    bench = {"gpu": "NVIDIA H100 80GB HBM3", "date": "2027-01-02", "source": "benchmarks/gpu_throughput.py", "figures": [
+        {"base_model": "resnet18", "batch_size": 4, "cells_per_gpu": 1, "images_per_second": 800.0, "strategy": "solo"},
+        threads | {"cells_per_gpu": 4}, threads | {"cells_per_gpu": 8},
+        {**threads, "strategy": "fused", "cells_per_gpu": 4, "images_per_second": 3000.0, "peak_memory_gib": 9.5},
+        {**threads, "strategy": "fused", "cells_per_gpu": 8, "images_per_second": 1000.0, "peak_memory_gib": 18.0},
+    ]}
+    path = tmp_path / "h100.json"
+    path.write_text(json.dumps(bench))
+    table = throughput.throughput_table([path])
+    monkeypatch.setattr(throughput, "default_table", lambda: table)
+    throughput._throughput.cache_clear()
+    assert throughput.throughput("H100", "resnet18", 4, 4, table)[0] == 1400.0  # the threads figure stays
+    assert throughput.pack_throughput("H100", "resnet18", 4, 4, table)[:1] + \
+        throughput.pack_throughput("H100", "resnet18", 4, 4, table)[2:] == (3000.0, True)
+    assert throughput.pack_throughput("H100", "resnet18", 4, 8, table)[2] is False  # slower fused: threads
+    assert throughput.pack_throughput("H100", "resnet18", 4, 6, table)[2] is False  # never interpolated
+
+    cells = grid_cells({"lr": [0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008]}, batch_size=4)
+    packs = {k: price_packs(cells, make_pricing("ecs", "p5.48xlarge", cells_per_gpu=k)) for k in (4, 8)}  # H100s
+    assert [p.fused for p in packs[4]] == [True, True] and [p.fused for p in packs[8]] == [False]
+    assert packs[4][0].flags(force=False) == ["--fused"] and packs[8][0].flags(force=True) == ["--force"]
+    from flows.cost.estimate import TASK_START_S
+
+    fused_s = sum(p.gpu_seconds - TASK_START_S for p in packs[4])
+    threads_s = packs[8][0].gpu_seconds - TASK_START_S
+    assert fused_s == pytest.approx(threads_s * 1400 / 3000)  # priced at the faster, measured figure

@@ -320,7 +320,7 @@ def test_a_rerun_after_a_killed_flow_adopts_its_tasks_and_starts_none_twice(aws,
         orphans = []
         for c in cells[1:]:
             killed_flow.upload_inputs(cell_dir(grid, c), killed_flow.cell_uri(c))
-            orphans.append(killed_flow.launch([killed_flow.cell_uri(c)], False, [c.id]))
+            orphans.append(killed_flow.launch([killed_flow.cell_uri(c)], [], [c.id]))
         emu.wait_for(3, "RUNNING")
         aws.client("ecs").stop_task(cluster=aws.cluster, task=orphans[2], reason="test: stopped earlier")
         emu.wait_for(1, "STOPPED")

@@ -77,6 +77,15 @@ def test_a_failed_attempt_carries_the_trainers_own_last_word(tmp_path):
     assert attempt.outcomes["a"].reason == attempt.detail
 
 
+def test_a_fused_pack_asks_the_trainer_for_fused(tmp_path):
+    trainer = stand_in(tmp_path, "import sys\nprint(' '.join(sys.argv[1:]), flush=True)\n")
+    cells = [make_cell(tmp_path, "a"), make_cell(tmp_path, "b")]
+    lines: list[str] = []
+    LocalRunner(tmp_path, pricing_for(), trainer=trainer, gpus=[]).run(pack_of(*cells, fused=True), lines.append,
+                                                                        force=True)
+    assert lines[0].split()[-2:] == ["--force", "--fused"]
+
+
 def test_local_runner_bills_the_rate_it_is_given(tmp_path):
     trainer = stand_in(tmp_path, "import time\ntime.sleep(0.2)\n")
     runner = LocalRunner(tmp_path, pricing_for(max_parallel=1, usd_per_hour=3600.0), trainer=trainer, gpus=[])
