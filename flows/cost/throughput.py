@@ -28,7 +28,7 @@ FUSED = "fused"  # a benchmark figure's strategy for K cells trained as one vmap
 # Forward+backward GFLOP per 128x256 image with 14 inputs: this project's measurement of the
 # U-Net on one NVIDIA H200 with PyTorch 2.11, 2026-11-27.
 GFLOP_PER_IMAGE = {"resnet18": 73.0, "resnet34": 80.3}
-BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput"
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput"  # the repository's
 
 # Dense bf16 (fp16 where the GPU has no bf16) tensor-core peak, TFLOP/s: the scaling rule
 # for GPUs without measurements. Vendor datasheets; sparsity figures halved.

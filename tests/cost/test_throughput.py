@@ -28,6 +28,7 @@ def test_throughput_curve(seed_throughput):
 def test_the_committed_h200_file_replaces_its_seeds():
     files = sorted((ROOT / "benchmarks" / "throughput").glob("H200-*.json"))
     assert files, "benchmarks/throughput/ holds the H200 measurement the cost model uses"
+    assert throughput.BENCH_DIR == ROOT / "benchmarks" / "throughput", "the folder the cost model reads by default"
     table = throughput.throughput_table(files)
     h200 = [f for f in table.figures if f.gpu == "H200"]
     seeds = {(f.base_model, f.batch_size, f.cells_per_gpu) for f in throughput.seed_figures()}
