@@ -264,8 +264,9 @@ def finish_cell(run: CellRun) -> CellMetrics:
 def train_cell(
     cell: CellDir, control: RunControl, force: bool = False, device_override: str | None = None,
     say: Callable[[str], None] = print,
-) -> CellMetrics:  # fmt: skip
-    """Train one cell in ``cell.work`` (resuming from its checkpoint) and return its metrics.
+) -> CellMetrics | None:  # fmt: skip
+    """Train one cell in ``cell.work`` (resuming from its checkpoint) and return its metrics (None when
+    ``control.until_round`` paused it first, checkpointed at that round's end).
 
     Raises BadInput before any training for unusable inputs, Diverged (with the metrics so
     far already written) when a loss becomes NaN or infinite, and Stopped after the
@@ -273,6 +274,11 @@ def train_cell(
     """
     run = start_run(cell, control, force, device_override, say)
     while run.progress.repeat < run.options.until:
+        if control.pauses_at(run.progress.repeat * len(run.plan) + run.progress.round):  # --until-round
+            run.log(f"paused after {control.until_round} rounds (--until-round): {CHECKPOINT} is saved; a run "
+                    "without it trains on")
+            checkpoint_if_due(run, stopping=True)
+            return None  # no metrics.json: the cell is not done
         begin_epoch(run)
         train_epoch(run)
         # One look at the stop flag per epoch: a signal that lands after it (while this epoch's

@@ -224,6 +224,17 @@ def write_history(cell: CellDir, rows: list[dict], log: list[str]) -> None:
     write_atomic(cell.work / LOG, lambda p: p.write_text("".join(line + "\n" for line in log)))
 
 
+def read_history(cell: Path) -> list[dict[str, str]] | None:
+    """A local cell's history.csv as rows of text (autolabel.scores reads them); None when it has none
+    or it cannot be read (a cell that never finished an epoch)."""
+    try:
+        with open(Path(cell) / HISTORY, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return rows if rows and all(k in rows[0] for k in HISTORY_COLUMNS) else None
+
+
 def write_metrics(cell: CellDir, metrics: CellMetrics) -> None:
     """metrics.json, atomically and last (uploaded last for a remote cell): its presence means done."""
     write_json_atomic(cell.work / METRICS, metrics.model_dump(mode="json"))
