@@ -19,12 +19,8 @@ from typing import Any
 
 from autolabel.celldir import read_metrics
 from autolabel.options import CellMetrics
-from flows.spec.cells import Cell, CellOutcome, cell_dir
+from flows.spec.cells import STRATA, Cell, CellOutcome, cell_dir
 
-# The two factors that change the task itself: Dice is compared only within one of their
-# combinations (a "stratum"), never across, because anat-vs-full and area-vs-ring differ
-# far more than any training hyperparameter.
-STRATA = ("inputs", "prediction")
 # Columns every row has besides the hyperparameters and the per-label dice_<label> columns.
 HEAD = ("id", "label")
 TAIL = ("status", "mean_dice")
