@@ -290,6 +290,15 @@ def price_packs(cells: list[Cell], pricing: Pricing, rounds: Span | None = None,
     return packs
 
 
+def price_stretches(groups: dict[Span, list[Cell]], pricing: Pricing, first: int = 0) -> list[Pack]:
+    """Each stretch's cells in packs, priced (halving): never two stretches in one pack, since a pack
+    stops all its cells at one round. The whole plan, (0, None), is priced as :func:`price_packs` does."""
+    packs: list[Pack] = []
+    for span, group in groups.items():
+        packs += price_packs(group, pricing, rounds=None if span == (0, None) else span, first=first + len(packs))
+    return packs
+
+
 def estimate(cells: list[Cell], pricing: Pricing, packs: list[Pack] | None = None) -> Estimate:
     """Price ``cells`` as ``pricing`` runs them (in ``packs``, if already priced: the work is the packs'
     own, stretches of rounds included), ``pricing.max_parallel`` packs at once.

@@ -168,7 +168,7 @@ class EcsRunner:
         try:
             arn = self.adopt(uris)
             verb = "still running from an earlier run; waiting for it" if arn else "launched"
-            arn = arn or self.launch(uris, force, ids)
+            arn = arn or self.launch(uris, force, ids, pack.until_round)
         except _LaunchFailed as e:
             self.poller.slots.release()
             return self._note(cells, log, Attempt(ids, e.outcome, e.detail))
@@ -253,8 +253,9 @@ class EcsRunner:
                     found[tuple(a for a in o.get("command", []) if a.startswith("s3://"))] = task["taskArn"]
         return found
 
-    def launch(self, uris: list[str], force: bool, ids: list[str]) -> str:
-        """run_task once (count=1), retrying throttling with backoff; the task's ARN."""
+    def launch(self, uris: list[str], force: bool, ids: list[str], until_round: int | None = None) -> str:
+        """run_task once (count=1), retrying throttling with backoff; the task's ARN. ``until_round``: the
+        trainer stops each cell there (a halving cut; its S3 checkpoint is where the next pack resumes)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         params: dict[str, Any] = {
@@ -263,7 +264,8 @@ class EcsRunner:
             "count": 1,
             "capacityProviderStrategy": [{"capacityProvider": self.capacity_provider, "weight": 1, "base": 0}],
             "overrides": {"containerOverrides": [
-                {"name": self.container_name, "command": [*uris, *(["--force"] if force else [])],
+                {"name": self.container_name, "command": [*uris, *(["--force"] if force else []),
+                                                          *(["--until-round", str(until_round)] if until_round else [])],
                  # The trainer reads its checkpoint cadence from here (autolabel.train).
                  "environment": [{"name": CHECKPOINT_ENV,
                                   "value": f"{self.settings.checkpoint_every_s:g}"}]},

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows.cost.cap import Decision, OnCap
-from flows.cost.estimate import Estimate, Pack, Pricing, Span, estimate, price_packs, work_of
+from flows.cost.estimate import Estimate, Pack, Pricing, Span, estimate, price_stretches, work_of
 from flows.spec.cells import Cell
-from flows.spec.halving import CellState, Replay, audit_ids, read_state, replay_cuts
+from flows.spec.halving import CellState, Replay, audit_ids, due_stretches, read_state, replay_cuts
 from flows.spec.parse import Halving
 
 
@@ -57,18 +57,6 @@ class HalvingPlan:
     stretches: list[Stretch]
 
 
-def stretches_now(cells: list[Cell], replay: Replay, states: dict[str, CellState]) -> dict[Span, list[Cell]]:
-    """The cells that train now, by the stretch they train: not stopped by a cut, not ended (complete,
-    failed or diverged: a cut counts those as they are), and short of where they train to."""
-    out: dict[Span, list[Cell]] = {}
-    for c in cells:
-        s, st = replay.standing[c.id], states[c.id]
-        if s.stopped_at is not None or st.status is not None or (s.target is not None and st.rounds >= s.target):
-            continue
-        out.setdefault(replay.span(c.id), []).append(c)
-    return out
-
-
 def stretches_later(cells: list[Cell], replay: Replay, projected: Replay) -> dict[Span, list[Cell]]:
     """The cells the projected cuts keep, by the stretch after their cut (the next cut, or the end)."""
     out: dict[Span, list[Cell]] = {}
@@ -80,14 +68,6 @@ def stretches_later(cells: list[Cell], replay: Replay, projected: Replay) -> dic
         span = (cut.round, cuts[cut.index] if cut.index < len(cuts) else None)
         out.setdefault(span, []).extend(by_id[v.id] for v in cut.verdicts if v.kept)
     return out
-
-
-def price_stretches(groups: dict[Span, list[Cell]], pricing: Pricing, first: int) -> list[Pack]:
-    """Each stretch's cells in packs (never two stretches in one pack: a pack stops its cells at one round)."""
-    packs: list[Pack] = []
-    for span, group in groups.items():
-        packs += price_packs(group, pricing, rounds=None if span == (0, None) else span, first=first + len(packs))
-    return packs
 
 
 def plan_halving(cells: list[Cell], rule: Halving, grid_dir: Path, pricing: Pricing, max_cost_usd: float | None,
@@ -103,7 +83,7 @@ def plan_halving(cells: list[Cell], rule: Halving, grid_dir: Path, pricing: Pric
     states = {c.id: read_state(grid_dir, c, rule) for c in cells}
     replay = replay_cuts(cells, rule, audit, states)
     projected = replay_cuts(cells, rule, audit, states, project=True)
-    now = price_stretches(stretches_now(cells, replay, states), pricing, 0)
+    now = price_stretches(due_stretches(cells, replay, states), pricing, 0)
     later = price_stretches(stretches_later(cells, replay, projected), pricing, len(now))
     in_play = [c for c in cells if states[c.id].status is None and replay.standing[c.id].stopped_at is None]
     est = estimate(in_play, pricing, now + later)

@@ -1,6 +1,7 @@
 """Launching a plan's packs as Prefect tasks: a sliding window under the cap, retries, and a clean stop.
 
     outcomes = launch_packs(plan.packs, runner, ledger, stop, plan.settings, progress_key)
+    outcomes = launch_packs(plan.packs, ..., follow=driver.follow)   # halving: the cuts' packs as they come
 
 At most ``runner.max_parallel`` packs run at once. Each launch first reserves what the plan
 priced for it (``Pack.usd``, and on ECS a lane's first pack also ``Pack.lane_usd``: its
@@ -18,7 +19,8 @@ from __future__ import annotations
 import queue
 import signal
 import threading
-from typing import Any
+from collections import deque
+from typing import Any, Callable
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -40,6 +42,9 @@ from flows.run.outcomes import (
 )
 from flows.run.settings import RunSettings
 from flows.spec.cells import CellOutcome
+
+# What a finished pack makes due: given it and its cells' outcomes, the packs to launch next.
+Follow = Callable[[Pack, dict[str, CellOutcome]], list[Pack]]
 
 
 class StopRequest:
@@ -103,22 +108,37 @@ def train_pack(pack: Pack, runner: Runner, ledger: Ledger, force: bool, stop: St
         raise StoppedError(stopped, f"stopped: {reason}")
     if attempt.outcome == "transient":
         raise TransientError(attempt.outcomes, f"{attempt.detail} (will resume from checkpoint)")
-    failed = {k: o for k, o in attempt.outcomes.items() if o.status != "complete"}
+    failed = {k: o for k, o in attempt.outcomes.items() if o.status not in ("complete", "paused")}
     if failed:
         raise PermanentError(attempt.outcomes, "; ".join(f"{k}: {o.status}: {o.reason}" for k, o in failed.items()))
     return attempt.outcomes
 
 
 def launch_packs(packs: list[Pack], runner: Runner, ledger: Ledger, stop: StopRequest, settings: RunSettings,
-                 progress_key: str) -> dict[str, CellOutcome]:
+                 progress_key: str, follow: Follow | None = None, total: int | None = None) -> dict[str, CellOutcome]:
     """Sliding window over ``packs``: launch while under the runner's parallelism and the cap; every
-    cell's outcome. Then the runner settles the run's costs beyond its packs and the lanes' holds end."""
+    cell's outcome. Then the runner settles the run's costs beyond its packs and the lanes' holds end.
+
+    ``follow(pack, outcomes)``, called as each pack finishes, returns the packs that its end makes due
+    (a halving cut's survivors, flows/run/halving.py): they go ahead of the packs still waiting.
+    ``total``: the packs the run expects in all (the progress bar's length; default ``len(packs)``).
+    """
     trainer = train_pack.with_options(retries=settings.retries,
                                       retry_delay_seconds=exponential_backoff(settings.retry_delay_s),
                                       retry_jitter_factor=0.5)
-    window = Window(len(packs), ledger, artifacts.start_progress(len(packs), key=progress_key))
-    for pack in packs:
+    todo = deque(packs)
+    window = Window(total or len(packs), ledger, artifacts.start_progress(total or len(packs), key=progress_key),
+                    (lambda p, o: todo.extendleft(reversed(follow(p, o)))) if follow else None)
+    launched: list[Pack] = []
+    while todo or window.running:
+        if not todo:  # the rest comes from packs in flight (halving): wait for one to end
+            window.wait_below(window.running)
+            continue
         window.wait_below(runner.max_parallel)
+        if not todo:
+            continue
+        pack = todo.popleft()
+        launched.append(pack)
         if stop.requested:  # no launch after a stop: these cells wait for the rerun
             window.skip(each(pack, "stopped", "not started; rerun to resume"))
         elif not reserve(ledger, pack):
@@ -129,9 +149,8 @@ def launch_packs(packs: list[Pack], runner: Runner, ledger: Ledger, stop: StopRe
             fut = trainer.with_options(task_run_name=pack.name).submit(
                 quote(pack), quote(runner), quote(ledger), settings.force, quote(stop))
             window.add(pack, fut)
-    window.wait_below(1)
     runner.settle(ledger)  # (ECS) the instances as AWS bills them, launch to termination
-    for pack in packs:
+    for pack in launched:
         if pack.lane_usd:
             ledger.release(f"lane-{pack.index}")
     return window.outcomes
@@ -149,10 +168,11 @@ def reserve(ledger: Ledger, pack: Pack) -> bool:
 
 
 class Window:
-    """The packs in flight, their outcomes as they finish, and the progress artifact."""
+    """The packs in flight, their outcomes as they finish (told to ``follow``), and the progress artifact."""
 
-    def __init__(self, total: int, ledger: Ledger, progress: Any):
-        self.total, self.ledger, self.progress = total, ledger, progress
+    def __init__(self, total: int, ledger: Ledger, progress: Any,
+                 follow: Callable[[Pack, dict[str, CellOutcome]], None] | None = None):
+        self.total, self.ledger, self.progress, self.follow = total, ledger, progress, follow
         self.done: queue.Queue = queue.Queue()
         self.running = self.finished = 0
         self.outcomes: dict[str, CellOutcome] = {}
@@ -173,11 +193,12 @@ class Window:
             self.ledger.release(f"pack-{pack.index}")
             result = fut.result(raise_on_failure=False)
             if isinstance(result, PackError):
-                self.outcomes.update(result.outcomes)
+                result = result.outcomes
             elif isinstance(result, BaseException):  # a bug or a lost API: the cells say what they can
-                self.outcomes.update(each(pack, "failed", repr(result)))
-            else:
-                self.outcomes.update(result)
+                result = each(pack, "failed", repr(result))
+            self.outcomes.update(result)
+            if self.follow is not None:
+                self.follow(pack, result)
             self.tick()
 
     def tick(self) -> None:

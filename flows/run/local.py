@@ -94,7 +94,9 @@ class LocalRunner:
         gpu = self._free_gpus.get() if self.gpus else None
         start = time.monotonic()
         try:
-            code = self._spawn(dirs, self._env(gpu), log, force)
+            flags = ["--force"] if force else []
+            flags += ["--until-round", str(pack.until_round)] if pack.until_round is not None else []
+            code = self._spawn(dirs, self._env(gpu), log, flags)
         finally:
             if gpu is not None:
                 self._free_gpus.put(gpu)
@@ -114,9 +116,9 @@ class LocalRunner:
     def settle(self, ledger: Ledger) -> None:
         """Nothing beyond the packs: this machine was running anyway (its hours are in each attempt)."""
 
-    def _spawn(self, dirs: list[Path], env: dict[str, str], log: Log, force: bool) -> int:
-        """Run the trainer, teeing its output to each cell's runner.log and to ``log``."""
-        cmd = [*self.trainer, *map(str, dirs), *(["--force"] if force else [])]
+    def _spawn(self, dirs: list[Path], env: dict[str, str], log: Log, flags: list[str]) -> int:
+        """Run the trainer on ``dirs`` with ``flags``, teeing its output to each cell's runner.log and to ``log``."""
+        cmd = [*self.trainer, *map(str, dirs), *flags]
         logs = [open(d / RUNNER_LOG, "a") for d in dirs]
         try:
             for f in logs:

@@ -293,6 +293,18 @@ def replay_cuts(cells: list[Cell], rule: Halving, audit: frozenset[str], states:
     return Replay(rule, audit, cuts, standing)
 
 
+def due_stretches(cells: list[Cell], replay: Replay, states: dict[str, CellState]) -> dict[tuple, list[Cell]]:
+    """The cells that must train now, by the stretch (from, to rounds) they train: not stopped by a cut,
+    not ended (complete, failed or diverged: a cut counts those as they stand), short of their target."""
+    out: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        s, st = replay.standing[c.id], states[c.id]
+        if s.stopped_at is not None or st.status is not None or (s.target is not None and st.rounds >= s.target):
+            continue
+        out.setdefault(replay.span(c.id), []).append(c)
+    return out
+
+
 # ----------------------------------------------------------------------------- on disk
 
 

@@ -25,7 +25,8 @@ from flows.spec.cells import STRATA, Cell, CellOutcome, cell_dir
 HEAD = ("id", "label")
 TAIL = ("status", "mean_dice")
 METRIC_TAIL = ("best_val_dice_loss", "epochs", "duration_s", "cost_usd", "message")
-STATUS_ORDER = ("complete", "diverged", "failed", "skipped", "stopped", "pending")
+HALVING_COLUMNS = ("cut", "audit")  # a halved grid's: the cut each cell reached, and whether it is an audit cell
+STATUS_ORDER = ("complete", "cut", "diverged", "failed", "skipped", "stopped", "paused", "pending")
 
 
 def collect_rows(
@@ -93,7 +94,7 @@ def columns_of(rows: list[dict[str, Any]]) -> list[str]:
 
 def factor_columns(rows: list[dict[str, Any]]) -> list[str]:
     """The hyperparameter columns of the rows (everything but ids, status and metrics)."""
-    fixed = set(HEAD + TAIL + METRIC_TAIL)
+    fixed = set(HEAD + TAIL + METRIC_TAIL + HALVING_COLUMNS)
     return [c for c in columns_of(rows) if c not in fixed and not c.startswith("dice_")]
 
 
