@@ -138,15 +138,15 @@ def summarize_halving(grid_dir: Path, cells: list[Cell], rows: list[dict[str, An
 
 def power(e: Effect, alpha: float = ALPHA, eta_sq: float = MEDIUM) -> float | None:
     """The F test's power to find a partial eta^2 of ``eta_sq`` with this effect's degrees of freedom:
-    noncentral F with lambda = f^2 (df1 + df2 + 1), f^2 = eta^2 / (1 - eta^2) (Cohen 1988; G*Power's
-    convention). None where the factor could not be tested."""
+    noncentral F with lambda = f^2 N over the N cells tested, f^2 = eta^2 / (1 - eta^2) (Cohen 1988;
+    G*Power's fixed-effects ANOVA). None where the factor could not be tested."""
     if e.df is None or e.df[1] < 1:
         return None
     from scipy import stats as sp
 
     df1, df2 = e.df
     crit = sp.f.ppf(1 - alpha, df1, df2)
-    return float(sp.ncf.sf(crit, df1, df2, eta_sq / (1 - eta_sq) * (df1 + df2 + 1)))
+    return float(sp.ncf.sf(crit, df1, df2, eta_sq / (1 - eta_sq) * e.n))
 
 
 def describe_selected(rows: list[dict[str, Any]]) -> list[Selected]:
