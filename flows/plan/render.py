@@ -68,7 +68,8 @@ def render(r: RunPlan) -> str:
         + (f", ${r.decision.spent_usd:.2f} spent so far)" if r.decision.spent_usd else ")")
     )
     if not r.pending:
-        lines.append("nothing to train: every cell is complete (a run only rebuilds the summary)")
+        done = "complete or stopped by halving" if r.halving else "complete"
+        lines.append(f"nothing to train: every cell is {done} (a run only rebuilds the summary)")
         return "\n".join(lines + [f"note: {n}" for n in r.notes])
     lines.append(
         f"estimate for {e.cells} cells to train on {e.instance_type} ({e.gpu}, "
