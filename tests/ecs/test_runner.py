@@ -447,36 +447,6 @@ def test_a_hung_pack_is_stopped_at_its_runtime_limit_and_resumes_on_retry(aws, t
     assert second.environment == {"AUTOLABEL_CHECKPOINT_EVERY_S": "0"}
 
 
-@pytest.mark.slow
-def test_a_pack_stops_at_a_halving_cut_and_a_new_pack_resumes_from_its_s3_checkpoint(aws, tmp_path, cache):
-    """Halving on ECS: a task trains to the cut (--until-round) and leaves its checkpoint in S3; the
-    cell's history comes down for the cut's decision; a later task trains it on from S3."""
-    from dataclasses import replace
-
-    from autolabel.options import Plan, Round
-
-    grid = tmp_path / "demo"
-    cell = tiny_cell(grid, "c1", epochs=1)
-    cell = replace(cell, plan=Plan([Round(lr=0.003, bce_weight=0.5, num_epochs=1)] * 2))
-    (cell_dir(grid, cell) / "plan.json").write_text(cell.plan.model_dump_json())
-    runner = runner_for(aws, grid)
-    sent = record_calls(runner, "RunTask")
-    with ContainerEmulator(aws, trainer_env(aws.endpoint, cache)):
-        paused = runner.run(replace(pack_of(cell), rounds=(0, 1)), print)
-        rows = len((cell_dir(grid, cell) / "history.csv").read_text().splitlines())
-        in_s3 = s3_keys(aws, "demo/cells/c1/")
-        ended = runner.run(replace(pack_of(cell), rounds=(1, None)), print)
-    assert sent[0]["overrides"]["containerOverrides"][0]["command"][-2:] == ["--until-round", "1"]
-    assert "--until-round" not in sent[1]["overrides"]["containerOverrides"][0]["command"]
-    assert paused.outcome == "ok" and paused.outcomes["c1"].status == "paused", paused
-    assert rows == 2 and "demo/cells/c1/checkpoint.pt" in in_s3 and "demo/cells/c1/metrics.json" not in in_s3
-    assert not (cell_dir(grid, cell) / "checkpoint.pt").exists()  # it stays in S3
-    assert ended.outcome == "ok" and ended.outcomes["c1"].status == "complete", ended
-    log = (cell_dir(grid, cell) / "training.log").read_text()
-    assert "paused after 1 rounds" in log and "resumed from checkpoint.pt at repeat 0 round 1 epoch 1" in log
-    assert len((cell_dir(grid, cell) / "history.csv").read_text().splitlines()) == 3
-
-
 def test_the_runtime_limit_follows_the_expected_gpu_seconds(aws, tmp_path):
     from flows.cost.cap import make_pricing
     from flows.cost.estimate import cell_gpu_seconds, price_packs
