@@ -39,14 +39,13 @@ from autolabel.celldir import (
     load_cell,
     open_cell,
     push,
-    read_metrics,
     remove_temporaries,
     write_history,
     write_metrics,
 )
 from autolabel.checkpoint import (
     load_checkpoint,
-    rebuild_metrics,
+    recover_metrics,
     restore,
     save_checkpoint,
     save_model,
@@ -297,8 +296,9 @@ def finish_cell(run: CellRun) -> CellMetrics:
 def train_cell(
     cell: CellDir, control: RunControl, force: bool = False, device_override: str | None = None,
     say: Callable[[str], None] = print,
-) -> CellMetrics:  # fmt: skip
-    """Train one cell in ``cell.work`` (resuming from its checkpoint) and return its metrics.
+) -> CellMetrics | None:  # fmt: skip
+    """Train one cell in ``cell.work`` (resuming from its checkpoint) and return its metrics (None when
+    ``control.until_round`` paused it first, checkpointed at that round's end).
 
     Raises BadInput before any training for unusable inputs, Diverged (with the metrics so
     far already written) when a loss becomes NaN or infinite, and Stopped after the
@@ -307,9 +307,15 @@ def train_cell(
     return train_run(start_run(cell, control, force, device_override, say))
 
 
-def train_run(run: CellRun) -> CellMetrics:
-    """The epochs of a started cell (:func:`start_run`), then :func:`finish_cell`."""
+def train_run(run: CellRun) -> CellMetrics | None:
+    """The epochs of a started cell (:func:`start_run`), then :func:`finish_cell` (None: paused by
+    ``--until-round`` at a round's end, checkpointed)."""
     while run.progress.repeat < run.options.until:
+        if run.control.pauses_at(run.progress.repeat * len(run.plan) + run.progress.round):  # --until-round
+            run.log(f"paused after {run.control.until_round} rounds (--until-round): {CHECKPOINT} is saved; a run "
+                    "without it trains on")
+            checkpoint_if_due(run, stopping=True)
+            return None  # no metrics.json: the cell is not done
         begin_epoch(run)
         train_epoch(run)
         # One look at the stop flag per epoch: a signal that lands after it (while this epoch's
@@ -362,25 +368,6 @@ def lock_cell(uri: str) -> tuple[FolderLock | None, int | None]:
     return lock, None
 
 
-def recovered(cell: CellDir, say: Callable[[str], None]) -> bool:
-    """An unreadable metrics.json of a cell whose model.pt and history.csv show it finished is
-    rebuilt from them (autolabel.checkpoint.rebuild_metrics) rather than the cell trained again."""
-    problem = read_metrics(cell.work)
-    if not isinstance(problem, str):
-        return False
-    try:
-        options, plan = load_cell(cell)
-    except BadInput:  # training will say so, in its own words
-        return False
-    metrics = rebuild_metrics(cell, options, plan, problem.split(": ", 1)[-1])
-    if metrics is None:
-        say(f"{problem}; {MODEL} and {HISTORY} do not show a finished cell: training it again")
-        return False
-    write_metrics(cell, metrics)
-    say(f"{problem}; rebuilt from {MODEL} and {HISTORY}, which show the cell finished: nothing trained again")
-    return True
-
-
 def train_opened(uri: str, control: RunControl, force: bool, device: str | None, say: Callable[[str], None]) -> int:
     """run_cell once the cell is ours: open it, train it, map the outcome to an exit code."""
     try:
@@ -397,7 +384,7 @@ def train_opened(uri: str, control: RunControl, force: bool, device: str | None,
 
 def needs_training(cell: CellDir, force: bool, say: Callable[[str], None]) -> bool:
     """False for a complete cell (said so; unless ``force``) or one whose unreadable metrics.json
-    could be rebuilt (:func:`recovered`); else True, with a stale result removed. First the
+    could be rebuilt (autolabel.checkpoint.recover_metrics); else True, with a stale result removed. First the
     temporaries a killed trainer left go (ours alone: the caller holds the cell's lock)."""
     stale = remove_temporaries(cell.work)
     if stale:
@@ -406,7 +393,7 @@ def needs_training(cell: CellDir, force: bool, say: Callable[[str], None]) -> bo
     if is_complete(cell.work) and not force:
         say(f"{cell.uri}: complete, skipped (rerun with --force to train again)")
         return False
-    if not force and recovered(cell, say):
+    if not force and recover_metrics(cell, say):
         return False
     if (cell.work / METRICS).exists():  # a stale failed/diverged result must not outlive this run
         delete(cell, METRICS)

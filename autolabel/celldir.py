@@ -254,15 +254,6 @@ def load_cell(cell: CellDir) -> tuple[CellOptions, Plan]:
     return parsed[0], parsed[1]
 
 
-def read_history(path: Path) -> list[dict[str, str]] | None:
-    """history.csv's rows (text values, as written); None when the file is absent or unreadable."""
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None
-
-
 def write_history(cell: CellDir, rows: list[dict], log: list[str]) -> None:
     """history.csv and training.log, rewritten whole (no duplicate rows after a resume)."""
 
@@ -274,6 +265,18 @@ def write_history(cell: CellDir, rows: list[dict], log: list[str]) -> None:
 
     write_atomic(cell.work / HISTORY, write_csv)
     write_atomic(cell.work / LOG, lambda p: p.write_text("".join(line + "\n" for line in log)))
+
+
+def read_history(cell: Path) -> list[dict[str, str]] | None:
+    """A local cell's history.csv as rows of text, the one reader of it (the scores at a halving cut,
+    a rebuilt metrics.json, the learning curves); None when it has none or it cannot be read (a
+    cell that never finished an epoch)."""
+    try:
+        with open(Path(cell) / HISTORY, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return rows if rows and all(k in rows[0] for k in HISTORY_COLUMNS) else None
 
 
 def write_metrics(cell: CellDir, metrics: CellMetrics) -> None:

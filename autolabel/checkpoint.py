@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -23,8 +24,11 @@ from autolabel.celldir import (
     OPTIONS,
     PLAN,
     CellDir,
+    load_cell,
     read_history,
+    read_metrics,
     write_atomic,
+    write_metrics,
 )
 from autolabel.errors import BadInput
 from autolabel.model import build_model
@@ -161,7 +165,7 @@ def rebuild_metrics(cell: CellDir, options: CellOptions, plan: Plan, problem: st
     the trainer's own rules (autolabel/loop.py); what neither file holds (the device, image
     counts) stays unset, and the message says the metrics were rebuilt.
     """
-    rows = read_history(cell.work / HISTORY)
+    rows = read_history(cell.work)
     if not (cell.work / MODEL).is_file() or rows is None or len(rows) != options.until * plan.total_epochs:
         return None
     try:
@@ -181,6 +185,25 @@ def rebuild_metrics(cell: CellDir, options: CellOptions, plan: Plan, problem: st
         rounds=rounds, repeats=repeats, best_repeat=best["repeat"], best_round=best["round"],
         best_epoch=best["epoch"], epochs=len(rows), wall_seconds=round(sum(float(x["seconds"]) for x in rows), 3),
     )
+
+
+def recover_metrics(cell: CellDir, say: Callable[[str], None]) -> bool:
+    """An unreadable metrics.json of a cell whose model.pt and history.csv show it finished is
+    rebuilt from them (:func:`rebuild_metrics`) rather than the cell trained again."""
+    problem = read_metrics(cell.work)
+    if not isinstance(problem, str):
+        return False
+    try:
+        options, plan = load_cell(cell)
+    except BadInput:  # training will say so, in its own words
+        return False
+    metrics = rebuild_metrics(cell, options, plan, problem.split(": ", 1)[-1])
+    if metrics is None:
+        say(f"{problem}; {MODEL} and {HISTORY} do not show a finished cell: training it again")
+        return False
+    write_metrics(cell, metrics)
+    say(f"{problem}; rebuilt from {MODEL} and {HISTORY}, which show the cell finished: nothing trained again")
+    return True
 
 
 def round_results(rows: list[dict]) -> list[RoundResult]:

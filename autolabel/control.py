@@ -61,6 +61,9 @@ class RunControl:
     graphs: bool = True
     # --checkpoint-every; None: $AUTOLABEL_CHECKPOINT_EVERY_S, else the default (see checkpoint_interval).
     checkpoint_every_s: float | None = None
+    # --until-round N: stop a cell cleanly once N rounds (repeats counted) are trained, checkpointed
+    # there, without metrics.json (exit 0); a run without it trains on. A halving cut (flows/run/halving.py).
+    until_round: int | None = None
     # Cells trained in threads of one process (autolabel.pack.train_threaded) share their
     # tensors when they read the same data, keyed by what decides them; None: no sharing.
     shared_data: dict[str, Any] | None = None
@@ -73,6 +76,10 @@ class RunControl:
     def request_stop(self, reason: str, code: int = EXIT_TERMINATED) -> None:
         """Stop every cell after the epoch in progress is checkpointed, and start no more."""
         self.stop_requested, self.stop_reason, self.stop_code = True, reason, code
+
+    def pauses_at(self, rounds_trained: int) -> bool:
+        """Whether a cell that has trained this many rounds (repeats counted) stops here (--until-round)."""
+        return self.until_round is not None and rounds_trained >= self.until_round
 
     @contextmanager
     def quiet(self) -> Iterator[None]:

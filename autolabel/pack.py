@@ -183,6 +183,8 @@ def worker_args(control: RunControl, force: bool, device: str | None, threads: i
     args += ["--workers", "1", "--threads", str(threads)] + ([] if control.graphs else ["--eager"])
     if control.checkpoint_every_s is not None:
         args += ["--checkpoint-every", str(control.checkpoint_every_s)]
+    if control.until_round is not None:
+        args += ["--until-round", str(control.until_round)]
     return args
 
 

@@ -1,7 +1,7 @@
 """Train grid cells from their directories: the entry point of the training image.
 
     python -m autolabel.train CELL_DIR [CELL_DIR ...] [--force] [--device cpu|cuda|mps|auto]
-                              [--threads K] [--workers N] [--eager] [--fused]
+                              [--threads K] [--workers N] [--eager] [--fused] [--until-round N]
 
 A cell directory (local folder or ``s3://bucket/prefix``) holds ``options.json``
 (:class:`autolabel.options.CellOptions`) and ``plan.json`` (:class:`autolabel.options.Plan`).
@@ -11,6 +11,9 @@ epoch; or $AUTOLABEL_CHECKPOINT_EVERY_S) have passed and whenever SIGTERM stops 
 then ``model.pt`` and, last and atomically, ``metrics.json``.
 A cell whose metrics.json says ``complete`` is skipped unless ``--force``; any
 other cell resumes from its checkpoint exactly (same epoch, optimizer, scheduler, RNG).
+``--until-round N`` stops each cell cleanly once N rounds (repeats counted) are trained: its
+checkpoint is saved there, no metrics.json is written, and the exit code is 0; a later run
+without it trains on from there (a halving cut, flows/run/halving.py).
 
 A tiny CPU run (a few seconds after the synthetic cohort is generated once into $AUTOLABEL_CACHE):
 
@@ -126,17 +129,22 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunControl]:
     parser.add_argument("--checkpoint-every", metavar="SECONDS",
                         help=f"seconds between checkpoints, 0 for every epoch (default ${CHECKPOINT_ENV} or "
                              f"{DEFAULT_CHECKPOINT_EVERY_S:g}); SIGTERM always checkpoints")  # fmt: skip
+    parser.add_argument("--until-round", type=int, metavar="N",
+                        help="stop each cell once N rounds (repeats counted) are trained: checkpoint saved, no "
+                             "metrics.json, exit 0; a run without it trains on")
     args = parser.parse_args(argv)
-    control = RunControl(graphs=not args.eager)
+    control = RunControl(graphs=not args.eager, until_round=args.until_round)
     try:
         if args.checkpoint_every is not None:
             control.checkpoint_every_s = parse_seconds(args.checkpoint_every, "--checkpoint-every")
         control.checkpoint_interval()  # a bad $AUTOLABEL_CHECKPOINT_EVERY_S fails here, before any cell
     except BadInput as e:
         parser.error(str(e))
-    for name in ("workers", "threads"):
+    for name in ("workers", "threads", "until_round"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name}: must be at least 1, got {getattr(args, name)}")
+            parser.error(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
+    if args.fused and args.until_round is not None:  # a fused pack trains its cells to the end, in lockstep
+        parser.error("--fused and --until-round: give one (a halving stretch trains its cells as cells)")
     return args, control
 
 

@@ -56,8 +56,8 @@ def time_stages() -> list[tuple[str, float]]:
     sys.path.insert(0, str(ROOT))
     start = time.perf_counter()
     from flows import grid as cli  # noqa: F401 - the import is what is timed
-    from flows.cost import estimate as cost
     from flows.cost import cap as plan
+    from flows.cost import estimate as cost
     from flows.spec.cells import complete_ids, expand, grid_dir
     from flows.spec.parse import load_spec
 

@@ -38,13 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from autolabel import train  # noqa: E402
-from autolabel.predict import command as predict  # noqa: E402
 from autolabel.control import RunControl  # noqa: E402
-from autolabel.predict.models import load_ensemble  # noqa: E402
 from autolabel.datasets.fsaverage import write_fsaverage5_subject  # noqa: E402
-from autolabel.options import CellMetrics, FsaverageDataset  # noqa: E402
 from autolabel.datasets.sources import open_dataset  # noqa: E402
 from autolabel.datasets.synthetic import subject_ids  # noqa: E402
+from autolabel.options import CellMetrics, FsaverageDataset  # noqa: E402
+from autolabel.predict import command as predict  # noqa: E402
+from autolabel.predict.models import load_ensemble  # noqa: E402
 from autolabel.predict.vertices import choose_labels  # noqa: E402
 
 DATASET = {"kind": "fsaverage", "seed": 0, "subjects": 64, "rows": 64, "cols": 128}

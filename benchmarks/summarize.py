@@ -31,10 +31,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autolabel.options import CellMetrics, CellOptions, Plan, Round  # noqa: E402
+from flows.spec.cells import Cell, cell_dir  # noqa: E402
+from flows.summary import files as summary
 from flows.summary import report  # noqa: E402
 from flows.summary import rows as rows_mod
-from flows.summary import files as summary
-from flows.spec.cells import Cell, cell_dir  # noqa: E402
 
 GOAL_S = 20.0
 # The published grid (Benson, Song et al. 2025): 2 x 5 x 5 x 3 x 3 x 2 x 2 = 1800 cells.

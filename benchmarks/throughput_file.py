@@ -16,7 +16,8 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from flows.cost import estimate as cost, prices, throughput  # pure: no torch
+from flows.cost import estimate as cost  # pure: no torch
+from flows.cost import prices, throughput
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID_SPEC = ROOT / "grid-search" / "benson2025.yaml"

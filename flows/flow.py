@@ -33,6 +33,7 @@ from flows.cost.prices import PRICES
 from flows.ecs.settings import EcsSettings
 from flows.plan.prepare import RunPlan, prepare
 from flows.run.forced import end_forced
+from flows.run.halving import HalvingDriver
 from flows.run.launch import StopRequest, launch_packs
 from flows.run.ledger import Ledger
 from flows.run.local import LocalRunner
@@ -111,7 +112,8 @@ def summarize(plan: RunPlan, outcomes: dict[str, CellOutcome], ledger: Ledger) -
     PATH`` when the disk is: the files already written stay whole (each is written atomically)."""
     rows = collect_rows(plan.grid_dir, plan.cells, outcomes, ledger.per_cell_usd)
     try:
-        result = write_summary(plan.grid_dir, plan.cells, rows, cap_usd=ledger.cap_usd, spent_usd=ledger.spent_usd)
+        result = write_summary(plan.grid_dir, plan.cells, rows, cap_usd=ledger.cap_usd, spent_usd=ledger.spent_usd,
+                               halving=plan.halving.rule if plan.halving else None)
     except OSError as e:
         if not no_space(e):
             raise
@@ -143,6 +145,7 @@ def grid_search(
     local_usd_per_hour: float | None = None,
     ecs: EcsSettings = EcsSettings(),
     trainer: list[str] | None = None,
+    halving: bool = False,
 ):
     """Run every cell of a grid spec, within a dollar cap, and summarize the results.
 
@@ -168,11 +171,13 @@ def grid_search(
             and a local run ignores them.
         trainer: local backend: the command that trains cells, their folders appended
             (default: this Python's ``-m autolabel.train``).
+        halving: successive halving with the default rule (eta 3, cuts at the end of round 1
+            and of the first repeat, 7% audit cells) for a spec without a halving key.
     """
     settings = RunSettings(
         backend=backend, max_parallel=max_parallel, max_cost_usd=max_cost_usd, instance_type=instance_type,
         spot=spot, on_cap=on_cap, cells_per_gpu=cells_per_gpu, out_dir=out_dir, force=force, retries=retries,
-        retry_delay_s=retry_delay_s, local_usd_per_hour=local_usd_per_hour, trainer=trainer,
+        retry_delay_s=retry_delay_s, local_usd_per_hour=local_usd_per_hour, trainer=trainer, halving=halving,
         ecs=ecs.model_dump() if isinstance(ecs, EcsSettings) else ecs,
     )
     plan = prepare_run(spec, settings)
@@ -215,8 +220,12 @@ def execute(plan: RunPlan) -> RunResult:
                  len(plan.cells) - len(plan.pending), len(plan.todo),
                  f", {left_out} left out by the cost cap" if left_out else "")
         outcomes = {c.id: CellOutcome("skipped", "cost cap") for c in plan.left_out}
+        driver = start_halving(plan)
         outcomes |= launch_packs(plan.packs, runner, ledger, stop, plan.settings,
-                                 artifacts.artifact_key(plan.grid_dir.name) + "-progress")
+                                 artifacts.artifact_key(plan.grid_dir.name) + "-progress",
+                                 follow=driver.follow if driver else None,
+                                 total=len(plan.packs) + len(plan.halving.later) if driver else None)
+        outcomes |= driver.outcomes() if driver else {}
         summary = summarize(quote(plan), outcomes, quote(ledger))  # whatever happened to the cells
     finally:
         for sig, handler in previous.items():
@@ -238,6 +247,15 @@ def io_fault(plan: RunPlan, fault: str, summary: Summary | None) -> RunResult:
                      message=message, summary=summary)
 
 
+def start_halving(plan: RunPlan) -> HalvingDriver | None:
+    """A halved run's driver (flows/run/halving.py), from the plan's rule, audit set and cell states."""
+    h = plan.halving
+    if h is None:
+        return None
+    return HalvingDriver(plan.cells, h.rule, h.audit, h.states, plan.grid_dir, plan.pricing, len(plan.packs),
+                         plan.packs)
+
+
 def make_runner(plan: RunPlan) -> Runner:
     """The backend that trains the plan's packs, billing at the plan's pricing."""
     if plan.pricing.backend == "local":
@@ -250,7 +268,9 @@ def make_runner(plan: RunPlan) -> Runner:
 def result_of(plan: RunPlan, summary: Summary, signum: int | None) -> RunResult:
     """The run's typed result from its summary's rows, and its message."""
     rows = summary.rows
-    incomplete = [r["id"] for r in rows if r["status"] != "complete"]
+    # A cell the halving rule stopped is done by design: the run may still end Completed.
+    incomplete = [r["id"] for r in rows if r["status"] not in ("complete", "cut")]
+    cut = sum(r["status"] == "cut" for r in rows)
     result = RunResult(grid_dir=str(plan.grid_dir), cells=len(rows), complete=len(rows) - len(incomplete),
                        incomplete=incomplete, skipped_by_cap=sum(r["status"] == "skipped" for r in rows),
                        stopped_by=signum, summary=summary)
@@ -263,6 +283,9 @@ def result_of(plan: RunPlan, summary: Summary, signum: int | None) -> RunResult:
     elif incomplete:
         message = (f"{len(incomplete)} of {len(rows)} cells did not complete; see {plan.grid_dir}/summary.md "
                    f"(pre-flight: {pre_flight})")
+    elif cut:
+        message = (f"{len(rows) - cut} cells complete and {cut} stopped by halving (halving.json says why); summary "
+                   f"in {plan.grid_dir} (pre-flight: {pre_flight})")
     else:
         message = f"{len(rows)} cells complete; summary in {plan.grid_dir} (pre-flight: {pre_flight})"
     return result.model_copy(update={"message": message})

@@ -3,6 +3,7 @@
     python -m flows.grid grid-search/demo.yaml --dry-run                 # validate, count, price this run
     python -m flows.grid grid-search/demo.yaml                           # run it (local backend)
     python -m flows.grid grid-search/benson2025.yaml --dry-run --json    # the same, plus every cell
+    python -m flows.grid grid-search/benson2025.yaml --dry-run --halving # halved, priced beside the full grid
     ECS="--backend ecs --ecs cluster=autolabel --ecs capacity_provider=autolabel-gpu \
          --ecs task_definition=autolabel-train --ecs bucket=my-autolabel-cells"   # the stack's outputs
     python -m flows.grid grid-search/benson2025.yaml $ECS --max-cost 50 --on-cap subset --dry-run   # then without
@@ -82,6 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default <spec folder>/<name>/)")
     p.add_argument("--force", action="store_true", help="retrain cells that are already complete")
+    p.add_argument("--halving", action="store_true",
+                   help="successive halving with the default rule, for a spec without a halving key (README, "
+                        "\"Halving\")")
     p.add_argument("--ecs", action="append", default=[], metavar="KEY=VALUE",
                    help="ECS setting for --backend ecs (repeatable): cluster, capacity_provider, "
                         "task_definition, bucket, prefix, ... (see README)")
@@ -169,6 +173,7 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
         instance_type=args.instance_type, spot=args.spot, on_cap=args.on_cap, cells_per_gpu=args.cells_per_gpu,
         out_dir=str(args.out) if args.out else None, force=args.force, local_usd_per_hour=args.local_usd_per_hour,
         ecs=split_ecs_pairs(args.ecs) if args.backend == "ecs" else None, refresh_prices=args.refresh_prices,
+        halving=args.halving,
     )
 
 
@@ -187,6 +192,8 @@ def run_params(args: argparse.Namespace, plan: RunPlan) -> dict[str, Any]:
     )
     if args.local_usd_per_hour is not None:
         params["local_usd_per_hour"] = args.local_usd_per_hour
+    if args.halving:
+        params["halving"] = True
     if plan.ecs is not None:
         params["ecs"] = plan.ecs.model_dump(exclude_defaults=True)
     return params

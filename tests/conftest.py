@@ -14,8 +14,9 @@ import pytest
 # The files whose tests take tens of seconds (real trainers, servers, signals), longest first:
 # `make test` runs them first, so that its two workers end together instead of one waiting on a
 # long test picked up last (pytest-xdist's work stealing then evens out the short ones).
-LONG_FIRST = ("test_runner.py", "test_pack.py", "test_flow.py", "test_science.py", "test_train.py", "test_deploy.py",
-              "test_gpu_throughput.py", "test_predict.py", "test_fused.py", "test_ui.py", "test_cell.py", "test_capacity.py")
+LONG_FIRST = ("test_runner.py", "test_pack.py", "test_flow.py", "test_halving.py", "test_science.py", "test_train.py",
+              "test_deploy.py", "test_gpu_throughput.py", "test_predict.py", "test_fused.py", "test_ui.py", "test_cell.py",
+              "test_capacity.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:

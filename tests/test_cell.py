@@ -10,8 +10,8 @@ from autolabel import cell as cell_mod
 from autolabel import storage
 from autolabel.control import CHECKPOINT_ENV, RunControl
 from autolabel.errors import EXIT_ERROR, EXIT_NO_SPACE, EXIT_TERMINATED
-from flows.run.outcomes import classify_exit
 from autolabel.options import CellMetrics
+from flows.run.outcomes import classify_exit
 from tests.conftest import (
     DIVERGING_PLAN,
     SMALL,

@@ -259,3 +259,36 @@ def test_a_busy_cell_exits_75_untouched(make_cell):
         assert sorted(p.name for p in cell.iterdir()) == sorted(before + [".lock"])
     assert result.returncode == 75 and f"busy: held by pid {os.getpid()}" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- --until-round (halving cuts)
+
+
+def test_until_round_pauses_at_a_round_boundary_and_a_later_run_trains_on_to_the_same_result(make_cell, capsys):
+    """A paused cell keeps its checkpoint and no metrics.json, exits 0; resumed, it ends as an
+    uninterrupted cell does, and the cut's score read back from history.csv is the trainer's own."""
+    from autolabel.celldir import read_history
+    from autolabel.scores import score_at
+
+    options, plan = small_options(until=2), tiny_plan(rounds=2, epochs=2)
+    paused, straight = make_cell(options, plan, name="paused"), make_cell(options, plan, name="straight")
+    assert train.main([str(paused), "--until-round", "1"]) == 0
+    assert (paused / "checkpoint.pt").exists() and not (paused / "metrics.json").exists()
+    assert epoch_keys(history_rows(paused)) == [("0", "0", "1"), ("0", "0", "2")]
+    assert "paused after 1 rounds (--until-round)" in (paused / "training.log").read_text()
+    assert train.main([str(paused), "--until-round", "1"]) == 0  # already there: nothing more is trained
+    assert len(history_rows(paused)) == 2
+    assert train.main([str(paused), "--until-round", "3"]) == 0  # across the repeat boundary
+    assert len(history_rows(paused)) == 6 and not (paused / "metrics.json").exists()
+    assert train.main([str(paused)]) == 0 and train.main([str(straight)]) == 0
+    a, b = metrics_of(paused), metrics_of(straight)
+    assert (a.best_val_dice_loss, a.mean_dice, a.best_repeat, a.best_round, a.epochs) == \
+        (b.best_val_dice_loss, b.mean_dice, b.best_repeat, b.best_round, b.epochs)
+    assert [(r["val_loss"], r["val_dice"]) for r in history_rows(paused)] == \
+        [(r["val_loss"], r["val_dice"]) for r in history_rows(straight)]
+    end = score_at(read_history(paused), [2, 2], 4)
+    assert (end.val_dice_loss, end.mean_dice, end.repeat, end.round, end.epoch) == \
+        (a.best_val_dice_loss, a.mean_dice, a.best_repeat, a.best_round, a.best_epoch)
+    with pytest.raises(SystemExit) as bad:
+        train.main([str(paused), "--until-round", "0"])
+    assert bad.value.code == 2 and "--until-round: must be at least 1" in capsys.readouterr().err

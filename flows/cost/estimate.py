@@ -45,6 +45,8 @@ INSTANCE_START_S = 300.0  # per lane: boot the ECS GPU AMI, register, pull the i
 IDLE_TAIL_S = 900.0  # per lane: managed scaling removes an idle instance after ~15 min
 
 Backend = Literal["local", "ecs"]
+# A stretch of a cell's training: (from, to) rounds trained, repeats counted; to None: the plan's end.
+Span = tuple[int, "int | None"]
 
 
 @dataclass(frozen=True)
@@ -107,15 +109,22 @@ def image_pixels(options: Any) -> int:
     return REF_PIXELS
 
 
-def work_of(cell: Cell) -> Work:
-    """The images a cell trains and validates, round by round, all repeats."""
+def work_of(cell: Cell, rounds: Span | None = None) -> Work:
+    """The images a cell trains and validates, round by round, all repeats; or, with ``rounds``
+    (from, to), only the stretch between those rounds (counted across repeats, to None: the end)."""
     o = cell.options
     n_train, n_val = split_sizes(o)
-    rounds = tuple(
-        (r.batch_size or o.batch_size, o.until * r.num_epochs * n_train, o.until * r.num_epochs * n_val)
-        for r in cell.plan.root
+    plan = cell.plan.root
+    start, stop = rounds or (0, None)
+    stop = len(plan) * o.until if stop is None else min(stop, len(plan) * o.until)
+    times = [0] * len(plan)  # how often each plan round falls in the stretch (once per repeat when whole)
+    for g in range(start, stop):
+        times[g % len(plan)] += 1
+    per_round = tuple(
+        (r.batch_size or o.batch_size, k * r.num_epochs * n_train, k * r.num_epochs * n_val)
+        for r, k in zip(plan, times)
     )
-    return Work(o.base_model, image_pixels(o) / REF_PIXELS, rounds)
+    return Work(o.base_model, image_pixels(o) / REF_PIXELS, per_round)
 
 
 def cell_work(cell: Cell) -> float:
@@ -258,6 +267,7 @@ class Pack:
     lane_usd: float = 0.0  # (ECS) the start and idle tail of the instance it opens; else 0
     force: bool = False  # its cells are retrained (--force) rather than skipped when complete or resumed
     fused: bool = False  # trained as one vmapped model (--fused): a benchmark measured that faster
+    rounds: Span | None = None  # halving: the stretch it trains (the trainer's --until-round); None: all
 
     @property
     def ids(self) -> list[str]:
@@ -266,7 +276,13 @@ class Pack:
     def flags(self, force: bool) -> list[str]:
         """The trainer's flags for this pack (``python -m autolabel.train CELL ... FLAGS``), on
         either backend; ``force``: this launch retrains its cells (a retry resumes instead)."""
-        return [*(["--force"] if force else []), *(["--fused"] if self.fused else [])]
+        return [*(["--force"] if force else []), *(["--fused"] if self.fused else []),
+                *(["--until-round", str(self.until_round)] if self.until_round is not None else [])]
+
+    @property
+    def until_round(self) -> int | None:
+        """Where its trainer stops each cell (``--until-round``); None: the end."""
+        return self.rounds[1] if self.rounds else None
 
     @property
     def name(self) -> str:
@@ -274,19 +290,31 @@ class Pack:
         return self.cells[0].label if len(self.cells) == 1 else f"pack-{self.index}-{len(self.cells)}-cells"
 
 
-def price_packs(cells: list[Cell], pricing: Pricing, forced: frozenset[str] = frozenset()) -> list[Pack]:
+def price_packs(cells: list[Cell], pricing: Pricing, forced: frozenset[str] = frozenset(), rounds: Span | None = None,
+                first: int = 0) -> list[Pack]:
     """``cells`` in packs, each priced as ``pricing`` runs it: the one pricing of packs that the
     estimate, the in-run cap and the runners' time limits all read. Cells in ``forced`` (retrained
-    under --force) pack apart from the others (a trainer's --force holds for all its cells)."""
+    under --force) pack apart from the others (a trainer's --force holds for all its cells).
+    ``rounds``: only that stretch of each cell (halving); ``first``: the first pack's index (packs
+    launched after others)."""
     gpu = pricing.price.gpu
     groups = [(g, True) for g in make_packs([c for c in cells if c.id in forced], pricing.cells_per_gpu)]
     groups += [(g, False) for g in make_packs([c for c in cells if c.id not in forced], pricing.cells_per_gpu)]
     packs = []
-    for i, (group, force) in enumerate(groups):
-        fused = fuses(group, gpu)
-        seconds = TASK_START_S + sum(train_seconds(work_of(c), gpu, len(group), fused=fused) for c in group)
+    for i, (group, force) in enumerate(groups, first):
+        fused = rounds is None and fuses(group, gpu)  # a halving stretch trains as cells (--until-round)
+        seconds = TASK_START_S + sum(train_seconds(work_of(c, rounds), gpu, len(group), fused=fused) for c in group)
         packs.append(Pack(i, tuple(group), seconds, seconds / 3600 * pricing.usd_per_gpu_hour,
-                          lane_usd(pricing, i, len(groups)), force, fused))
+                          lane_usd(pricing, i, first + len(groups)), force, fused, rounds))
+    return packs
+
+
+def price_stretches(groups: dict[Span, list[Cell]], pricing: Pricing, first: int = 0) -> list[Pack]:
+    """Each stretch's cells in packs, priced (halving): never two stretches in one pack, since a pack
+    stops all its cells at one round. The whole plan, (0, None), is priced as :func:`price_packs` does."""
+    packs: list[Pack] = []
+    for span, group in groups.items():
+        packs += price_packs(group, pricing, rounds=None if span == (0, None) else span, first=first + len(packs))
     return packs
 
 
@@ -301,20 +329,20 @@ def fuses(group: list[Cell], gpu: str) -> bool:
 
 
 def estimate(cells: list[Cell], pricing: Pricing, packs: list[Pack] | None = None) -> Estimate:
-    """Price ``cells`` as ``pricing`` runs them (in ``packs``, if already priced), ``pricing.max_parallel``
-    packs at once.
+    """Price ``cells`` as ``pricing`` runs them (in ``packs``, if already priced: the work is the packs'
+    own, stretches of rounds included), ``pricing.max_parallel`` packs at once.
 
     Wall-clock: instance start (if paid), then packs placed greedily on the first free lane.
     """
     price, k, max_parallel, instances = pricing.price, pricing.cells_per_gpu, pricing.max_parallel, pricing.instances
     packs = price_packs(cells, pricing) if packs is None else packs
-    works = {c.id: work_of(c) for c in cells}
+    works = [work_of(c, p.rounds) for p in packs for c in p.cells]  # a halved cell: one per stretch
     durations = [p.gpu_seconds for p in packs]
     lanes = min(max_parallel, len(packs))
     finish = [0.0] * lanes
     for d in durations:  # list scheduling: each pack goes to the lane that frees first
         heapq.heapreplace(finish, finish[0] + d)
-    models = sorted({(c.options.base_model, b) for c in cells for b, _, _ in works[c.id].rounds})
+    models = sorted({(w.base_model, b) for w in works for b, t, _ in w.rounds if t})
     rates = {f"{m} b{b}": throughput(price.gpu, m, b, k) for m, b in models}
     return Estimate(
         cells=len(cells),
@@ -325,9 +353,9 @@ def estimate(cells: list[Cell], pricing: Pricing, packs: list[Pack] | None = Non
         cells_per_gpu=k,
         max_parallel=max_parallel,
         packs=len(packs),
-        train_images=sum(w.train_images for w in works.values()),
-        validation_images=sum(w.validation_images for w in works.values()),
-        pflop=sum(w.gflop for w in works.values()) / 1e6,
+        train_images=sum(w.train_images for w in works),
+        validation_images=sum(w.validation_images for w in works),
+        pflop=sum(w.gflop for w in works) / 1e6,
         gpu_hours_cells=sum(durations) / 3600,
         gpu_hours_overhead=billed_lanes(pricing, len(packs)) * lane_overhead_s(instances) / 3600,
         usd_per_gpu_hour=pricing.usd_per_gpu_hour,

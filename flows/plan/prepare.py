@@ -26,10 +26,12 @@ from flows.cost.estimate import Pack, Pricing
 from flows.cost.prices import PRICES, TABLE_REGION, Price, refresh_prices
 from flows.ecs.settings import EcsSettings
 from flows.plan.checks import check_run
+from flows.plan.halving import HalvingPlan, plan_halving
 from flows.run.forced import read_forced
 from flows.run.local import detect_gpus
 from flows.run.settings import RunSettings
 from flows.spec.cells import Cell, expand, grid_dir
+from flows.spec.halving import rule_for
 from flows.spec.parse import GridSpec, load_spec
 
 
@@ -50,6 +52,7 @@ class RunPlan:
     decision: Decision  # the cap's verdict, and the packs that run, priced
     notes: list[str] = field(default_factory=list)  # where prices came from, what a spec ignores
     problems: list[str] = field(default_factory=list)  # what the run refuses: one line each
+    halving: HalvingPlan | None = None  # a halved run: its rule, audit set, cuts so far and prices
 
     @property
     def packs(self) -> list[Pack]:
@@ -63,7 +66,9 @@ class RunPlan:
 
     @property
     def left_out(self) -> list[Cell]:
-        """Pending cells that do not run, because of the cap."""
+        """Pending cells that do not run, because of the cap (a halved run's later cells wait for their cuts)."""
+        if self.halving is not None:
+            return []
         chosen = {c.id for c in self.todo}
         return [c for c in self.pending if c.id not in chosen]
 
@@ -73,7 +78,8 @@ def prepare(spec_path: str | Path, settings: RunSettings) -> RunPlan:
 
     1. spec -> cells, the grid's folder, the cells still to train;
     2. (ECS) the settings checked and the stack read: its market, its region's and zones' prices;
-    3. the run's pricing and the cap's decision on the pending cells (flows.cost.cap.plan_run);
+    3. the run's pricing and the cap's decision on the pending cells (flows.cost.cap.plan_run), or,
+       halved, on what trains now and what the cuts will keep (flows.plan.halving.plan_halving);
     4. what training would refuse (flows.plan.checks).
 
     Raises SpecError for a bad spec, CostError for an instance type that cannot be priced and
@@ -98,7 +104,18 @@ def prepare(spec_path: str | Path, settings: RunSettings) -> RunPlan:
         cells_per_gpu=settings.cells_per_gpu, local_gpus=bool(gpus), local_usd_per_hour=settings.local_usd_per_hour,
         prices=prices,
     )
-    decision = plan_run(pending, pricing, settings.max_cost_usd, spent_usd(out), settings.on_cap, forced)
+    rule, late_halving = rule_for(spec, settings.halving)
+    halved = None
+    if rule is None:
+        decision = plan_run(pending, pricing, settings.max_cost_usd, spent_usd(out), settings.on_cap, forced)
+    else:  # every cell in play; each cut's decisions come from the cells' own files
+        halved, decision = plan_halving(cells, rule, out, pricing, settings.max_cost_usd, spent_usd(out),
+                                        settings.on_cap)
+        pending = [c for c in cells if c.id in halved.replay.standing and halved.states[c.id].status is None
+                   and halved.replay.standing[c.id].stopped_at is None]
+        if settings.force:
+            late_halving.append("--force: does not combine with halving, whose decisions are read from the cells' "
+                                "files; run without --halving (or the spec's halving key) to retrain")
     fused = sum(p.fused for p in decision.packs)
     if fused:
         notes.append(f"{fused} of {len(decision.packs)} packs train fused (one vmapped model: the trainer's "
@@ -106,9 +123,9 @@ def prepare(spec_path: str | Path, settings: RunSettings) -> RunPlan:
     if pricing.backend == "local" and pricing.usd_per_gpu_hour == 0:
         notes.append("a local run without GPUs is charged $0 (--local-usd-per-hour says what an hour of this "
                      "machine costs); --backend ecs prices the cloud run")
-    problems += check_run(pending, out) + late
+    problems += check_run(pending, out) + late + late_halving
     return RunPlan(spec, Path(spec_path), settings, out, cells, done, pending, ecs, gpus, pricing, decision,
-                   notes, problems)
+                   notes, problems, halved)
 
 
 def pending_cells(cells: list[Cell], done: frozenset[str], out: Path, force: bool,

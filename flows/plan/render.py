@@ -13,6 +13,7 @@ from typing import Any
 
 from flows.cost.cap import verdict
 from flows.cost.estimate import Estimate
+from flows.plan.halving import HalvingPlan
 from flows.plan.prepare import RunPlan
 from flows.spec.cells import cell_record
 from flows.spec.parse import GridSpec
@@ -43,6 +44,7 @@ def as_json(r: RunPlan, exit_code: int) -> dict[str, Any]:
             "problem": d.problem,
             "verdict": verdict(d),
         },
+        **({"halving": halving_json(r)} if r.halving else {}),
         "notes": r.notes,
         "problems": r.problems,
         "exit_code": exit_code,
@@ -66,7 +68,8 @@ def render(r: RunPlan) -> str:
         + (f", ${r.decision.spent_usd:.2f} spent so far)" if r.decision.spent_usd else ")")
     )
     if not r.pending:
-        lines.append("nothing to train: every cell is complete (a run only rebuilds the summary)")
+        done = "complete or stopped by halving" if r.halving else "complete"
+        lines.append(f"nothing to train: every cell is {done} (a run only rebuilds the summary)")
         return "\n".join(lines + [f"note: {n}" for n in r.notes])
     lines.append(
         f"estimate for {e.cells} cells to train on {e.instance_type} ({e.gpu}, "
@@ -86,9 +89,66 @@ def render(r: RunPlan) -> str:
     )
     lines.append(f"  cost        {cost_text(e)}")
     lines.append(f"  wall-clock  {hours_text(e.wall_hours)} at --max-parallel {e.max_parallel} (--backend {e.backend})")
+    if r.halving:
+        lines += halving_lines(r)
     lines.append(f"cap: {verdict(r.decision)}")
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)
+
+
+def cut_counts(h: HalvingPlan) -> list[dict[str, Any]]:
+    """Per cut, over every stratum: where it falls, cells ranked and kept (the audit cells go on besides),
+    and whether any stratum's part of it is still a projection."""
+    out = []
+    for i, rnd in enumerate(h.rule.cuts, 1):
+        cuts = [c for c in h.projected.cuts if c.index == i]
+        out.append({"cut": i, "round": rnd, "ranked": sum(c.ranked for c in cuts), "kept": sum(c.kept for c in cuts),
+                    "decided_strata": sum(not c.projected for c in cuts), "strata": len(cuts)})
+    return out
+
+
+def halving_json(r: RunPlan) -> dict[str, Any]:
+    """The halved run in the --json document; ``estimate`` is its own, ``full_estimate`` the full grid's."""
+    h, e = r.halving, r.decision.estimate
+    return {
+        "rule": h.rule.model_dump(),
+        "audit_cells": len(h.audit),
+        "cuts": cut_counts(h),
+        "stretches": [{"rounds": list(s.rounds), "cells": s.cells, "train_images": s.train_images,
+                       "gpu_hours": s.gpu_hours, "after_undecided_cut": s.later} for s in h.stretches],
+        "full_estimate": h.full.as_dict(),
+        "train_images_share": e.train_images / h.full.train_images if h.full.train_images else None,
+        "gpu_hours_cells_share": e.gpu_hours_cells / h.full.gpu_hours_cells if h.full.gpu_hours_cells else None,
+    }
+
+
+def halving_lines(r: RunPlan) -> list[str]:
+    """The halved run's cuts and stretches, and its figures beside the full grid's."""
+    h, e, f = r.halving, r.decision.estimate, r.halving.full
+    total = max(len(c.plan) * c.options.until for c in r.cells)
+    where = " and ".join(f"round {c}" for c in h.rule.cuts)
+    lines = [f"halving: eta {h.rule.eta}, cuts after {where} of {total} (repeats counted), within each inputs x "
+             f"prediction; {len(h.audit)} audit cells train to the end ({h.rule.audit_fraction:.0%} of each "
+             f"stratum, at least {h.rule.audit_per_stratum})"]
+    for c in cut_counts(h):
+        state = "decided in every stratum" if c["decided_strata"] == c["strata"] else (
+            f"decided in {c['decided_strata']} of {c['strata']} strata; the counts give the rest")
+        lines.append(f"  cut {c['cut']} (round {c['round']}): {c['ranked']:,} cells ranked, {c['kept']:,} go on  ({state})")
+    for s in h.stretches:
+        to = "the end" if s.rounds[1] is None else f"{s.rounds[1]}"
+        lines.append(f"  rounds {s.rounds[0]} to {to}: {s.cells:,} cells, {count_text(s.train_images)} training "
+                     f"images, {s.gpu_hours:,.2f} GPU-hours" + ("  (after a cut still to come)" if s.later else ""))
+    lines.append(f"  halved      {count_text(e.train_images)} training images ({share(e.train_images, f.train_images)} "
+                 f"of the full grid's {count_text(f.train_images)}), {e.gpu_hours_cells:,.1f} cell GPU-hours "
+                 f"({share(e.gpu_hours_cells, f.gpu_hours_cells)} of {f.gpu_hours_cells:,.1f}), ${e.usd:,.2f} "
+                 f"against ${f.usd:,.2f} this run")
+    lines.append("  (the wall-clock above does not count the waits at the cuts; each cut's packs reserve their "
+                 "own price under the cap when the cut is decided)")
+    return lines
+
+
+def share(part: float, whole: float) -> str:
+    return f"{part / whole:.0%}" if whole else "n/a"
 
 
 def cost_text(e: Estimate) -> str:

@@ -1,6 +1,7 @@
 """Launching a plan's packs as Prefect tasks: a sliding window under the cap, retries, and a clean stop.
 
     outcomes = launch_packs(plan.packs, runner, ledger, stop, plan.settings, progress_key)
+    outcomes = launch_packs(plan.packs, ..., follow=driver.follow)   # halving: the cuts' packs as they come
 
 At most ``runner.max_parallel`` packs run at once. Each launch first reserves what the plan
 priced for it (``Pack.usd``, and on ECS a lane's first pack also ``Pack.lane_usd``: its
@@ -18,7 +19,9 @@ from __future__ import annotations
 import queue
 import signal
 import threading
-from typing import Any
+from collections import deque
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -41,6 +44,9 @@ from flows.run.outcomes import (
 )
 from flows.run.settings import RunSettings
 from flows.spec.cells import CellOutcome
+
+# What a finished pack makes due: given it and its cells' outcomes, the packs to launch next.
+Follow = Callable[[Pack, dict[str, CellOutcome]], list[Pack]]
 
 
 class StopRequest:
@@ -104,35 +110,46 @@ def train_pack(pack: Pack, runner: Runner, ledger: Ledger, stop: StopRequest) ->
     # Every line names its pack: packs run in parallel with others.
     attempt = runner.run(pack, lambda line: log.info("[%s] %s", pack.name, line),
                          force=pack.force and task_run.run_count <= 1)
-    try:
+    with full_disk_stops(stop):  # the charge is not on file then, so nothing more may launch
         ledger.charge(pack.ids, attempt.device_seconds, attempt.usd, work={c.id: cell_work(c) for c in pack.cells},
                       exit_code=attempt.exit_code, outcome=attempt.outcome, detail=attempt.detail, **attempt.extra)
-    except OSError as e:  # a full disk: the charge is not on file, so nothing more may launch
-        if not no_space(e):
-            raise
-        stop.stop_for(no_space(e))
     if stop.requested and attempt.outcome != "ok":
         reason = "checkpointed; rerun to resume"
         stopped = cell_outcomes(runner.grid_dir, pack.cells, CellOutcome("stopped", reason, attempt.exit_code))
         raise StoppedError(stopped, f"stopped: {reason}")
     if attempt.outcome == "transient":
         raise TransientError(attempt.outcomes, f"{attempt.detail} (will resume from checkpoint)")
-    failed = {k: o for k, o in attempt.outcomes.items() if o.status != "complete"}
+    failed = {k: o for k, o in attempt.outcomes.items() if o.status not in ("complete", "paused")}
     if failed:
         raise PermanentError(attempt.outcomes, "; ".join(f"{k}: {o.status}: {o.reason}" for k, o in failed.items()))
     return attempt.outcomes
 
 
 def launch_packs(packs: list[Pack], runner: Runner, ledger: Ledger, stop: StopRequest, settings: RunSettings,
-                 progress_key: str) -> dict[str, CellOutcome]:
+                 progress_key: str, follow: Follow | None = None, total: int | None = None) -> dict[str, CellOutcome]:
     """Sliding window over ``packs``: launch while under the runner's parallelism and the cap; every
-    cell's outcome. Then the runner settles the run's costs beyond its packs and the lanes' holds end."""
+    cell's outcome. Then the runner settles the run's costs beyond its packs and the lanes' holds end.
+
+    ``follow(pack, outcomes)``, called as each pack finishes, returns the packs that its end makes due
+    (a halving cut's survivors, flows/run/halving.py): they go ahead of the packs still waiting.
+    ``total``: the packs the run expects in all (the progress bar's length; default ``len(packs)``).
+    """
     trainer = train_pack.with_options(retries=settings.retries,
                                       retry_delay_seconds=exponential_backoff(settings.retry_delay_s),
                                       retry_jitter_factor=0.5)
-    window = Window(len(packs), ledger, artifacts.start_progress(len(packs), key=progress_key))
-    for pack in packs:
+    todo = deque(packs)
+    window = Window(total or len(packs), ledger, artifacts.start_progress(total or len(packs), key=progress_key),
+                    (lambda p, o: todo.extendleft(reversed(follow(p, o)))) if follow else None)
+    launched: list[Pack] = []
+    while todo or window.running:
+        if not todo:  # the rest comes from packs in flight (halving): wait for one to end
+            window.wait_below(window.running)
+            continue
         window.wait_below(runner.max_parallel)
+        if not todo:
+            continue
+        pack = todo.popleft()
+        launched.append(pack)
         if stop.requested:  # no launch after a stop: these cells wait for the rerun
             window.skip(each(pack, "stopped", "not started; rerun to resume"))
         elif not reserve(ledger, pack, stop) or not record_forced(pack, runner, stop):
@@ -144,16 +161,11 @@ def launch_packs(packs: list[Pack], runner: Runner, ledger: Ledger, stop: StopRe
             fut = trainer.with_options(task_run_name=pack.name).submit(
                 quote(pack), quote(runner), quote(ledger), quote(stop))
             window.add(pack, fut)
-    window.wait_below(1)
-    try:
+    with full_disk_stops(stop):  # a hold left open ends with this process; what was not charged, the rerun lacks
         runner.settle(ledger)  # (ECS) the instances as AWS bills them, launch to termination
-        for pack in packs:
+        for pack in launched:
             if pack.lane_usd:
                 ledger.release(f"lane-{pack.index}")
-    except OSError as e:  # a hold left open ends with this process; what was not charged, the rerun's ledger lacks
-        if not no_space(e):
-            raise
-        stop.stop_for(no_space(e))
     return window.outcomes
 
 
@@ -162,39 +174,44 @@ def record_forced(pack: Pack, runner: Runner, stop: StopRequest) -> bool:
     that the rerun of a stopped forced run resumes them rather than retraining them again."""
     if not pack.force:
         return True
-    try:
+    with full_disk_stops(stop):
         note_forced(runner.grid_dir, pack.ids)
+        return True
+    return False
+
+
+@contextmanager
+def full_disk_stops(stop: StopRequest) -> Iterator[None]:
+    """A full disk inside stops the run (``stop.stop_for``: every trainer checkpoints, nothing more
+    launches) and the code after the block goes on; any other error goes on up."""
+    try:
+        yield
     except OSError as e:
         if not no_space(e):
             raise
         stop.stop_for(no_space(e))
-        return False
-    return True
 
 
 def reserve(ledger: Ledger, pack: Pack, stop: StopRequest) -> bool:
     """Hold what the plan priced for ``pack`` (and its lane's instance), or nothing if it does not fit
     (or the ledger cannot be written: a full disk stops the run)."""
     cells = pack.ids
-    try:
+    with full_disk_stops(stop):
         if pack.lane_usd and not ledger.reserve(f"lane-{pack.index}", cells, pack.lane_usd):
             return False
         if not ledger.reserve(f"pack-{pack.index}", cells, pack.usd):
             ledger.release(f"lane-{pack.index}")
             return False
-    except OSError as e:
-        if not no_space(e):
-            raise
-        stop.stop_for(no_space(e))
-        return False
-    return True
+        return True
+    return False
 
 
 class Window:
-    """The packs in flight, their outcomes as they finish, and the progress artifact."""
+    """The packs in flight, their outcomes as they finish (told to ``follow``), and the progress artifact."""
 
-    def __init__(self, total: int, ledger: Ledger, progress: Any):
-        self.total, self.ledger, self.progress = total, ledger, progress
+    def __init__(self, total: int, ledger: Ledger, progress: Any,
+                 follow: Callable[[Pack, dict[str, CellOutcome]], None] | None = None):
+        self.total, self.ledger, self.progress, self.follow = total, ledger, progress, follow
         self.done: queue.Queue = queue.Queue()
         self.running = self.finished = 0
         self.outcomes: dict[str, CellOutcome] = {}
@@ -219,11 +236,12 @@ class Window:
                     raise
             result = fut.result(raise_on_failure=False)
             if isinstance(result, PackError):
-                self.outcomes.update(result.outcomes)
+                result = result.outcomes
             elif isinstance(result, BaseException):  # a bug or a lost API: the cells say what they can
-                self.outcomes.update(each(pack, "failed", repr(result)))
-            else:
-                self.outcomes.update(result)
+                result = each(pack, "failed", repr(result))
+            self.outcomes.update(result)
+            if self.follow is not None:
+                self.follow(pack, result)
             self.tick()
 
     def tick(self) -> None:

@@ -139,6 +139,12 @@ def cell_outcomes(grid_dir: Path, cells: tuple[Cell, ...] | list[Cell], otherwis
 
 def finish_attempt(grid_dir: Path, cells: tuple[Cell, ...] | list[Cell], attempt: Attempt) -> Attempt:
     """The attempt with each cell's outcome read from its files; a cell without metrics.json failed
-    the way the attempt did (the flow turns that into "stopped" when it asked for the stop)."""
-    attempt.outcomes = cell_outcomes(grid_dir, cells, CellOutcome("failed", attempt.detail, attempt.exit_code))
+    the way the attempt did (the flow turns that into "stopped" when it asked for the stop), unless
+    the attempt succeeded: the trainer exits 0 without metrics.json only when ``--until-round``
+    paused the cell at a halving cut."""
+    if attempt.outcome == "ok":
+        otherwise = CellOutcome("paused", "paused at a halving cut; its stratum decides", attempt.exit_code)
+    else:
+        otherwise = CellOutcome("failed", attempt.detail, attempt.exit_code)
+    attempt.outcomes = cell_outcomes(grid_dir, cells, otherwise)
     return attempt

@@ -39,3 +39,4 @@ class RunSettings(BaseModel):
     ecs: dict[str, Any] | None = Field(None, description="the stack's outputs (EcsSettings' fields), as given")
     trainer: list[str] | None = Field(None, description="local backend: the command that trains cells")
     refresh_prices: bool = Field(False, description="dry run: read prices from AWS for the region")
+    halving: bool = Field(False, description="successive halving with the default rule (a spec's halving key wins)")

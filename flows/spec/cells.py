@@ -32,6 +32,10 @@ LABEL_ORDER = ("base_model", "lr", "gamma", "bce_weight", "batch_size", "inputs"
 LABEL_PREFIX = {"lr": "lr", "gamma": "g", "bce_weight": "bce", "batch_size": "b", "num_epochs": "e", "until": "u"}
 BARE = ("base_model", "inputs", "prediction", "device")  # values that read alone: resnet18, full, area
 SHORT_DIGITS = 6  # significant digits of a number in a label (what ``:g`` prints), unless levels need more
+# The two factors that change the task itself: Dice is compared only within one of their
+# combinations (a "stratum"), never across, because anat-vs-full and area-vs-ring differ
+# far more than any training hyperparameter (the summary's tests, the halving's cuts).
+STRATA = ("inputs", "prediction")
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,9 @@ class Cell:
 
 
 # What became of a cell: its metrics.json's status (complete, diverged, failed), or what the flow
-# knows of a cell without one: skipped by the cost cap, stopped (a rerun resumes it), pending.
-Status = Literal["complete", "diverged", "failed", "skipped", "stopped", "pending"]
+# knows of a cell without one: skipped by the cost cap, stopped (a rerun resumes it), pending;
+# with halving, paused at a cut until its stratum is decided, or cut there by the rule (by design).
+Status = Literal["complete", "diverged", "failed", "skipped", "stopped", "pending", "paused", "cut"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,11 @@ class CellOutcome:
     status: Status
     reason: str = ""  # for people: the metrics' message, or what the runner or the cap said
     exit_code: int | None = None  # the pack's trainer exit code, when it ran
+
+
+def stratum_key(cell: Cell) -> str:
+    """The cell's inputs x prediction stratum, e.g. ``full-area`` (as the summary's rows name it)."""
+    return "-".join(str(cell.hyper[k] if k in cell.hyper else getattr(cell.options, k)) for k in STRATA)
 
 
 def cell_dir(grid_dir: Path, cell: Cell | str) -> Path:

@@ -81,6 +81,44 @@ def parse_fraction(v: Any) -> Any:
 Multiplier = Annotated[float, BeforeValidator(parse_fraction), Field(ge=0, le=1000, allow_inf_nan=False)]
 
 
+class Halving(BaseModel):
+    """``halving:`` in a spec (or ``--halving``): successive halving within each inputs x prediction
+    stratum, with every level kept and an audit set trained to the end (flows/spec/halving.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    eta: int = Field(3, ge=2, le=1000, description="at each cut, keep the best 1/eta of each stratum's cells")
+    cuts: list[int] | None = Field(
+        None, description="where the cuts fall, as rounds trained with repeats counted; default [1, rounds of the "
+        "plan]: the end of the first round and of the first repeat (one that would be the end is left out)"
+    )
+    audit_fraction: float = Field(
+        0.07, ge=0, le=1, description="share of each stratum's cells that train to the end whatever they score"
+    )
+    audit_per_stratum: int = Field(2, ge=0, le=1_000_000, description="at least this many audit cells per stratum")
+
+
+def resolve_cuts(halving: Halving, plan_rounds: int, until: int) -> tuple[Halving, list[str]]:
+    """The rule with its cuts spelled out for a plan of ``plan_rounds`` rounds repeated at least
+    ``until`` times, and the problems of the cuts given (one ``halving.cuts: ...`` line each)."""
+    total = plan_rounds * until
+    if halving.cuts is None:
+        cuts = sorted(r for r in {1, plan_rounds} if r < total)
+        if not cuts:
+            return halving, [f"halving: the plan trains {total} round(s) in all, so there is no round boundary to cut "
+                             "at; give the plan more rounds or repeats (until)"]
+        return halving.model_copy(update={"cuts": cuts}), []
+    problems = []
+    if not halving.cuts:
+        problems.append("halving.cuts: empty; give at least one round, or leave cuts out for the default")
+    if any(b <= a for a, b in zip(halving.cuts, halving.cuts[1:])):
+        problems.append(f"halving.cuts: {halving.cuts} must rise strictly (rounds trained at each cut)")
+    if any(not 1 <= r < total for r in halving.cuts):
+        problems.append(f"halving.cuts: {halving.cuts}: each cut is a round from 1 to {total - 1}, before the end "
+                        f"(the shortest cell trains {total} rounds: {plan_rounds} x until {until})")
+    return halving, problems
+
+
 class SpecFile(BaseModel):
     """The file as written, before cross-field checks and value checks."""
 
@@ -100,6 +138,7 @@ class SpecFile(BaseModel):
         default_factory=dict, description="per-round multipliers of a static/hyper round value"
     )
     max_cells: int = Field(MAX_CELLS, ge=1, le=1_000_000, description="refuse grids larger than this")
+    halving: bool | Halving = Field(False, description="successive halving: true for the defaults, or its knobs")
 
 
 class GridSpec(BaseModel):
@@ -117,6 +156,7 @@ class GridSpec(BaseModel):
     source: str = Field("", description="file the spec came from")
     legacy: bool = Field(False, description="read from the original tooling's grid-params.json form")
     notes: list[str] = Field(default_factory=list, description="things the dry run should mention")
+    halving: Halving | None = Field(None, description="the spec's halving rule, cuts spelled out; None: none")
 
     @property
     def n_cells(self) -> int:
@@ -231,6 +271,11 @@ def check_spec(raw: Any, source: str = "<spec>", default_name: str = "grid") -> 
     if n > spec.max_cells:
         sizes = " x ".join(f"{len(v)} {k}" for k, v in hyper.items())
         lines.append(f"hyper: {sizes} = {n} cells, over max_cells {spec.max_cells}; drop levels or raise max_cells")
+    halving = None
+    if spec.halving is not False:
+        halving, problems = resolve_cuts(Halving() if spec.halving is True else spec.halving, len(spec.plan),
+                                         shortest_until(norm_static, norm_hyper))
+        lines += problems
     if lines:
         raise SpecError(source, list(dict.fromkeys(lines)))
     return GridSpec(
@@ -244,7 +289,14 @@ def check_spec(raw: Any, source: str = "<spec>", default_name: str = "grid") -> 
         source=source,
         legacy=legacy,
         notes=notes,
+        halving=halving,
     )
+
+
+def shortest_until(static: dict[str, Any], hyper: dict[str, list[Any]]) -> int:
+    """The fewest repeats (``until``) any cell of the spec trains."""
+    levels = [u for u in hyper.get("until", [static.get("until")]) if isinstance(u, int)]  # bad ones: reported apart
+    return min(levels, default=CellOptions.model_fields["until"].default)
 
 
 def salvage(raw: dict) -> SpecFile:

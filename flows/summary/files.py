@@ -35,6 +35,8 @@ from typing import Any
 from autolabel import celldir
 from autolabel.celldir import METRICS, MODEL, write_json_atomic, write_text_atomic
 from flows.spec.cells import Cell, cell_dir
+from flows.spec.parse import Halving
+from flows.summary.halving import summarize_halving
 from flows.summary.plots import PREDICTIONS, plot_predictions, write_plots
 from flows.summary.report import BestCell, Summary, predict_commands, render_markdown
 from flows.summary.rows import (
@@ -60,13 +62,20 @@ def write_summary(
     title: str | None = None,
     plots: bool = True,
     alpha: float = ALPHA,
+    halving: Halving | None = None,
 ) -> Summary:
     """Write summary.csv/.json/.md, plots/ and best/ under ``grid_dir``; return what was found.
 
     ``spent_usd`` is the ledger's total (failed attempts included); None sums the rows' costs.
+    ``halving``: the grid's rule, for a halved grid: the rows gain ``cut`` and ``audit``, and the
+    effect tests run on the audit cells at the end and on all cells at the first cut only
+    (flows/summary/halving.py says why).
     """
     grid_dir = Path(grid_dir)
     grid_dir.mkdir(parents=True, exist_ok=True)
+    halved = None
+    if halving is not None:
+        rows, halved = summarize_halving(grid_dir, cells, rows, halving, alpha)
     cols = columns_of(rows)
     files = {
         "csv": str(grid_dir / "summary.csv"),
@@ -84,9 +93,10 @@ def write_summary(
         cap_usd=cap_usd,
         spent_usd=float(sum(r.get("cost_usd") or 0.0 for r in rows) if spent_usd is None else spent_usd),
         best=write_best(grid_dir, cells, rows, pictures=plots),
-        effects=effects(rows, alpha),
+        effects=halved.audit_effects if halved else effects(rows, alpha),
         files=files,
         plots=write_plots(grid_dir, rows) if plots else [],
+        halving=halved,
     )
     summary.markdown = render_markdown(summary, alpha)
     write_text_atomic(grid_dir / "summary.csv", _csv_text(rows, cols))

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from autolabel.celldir import HISTORY, write_atomic
 from autolabel.celldir import read_history as read_history_rows
+from autolabel.celldir import write_atomic
 from flows.spec.cells import cell_dir
 from flows.summary.rows import (
     STRATA,
@@ -109,12 +109,11 @@ def plot_factor(path: Path, factor: str, levels: list[Any], rows: list[dict[str,
     save(fig, path, dpi=90)
 
 
-def read_history(path: Path) -> list[dict[str, np.ndarray]] | None:
-    """The drawn columns of one history.csv, one series per repeat (a fresh init), epochs in file order.
-
-    None if the file is absent or unreadable (a cell that never finished an epoch): no curve.
+def read_history(cell: Path) -> list[dict[str, np.ndarray]] | None:
+    """The drawn columns of a cell's history.csv, one series per repeat (a fresh init), epochs in file
+    order. None if the file is absent or unreadable (a cell that never finished an epoch): no curve.
     """
-    records = read_history_rows(path)
+    records = read_history_rows(cell)
     if records is None:
         return None
     try:
@@ -135,7 +134,7 @@ def plot_learning_curves(path: Path, grid_dir: Path, rows: list[dict[str, Any]])
     """
     from matplotlib.figure import Figure
 
-    histories = [(r, read_history(cell_dir(grid_dir, r["id"]) / HISTORY)) for r in rows]
+    histories = [(r, read_history(cell_dir(grid_dir, r["id"]))) for r in rows]
     histories = [(r, h) for r, h in histories if h is not None]
     if not histories:
         return False

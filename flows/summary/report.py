@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from flows.summary.halving import HalvingSummary, halving_markdown
 from flows.summary.plots import LEARNING_CURVES, plot_name
 from flows.summary.rows import (
     best_cells,
@@ -59,6 +60,7 @@ class Summary(BaseModel):
     effects: list[Effect] = Field(description="effect of each varying hyperparameter, pooled and per stratum")
     files: dict[str, str] = Field(description="what was written where")
     plots: list[str] = Field(description="PNG plots written")
+    halving: HalvingSummary | None = Field(None, description="a halved grid: its cuts, tests where valid, checks")
     markdown: str = Field("", exclude=True, description="summary.md's text")
 
 
@@ -164,6 +166,9 @@ def render_markdown(s: Summary, alpha: float = ALPHA) -> str:
     lines += [f"**Spend:** {_spend_text(s.cap_usd, s.spent_usd)}", ""]
     lines += _not_complete_lines(s.rows)
     lines += ["## Does each hyperparameter matter?", ""]
+    if s.halving:
+        lines += [f"On the {s.halving.audit_n} audit cells at the end, the only complete cells a halved grid can "
+                  "test without bias (see \"Halving\" for all cells at the first cut).", ""]
     pooled = sorted((e for e in s.effects if e.stratum == "all"), key=_order_key)
     plots = {Path(p).name: p for p in s.plots}
     for e in pooled:
@@ -173,6 +178,9 @@ def render_markdown(s: Summary, alpha: float = ALPHA) -> str:
     if not pooled:
         lines.append("No hyperparameter varies in this grid.")
     lines += ["", _method_text(alpha), ""]
+    if s.halving:
+        lines += halving_markdown(s.halving, lambda effs: [f"- {effect_sentence(e, alpha)}"
+                                                           for e in sorted(effs, key=_order_key)])
     lines += ["## Best cell per inputs x prediction", ""]
     curves = next((p for p in s.plots if Path(p).name == LEARNING_CURVES), None)
     lines += _best_table(s.best, s.grid_dir) if s.best else ["No complete cell yet.", ""]
@@ -218,9 +226,10 @@ def _spend_text(cap: float | None, spent: float) -> str:
 
 
 def _not_complete_lines(rows: list[dict[str, Any]]) -> list[str]:
-    bad = [r for r in rows if r["status"] != "complete"]
+    bad = [r for r in rows if r["status"] not in ("complete", "cut")]
+    cut = sum(r["status"] == "cut" for r in rows)
     if not bad:
-        return []
+        return [f"{cut} cells were stopped by halving, by design (see \"Halving\").", ""] if cut else []
     reasons = Counter(f"{r['status']}" + (f": {r['message']}" if r.get("message") else "") for r in bad)
     out = ["Cells that did not complete:", ""]
     out += [f"- {n} x {why}" for why, n in reasons.most_common(10)]

@@ -19,17 +19,14 @@ from typing import Any
 
 from autolabel.celldir import read_metrics
 from autolabel.options import CellMetrics
-from flows.spec.cells import Cell, CellOutcome, cell_dir
+from flows.spec.cells import STRATA, Cell, CellOutcome, cell_dir
 
-# The two factors that change the task itself: Dice is compared only within one of their
-# combinations (a "stratum"), never across, because anat-vs-full and area-vs-ring differ
-# far more than any training hyperparameter.
-STRATA = ("inputs", "prediction")
 # Columns every row has besides the hyperparameters and the per-label dice_<label> columns.
 HEAD = ("id", "label")
 TAIL = ("status", "mean_dice")
 METRIC_TAIL = ("best_val_dice_loss", "epochs", "duration_s", "cost_usd", "message")
-STATUS_ORDER = ("complete", "diverged", "failed", "skipped", "stopped", "pending")
+HALVING_COLUMNS = ("cut", "audit")  # a halved grid's: the cut each cell reached, and whether it is an audit cell
+STATUS_ORDER = ("complete", "cut", "diverged", "failed", "skipped", "stopped", "paused", "pending")
 
 
 def collect_rows(
@@ -97,7 +94,7 @@ def columns_of(rows: list[dict[str, Any]]) -> list[str]:
 
 def factor_columns(rows: list[dict[str, Any]]) -> list[str]:
     """The hyperparameter columns of the rows (everything but ids, status and metrics)."""
-    fixed = set(HEAD + TAIL + METRIC_TAIL)
+    fixed = set(HEAD + TAIL + METRIC_TAIL + HALVING_COLUMNS)
     return [c for c in columns_of(rows) if c not in fixed and not c.startswith("dice_")]
 
 

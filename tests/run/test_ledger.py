@@ -3,8 +3,8 @@ and the file shared by real processes: no interleaved lines, no cap passed toget
 
 from __future__ import annotations
 
-import gc
 import errno
+import gc
 import json
 import math
 import signal

@@ -80,7 +80,7 @@ def test_legacy_grid_params_loads_unchanged():
 RULES = [
     ({"name": "g", "colour": "red"}, "colour: unknown key; known: name, description, static, hyper, plan"),
     ({"name": "g", "base": {"until": 1}}, "base: unknown key; known: name, description, static, hyper, plan, "
-                                         "plan_scale, max_cells; keys starting with x- are ignored"),
+                                         "plan_scale, max_cells, halving; keys starting with x- are ignored"),
     ({"name": "bad name"}, "name: use 1-64 letters, digits, '-' or '_', starting with a letter or digit"),
     ({"static": {"batchsize": 4}}, "static.batchsize: unknown option; did you mean batch_size? known: base_model,"),
     ({"hyper": {"gama": [0.9]}}, "hyper.gama: unknown option; did you mean gamma? known:"),

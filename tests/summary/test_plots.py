@@ -66,6 +66,6 @@ def test_learning_curves_from_each_cells_history(tmp_path):
     assert pixels.shape[0] > 4 * 150  # a row of panels per stratum (4 here)
     assert np.std(pixels) > 0.05 and (np.abs(pixels - 1).sum(axis=2) > 0.5).mean() > 0.02  # ink, not blank
     assert f"![learning curves](plots/{plots.LEARNING_CURVES})" in result.markdown
-    hist = plots.read_history(cell_dir(tmp_path, cells[3]) / HISTORY)
+    hist = plots.read_history(cell_dir(tmp_path, cells[3]))
     assert len(hist) == 2 and len(hist[0]["val_mean_dice"]) == 12
-    assert plots.read_history(cell_dir(tmp_path, cells[1]) / HISTORY) is None
+    assert plots.read_history(cell_dir(tmp_path, cells[1])) is None
