@@ -169,7 +169,8 @@ def main(argv: list[str]) -> int:
     until_round = int(argv[argv.index("--until-round") + 1]) if "--until-round" in argv else None
     faults = json.loads(os.environ.get("STAND_IN_FAULTS") or "{}")
     epoch_s = float(os.environ.get("STAND_IN_EPOCH_S") or 0)
-    cells = [Path(a) for i, a in enumerate(argv) if not a.startswith("-") and argv[i - 1:i] != ["--until-round"]]
+    valued = ("--until-round", "--threads", "--workers")  # the trainer's flags that take a value
+    cells = [Path(a) for i, a in enumerate(argv) if not a.startswith("-") and not (i and argv[i - 1] in valued)]
     for s in STOP_SIGNALS:
         signal.signal(s, stop)
     codes = []

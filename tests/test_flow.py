@@ -21,6 +21,7 @@ import pytest
 
 from flows import flow as grid_mod
 from flows import grid as cli
+from flows.cost import estimate
 from flows.plan.prepare import prepare
 from flows.run.local import LocalRunner
 from flows.spec.cells import cell_dir, expand
@@ -151,7 +152,9 @@ def test_cost_cap_stops_launches_and_ledger_says_why(prefect_api, tmp_path, monk
     assert not (tmp_path / "capped" / "cells").exists()
 
     # An estimate can be wrong: priced at $0/h (a CPU), but the machine bills $1 a second. The
-    # measured spend, not the estimate, then stops further launches.
+    # measured spend, not the estimate, then stops further launches (a process per cell here, so
+    # that there is a launch after the first to stop: filled, the three would share one).
+    monkeypatch.setattr(estimate, "MAX_PACK_CELLS", 1)
     monkeypatch.setattr(grid_mod, "make_runner", lambda plan: LocalRunner(
         plan.grid_dir, replace(plan.pricing, usd_per_gpu_hour=3600.0), gpus=[], trainer=STAND_IN))
     monkeypatch.setenv("STAND_IN_EPOCH_S", "0.3")  # two epochs: > $0.6 a cell

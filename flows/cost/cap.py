@@ -46,7 +46,8 @@ def make_pricing(
     ECS pays the instance type's per-GPU rate (spot or on-demand) and, per parallel lane, an
     instance's start and idle tail. The local backend pays no start or idle (the machine is
     already running): its GPUs at the instance type's rate, a CPU-only machine 0 $/h, unless
-    ``local_usd_per_hour`` says what an hour of this machine costs.
+    ``local_usd_per_hour`` says what an hour of this machine costs. Packs hold waves of cells to
+    amortise their start (flows.cost.estimate.fill_packs).
     """
     price = price_of(instance_type, prices)
     if backend == "ecs":

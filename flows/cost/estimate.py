@@ -10,10 +10,13 @@ flows/cost/throughput.py; the cap and the subset that fits it: flows/cost/cap.py
    (forward+backward) and validates its validation subjects after each epoch (forward
    only, 1/3 of a training image's FLOPs). Images count relative to 128x256 pixels.
 2. **GPU-seconds.** A cell's share of its GPU: its images / the pack's aggregate
-   images/s (flows.cost.throughput), plus its share of the task's start-up (TASK_START_S).
-   A run on instances it starts adds, per parallel lane, an instance start and an idle
-   tail before scale-in.
-3. **Dollars.** GPU-hours x what the run pays per GPU-hour (``Pricing.usd_per_gpu_hour``).
+   images/s (flows.cost.throughput), plus its share of the task's start-up (an ECS task's
+   TASK_START_S, a local process's LOCAL_START_S). A run on instances it starts adds, per
+   parallel lane, an instance start and an idle tail before scale-in.
+3. **Packs.** A pack is one GPU task or local process: ``cells_per_gpu`` cells train at once (a
+   wave). A pack holds waves, one after another, until its start-up is at most START_SHARE of its
+   time (``Pricing.fill``), but never so few packs that a parallel lane would idle.
+4. **Dollars.** GPU-hours x what the run pays per GPU-hour (``Pricing.usd_per_gpu_hour``).
 """
 
 from __future__ import annotations
@@ -40,7 +43,15 @@ FORWARD_SHARE = 1 / 3  # a forward pass is ~1/3 of forward+backward (backward ~2
 HCP_SUBJECTS = 181  # a path dataset's size is unknown before it is opened: the HCP 7T cohort has 181
 
 # Overheads, assumptions until the ECS backend measures them (its ledger records real time):
-TASK_START_S = 30.0  # per pack: container start, torch import, CUDA init, dataset load
+TASK_START_S = 30.0  # per ECS pack: container start, torch import, CUDA init, dataset load
+# Per local pack: a new Python process importing torch and the trainer and loading the cohort, no
+# container. Measured on this project's 2-core CPU machine, 2026-12-05: 5.8 to 6.4 s (imports 2.9 s, reading
+# the 181-subject fsaverage cohort from its cache 2.9 s), with no CUDA to initialise.
+LOCAL_START_S = 6.0
+START_SHARE = 0.1  # a filled pack holds waves of cells until its start-up is at most this share of it
+# The most cells a filled pack holds: an ECS task's command lists its cells' S3 URIs (~85 characters
+# each), and RunTask takes at most 8192 characters of overrides (AWS ECS API reference, RunTask).
+MAX_PACK_CELLS = 64
 INSTANCE_START_S = 300.0  # per lane: boot the ECS GPU AMI, register, pull the image
 IDLE_TAIL_S = 900.0  # per lane: managed scaling removes an idle instance after ~15 min
 
@@ -64,10 +75,16 @@ class Pricing:
     instances: bool  # the run starts instances: it pays their start and idle tail per lane
     usd_per_gpu_hour: float  # what the ledger charges per GPU-hour of this run
     prices: dict[str, Price] | None = None  # a refreshed price table; None: flows.cost.prices.PRICES
+    fill: bool = True  # packs hold waves of cells_per_gpu cells to amortise their start (fill_packs)
 
     @property
     def price(self) -> Price:
         return price_of(self.instance_type, self.prices)
+
+    @property
+    def task_start_s(self) -> float:
+        """GPU-seconds a pack pays before its first cell trains: an ECS task or a local process."""
+        return TASK_START_S if self.backend == "ecs" else LOCAL_START_S
 
 
 # ----------------------------------------------------------------------------- work
@@ -156,16 +173,19 @@ def resolve_gpu(gpu_or_instance: str) -> str:
     raise CostError(f"unknown GPU or instance type {gpu_or_instance!r}; GPUs: {', '.join(GPU_PEAK_TFLOPS)}")
 
 
-def cell_gpu_seconds(cell: Cell, gpu: str, cells_per_gpu: int = 1, table: Table | None = None) -> float:
+def cell_gpu_seconds(cell: Cell, gpu: str, cells_per_gpu: int = 1, table: Table | None = None,
+                     start_s: float = TASK_START_S) -> float:
     """GPU-seconds a cell costs on ``gpu`` (a GPU like ``A10G`` or an instance type),
-    with its share of its pack's start-up."""
+    with its share of its pack's start-up (``start_s``: an ECS task's by default)."""
     gpu = resolve_gpu(gpu)
-    return train_seconds(work_of(cell), gpu, cells_per_gpu, table) + TASK_START_S / max(1, cells_per_gpu)
+    return train_seconds(work_of(cell), gpu, cells_per_gpu, table) + start_s / max(1, cells_per_gpu)
 
 
 def cell_usd(cell: Cell, pricing: Pricing) -> float:
-    """Dollars a cell costs as ``pricing`` runs it: what the flow reserves before launching it."""
-    return cell_gpu_seconds(cell, pricing.price.gpu, pricing.cells_per_gpu) / 3600 * pricing.usd_per_gpu_hour
+    """Dollars a cell costs as ``pricing`` runs it (its share of one wave's start-up): what the
+    cap's subset search weighs it by."""
+    seconds = cell_gpu_seconds(cell, pricing.price.gpu, pricing.cells_per_gpu, start_s=pricing.task_start_s)
+    return seconds / 3600 * pricing.usd_per_gpu_hour
 
 
 # ----------------------------------------------------------------------------- whole grid
@@ -197,6 +217,8 @@ class Estimate:
     price_where: str  # region (and zones) the prices hold for
     throughput: dict[str, float] = field(default_factory=dict)  # "resnet18 b4" -> images/s per GPU
     sources: list[str] = field(default_factory=list)
+    cells_per_pack: int = 0  # the most cells one pack (GPU task) trains, in waves of cells_per_gpu
+    task_start_s: float = 0.0  # each pack's start-up, in gpu_hours_cells
 
     @property
     def gpu_hours(self) -> float:
@@ -268,6 +290,7 @@ class Pack:
     force: bool = False  # its cells are retrained (--force) rather than skipped when complete or resumed
     fused: bool = False  # trained as one vmapped model (--fused): a benchmark measured that faster
     rounds: Span | None = None  # halving: the stretch it trains (the trainer's --until-round); None: all
+    at_once: int = 0  # cells training at a time when the pack holds waves of them; 0: all of them
 
     @property
     def ids(self) -> list[str]:
@@ -276,7 +299,9 @@ class Pack:
     def flags(self, force: bool) -> list[str]:
         """The trainer's flags for this pack (``python -m autolabel.train CELL ... FLAGS``), on
         either backend; ``force``: this launch retrains its cells (a retry resumes instead)."""
+        waves = 0 < self.at_once < len(self.cells)
         return [*(["--force"] if force else []), *(["--fused"] if self.fused else []),
+                *(["--threads", str(self.at_once), "--workers", "1"] if waves else []),
                 *(["--until-round", str(self.until_round)] if self.until_round is not None else [])]
 
     @property
@@ -290,22 +315,58 @@ class Pack:
         return self.cells[0].label if len(self.cells) == 1 else f"pack-{self.index}-{len(self.cells)}-cells"
 
 
+@dataclass
+class _Wave:
+    """Cells that train at once (make_packs), priced: what price_packs fills packs with."""
+
+    cells: list[Cell]
+    force: bool
+    fused: bool
+    train_s: float  # its cells' training, start-up excluded
+
+
 def price_packs(cells: list[Cell], pricing: Pricing, forced: frozenset[str] = frozenset(), rounds: Span | None = None,
                 first: int = 0) -> list[Pack]:
     """``cells`` in packs, each priced as ``pricing`` runs it: the one pricing of packs that the
     estimate, the in-run cap and the runners' time limits all read. Cells in ``forced`` (retrained
     under --force) pack apart from the others (a trainer's --force holds for all its cells).
     ``rounds``: only that stretch of each cell (halving); ``first``: the first pack's index (packs
-    launched after others)."""
+    launched after others). With ``pricing.fill`` a pack holds waves (:func:`fill_packs`)."""
     gpu = pricing.price.gpu
-    groups = [(g, True) for g in make_packs([c for c in cells if c.id in forced], pricing.cells_per_gpu)]
-    groups += [(g, False) for g in make_packs([c for c in cells if c.id not in forced], pricing.cells_per_gpu)]
+    waves = []
+    for force, group in [(True, [c for c in cells if c.id in forced]), (False, [c for c in cells if c.id not in forced])]:
+        for wave in make_packs(group, pricing.cells_per_gpu):
+            fused = rounds is None and fuses(wave, gpu)  # a halving stretch trains as cells (--until-round)
+            train_s = sum(train_seconds(work_of(c, rounds), gpu, len(wave), fused=fused) for c in wave)
+            waves.append(_Wave(wave, force, fused, train_s))
+    filled = fill_packs(waves, pricing) if pricing.fill else [[w] for w in waves]
     packs = []
-    for i, (group, force) in enumerate(groups, first):
-        fused = rounds is None and fuses(group, gpu)  # a halving stretch trains as cells (--until-round)
-        seconds = TASK_START_S + sum(train_seconds(work_of(c, rounds), gpu, len(group), fused=fused) for c in group)
-        packs.append(Pack(i, tuple(group), seconds, seconds / 3600 * pricing.usd_per_gpu_hour,
-                          lane_usd(pricing, i, first + len(groups)), force, fused, rounds))
+    for i, pack in enumerate(filled, first):
+        seconds = pricing.task_start_s + sum(w.train_s for w in pack)
+        members = tuple(c for w in pack for c in w.cells)
+        packs.append(Pack(i, members, seconds, seconds / 3600 * pricing.usd_per_gpu_hour,
+                          lane_usd(pricing, i, first + len(filled)), pack[0].force, pack[0].fused, rounds,
+                          pricing.cells_per_gpu if len(pack) > 1 else 0))
+    return packs
+
+
+def fill_packs(waves: list[_Wave], pricing: Pricing) -> list[list[_Wave]]:
+    """Waves in packs, one after another in their order: each pack takes waves until its training
+    is at least ``task_start_s / START_SHARE`` (its start-up at most that share of it), or, where
+    fewer packs would leave a parallel lane idle, the run's training / ``max_parallel``; and never
+    past MAX_PACK_CELLS. A fused wave and a wave of other cells (forced or not) start a pack of
+    their own."""
+    target = min(pricing.task_start_s / START_SHARE, sum(w.train_s for w in waves) / max(1, pricing.max_parallel))
+    packs: list[list[_Wave]] = []
+    for w in waves:
+        last = packs[-1] if packs else None
+        joins = (last is not None and not w.fused and not last[0].fused and last[0].force == w.force
+                 and sum(x.train_s for x in last) < target
+                 and sum(len(x.cells) for x in last) + len(w.cells) <= MAX_PACK_CELLS)
+        if joins:
+            last.append(w)
+        else:
+            packs.append([w])
     return packs
 
 
@@ -367,4 +428,6 @@ def estimate(cells: list[Cell], pricing: Pricing, packs: list[Pack] | None = Non
         price_where=price.where,
         throughput={name: round(v, 1) for name, (v, _) in rates.items()},
         sources=sorted({src for _, src in rates.values()} | {f"prices: {price.source}, {price.where}, {price.date}"}),
+        cells_per_pack=max((len(p.cells) for p in packs), default=0),
+        task_start_s=pricing.task_start_s,
     )

@@ -83,6 +83,8 @@ def render(r: RunPlan) -> str:
     rates = ", ".join(f"{k} {v:,.0f}" for k, v in e.throughput.items())
     lines.append(f"  throughput  images/s per GPU at {e.cells_per_gpu} cell(s) per GPU: {rates}")
     lines += [f"              ({src})" for src in e.sources]
+    lines.append(f"  packs       {e.packs:,} {'tasks' if e.backend == 'ecs' else 'processes'} of up to {e.cells_per_pack} "
+                 f"cell(s), {e.cells_per_gpu} at a time, each starting in {e.task_start_s:.0f} s")
     lines.append(
         f"  GPU-hours   {e.gpu_hours:,.1f}  (cells {e.gpu_hours_cells:,.1f} + instance start/idle "
         f"{e.gpu_hours_overhead:,.1f})"

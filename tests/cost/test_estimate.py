@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,7 @@ def test_gpu_seconds_on_hand_checked_numbers():
 def test_estimate_on_hand_checked_numbers():
     cells = grid_cells({"lr": [0.001, 0.002]})
     per_cell = EQUIVALENT / A10G_PACKED + 30
-    one = cost.estimate(cells, ecs(max_parallel=1))
+    one = cost.estimate(cells, replace(ecs(max_parallel=1), fill=False))  # a task per cell
     assert one.cells == 2 and one.packs == 2 and one.cells_per_gpu == 1 and one.gpu == "A10G"
     assert one.gpu_hours_cells == pytest.approx(2 * per_cell / 3600)
     assert one.gpu_hours_overhead == pytest.approx((300 + 900) / 3600)  # one lane: start + idle tail
@@ -89,25 +90,59 @@ def test_estimate_on_hand_checked_numbers():
     assert two.gpu_hours_overhead == pytest.approx(2 * 1200 / 3600) and two.usd == two.usd_spot
     assert (two.train_images, two.validation_images) == (2 * TRAIN, 2 * VAL)
     assert two.pflop == pytest.approx(2 * EQUIVALENT * 73.0 / 1e6)
-    # Local GPUs are already running: no instance start or idle tail, the instance type's rate.
+    # Local GPUs are already running: no instance start or idle tail, the instance type's rate, and
+    # a process starts in 6 s where a container took 30.
     warm = cost.estimate(cells, plan.make_pricing("local", "g5.xlarge", max_parallel=2, local_gpus=True))
-    assert warm.gpu_hours_overhead == 0 and warm.wall_hours == pytest.approx(per_cell / 3600)
-    assert warm.usd == pytest.approx(2 * per_cell / 3600 * 1.006)
+    local_cell = per_cell - 30 + 6
+    assert warm.gpu_hours_overhead == 0 and warm.wall_hours == pytest.approx(local_cell / 3600)
+    assert warm.usd == pytest.approx(2 * local_cell / 3600 * 1.006)
     # A CPU-only machine is charged nothing unless told what an hour of it costs.
     cpu = cost.estimate(cells, plan.make_pricing("local", "g5.xlarge"))
     assert cpu.usd == 0 and cpu.usd_on_demand == pytest.approx(warm.usd)  # the instance's rates, for reference
     billed = cost.estimate(cells, plan.make_pricing("local", "g5.xlarge", local_usd_per_hour=3.0))
-    assert billed.usd == pytest.approx(2 * per_cell / 3600 * 3.0)
+    assert billed.usd == pytest.approx(2 * local_cell / 3600 * 3.0)
     d = two.as_dict()
     assert {"gpu_hours", "usd_on_demand", "usd_spot", "usd", "wall_hours", "sources", "backend"} <= set(d)
 
 
+def test_filled_packs_pay_one_start_for_several_waves():
+    cells = grid_cells({"lr": [0.001, 0.002, 0.003, 0.004]})
+    train = EQUIVALENT / A10G_PACKED  # 87 s each, less than the 300 s that makes a 30 s start 10%
+    # One lane: every cell in one task, one at a time (--threads 1 --workers 1), one start.
+    (pack,) = cost.price_packs(cells, ecs(max_parallel=1))
+    assert len(pack.cells) == 4 and pack.at_once == 1
+    assert pack.gpu_seconds == pytest.approx(30 + 4 * train)
+    assert pack.flags(False) == ["--threads", "1", "--workers", "1"]
+    # Two lanes: never fewer packs than lanes, so half each.
+    assert [len(p.cells) for p in cost.price_packs(cells, ecs(max_parallel=2))] == [2, 2]
+    # Eight lanes: a task per cell, as without filling; its flags leave the trainer's defaults.
+    packs = cost.price_packs(cells, ecs(max_parallel=8))
+    assert [len(p.cells) for p in packs] == [1] * 4 and packs[0].flags(True) == ["--force"]
+    assert packs == cost.price_packs(cells, replace(ecs(max_parallel=8), fill=False))
+    # A long cell fills its task alone: 4 repeats make each cell 348 s of training, past 300.
+    long = grid_cells({"lr": [0.001, 0.002]}, until=8)
+    assert [len(p.cells) for p in cost.price_packs(long, ecs(max_parallel=1))] == [1, 1]
+    # Forced cells never share a task with the others (--force holds for all of a trainer's cells).
+    forced = cost.price_packs(cells, ecs(max_parallel=1), frozenset({cells[0].id}))
+    assert [(len(p.cells), p.force) for p in forced] == [(1, True), (3, False)]
+
+
 def test_packed_estimate_shares_start_up(benson):
-    est = cost.estimate(benson, ecs("p5.48xlarge", max_parallel=8, cells_per_gpu=16))
+    p5 = ecs("p5.48xlarge", max_parallel=8, cells_per_gpu=16)
+    est = cost.estimate(benson, replace(p5, fill=False))
     # 24 groups of 75 cells (base model x batch x inputs): 5 packs of 15... at most 16 each.
-    assert est.packs == 24 * 5 and est.cells_per_gpu == 16
+    assert est.packs == 24 * 5 and est.cells_per_gpu == 16 and est.cells_per_pack == 16
     work = sum(cost.work_of(c).gflop / throughput.GFLOP_PER_IMAGE[c.options.base_model] for c in benson)
     assert est.gpu_hours_cells > work / 1530 / 3600  # the fastest any cell goes, plus start-ups
+    # Filled: a task trains waves of 16 until its 30 s start is at most 10% of it.
+    packs = cost.price_packs(benson, p5)
+    filled = cost.estimate(benson, p5, packs)
+    assert 8 <= filled.packs < est.packs and sorted(c.id for p in packs for c in p.cells) == sorted(c.id for c in benson)
+    assert all(p.at_once == 16 and p.flags(False) == ["--threads", "16", "--workers", "1"]
+               for p in packs if len(p.cells) > 16)
+    target = min(300, sum(p.gpu_seconds - 30 for p in packs) / 8)  # its training, or a lane's share
+    assert all(p.gpu_seconds - 30 >= target for p in packs[:-1])
+    assert filled.gpu_hours_cells == pytest.approx(est.gpu_hours_cells - (est.packs - filled.packs) * 30 / 3600)
 
 
 def test_packs_group_cells_the_trainer_can_share():

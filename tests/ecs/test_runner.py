@@ -26,6 +26,7 @@ from autolabel.options import (
     Round,
     SyntheticDataset,
 )
+from flows.cost import estimate
 from flows.ecs import aws as aws_mod
 from flows.ecs.runner import EcsRunner
 from flows.ecs.settings import EcsSettings, parse_ecs_pairs
@@ -499,6 +500,7 @@ def test_grid_runs_on_ecs_end_to_end_through_faults(aws, tmp_path, cache, monkey
         cell_dir(tmp_path / "demo", c).mkdir(parents=True)
         (cell_dir(tmp_path / "demo", c) / "checkpoint.pt").write_bytes(b"not a checkpoint")
     placements = fail_placements(monkeypatch, aws, "RESOURCE:GPU", times=1)
+    monkeypatch.setattr(estimate, "MAX_PACK_CELLS", 1)  # a task per cell: each fault hits one cell
 
     with ContainerEmulator(aws, trainer_env(aws.endpoint, cache)) as emu:
         emu.spot_cells = {valid[0].id}

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from flows.cost import estimate
 from flows.cost.cap import plan_run
 from flows.cost.estimate import price_packs
 from flows.ecs.settings import EcsSettings
@@ -53,7 +54,8 @@ def test_a_local_plan_holds_the_pending_cells_their_priced_packs_and_the_spend(t
     assert any("a local run without GPUs is charged $0" in n for n in forced.notes)
 
 
-def test_over_the_cap_the_plan_runs_the_subset_or_nothing(tmp_path):
+def test_over_the_cap_the_plan_runs_the_subset_or_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(estimate, "MAX_PACK_CELLS", 1)  # a process per cell: the cap weighs cells one by one
     spec = write_grid_spec(tmp_path, "g", {"lr": [0.002, 0.003, 0.004], "bce_weight": [0.5, 0.75]})
     one_cell = prepare(spec, RunSettings(local_usd_per_hour=3600.0)).packs[0].usd
     cap = 3.5 * one_cell  # the covering 3 cells fit, all 6 do not
