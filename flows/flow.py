@@ -159,7 +159,7 @@ def grid_search(
         spot: price at spot rates (the ECS capacity provider must use spot then).
         on_cap: "refuse" to start over the cap, or run the "subset" that fits,
             keeping every level of every factor.
-        cells_per_gpu: cells trained together on one GPU (default: from the benchmark).
+        cells_per_gpu: cells training at once on one GPU (default: from the benchmark); a pack runs such waves.
         out_dir: where cells and summaries go (default: the grid name's folder beside the spec).
         force: retrain cells that are already complete.
         retries: retries of a transiently failed pack (spot loss, OOM kill, ...).

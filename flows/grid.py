@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--on-cap", choices=["refuse", "subset"], default="refuse",
                    help="over the cap: refuse, or run the subset that fits and keeps every level")
     p.add_argument("--cells-per-gpu", type=positive_int, default=None,
-                   help="cells packed on one GPU (default: from the throughput table)")
+                   help="cells training at once on one GPU; a pack runs such waves until its start-up is at "
+                        "most 10%% of it (default: from the throughput table)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default <spec folder>/<name>/)")
     p.add_argument("--force", action="store_true", help="retrain cells that are already complete")

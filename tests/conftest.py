@@ -223,6 +223,30 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+# ----------------------------------------------------------------------------- shared between the workers
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder that ``build`` fills once per test session and tests only read: under pytest-xdist
+    each worker would otherwise build it again for its own module-scoped fixture (real training,
+    tens of seconds). The first worker builds it under a lock; the others wait for it, then read it."""
+    import fcntl
+    import shutil
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # this session's folder, above each worker's own
+    path, done = base / name, base / f"{name}.built"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir()
+            build(path)
+            done.touch()
+    return path
+
+
 # ----------------------------------------------------------------------------- the flows' cost model
 
 

@@ -35,7 +35,13 @@ from autolabel.control import RunControl
 from autolabel.fused import build_pack, run_pack_epoch
 from autolabel.loop import TABLE_HEADER
 from autolabel.train import train_cells
-from tests.conftest import epoch_keys, history_rows, metrics_of, tiny_options
+from tests.conftest import (
+    built_once,
+    epoch_keys,
+    history_rows,
+    metrics_of,
+    tiny_options,
+)
 
 # the scheduler of a fused cell never sees its own Adam step (the pack's does): autolabel.control.QUIET_WARNINGS
 pytestmark = pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
@@ -69,17 +75,20 @@ def write_cell(path: Path, seed: int, lr: float, gamma: float, bce: float, until
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    """Cells a, b, c trained as one fused pack (folder fused/) and each solo (folder solo/)."""
-    root = tmp_path_factory.mktemp("fused")
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")  # the trainer's threads (autolabel.state.configure_device)
-        fused = [write_cell(root / "fused" / n, *spec) for n, spec in CELLS.items()]
-        assert train_cells([str(c) for c in fused], quiet(), fused=True) == 0
-        for n, spec in CELLS.items():
-            assert run_cell(str(write_cell(root / "solo" / n, *spec)), quiet(), say=lambda line: None) == 0
-    torch.set_num_threads(threads)
-    return root
+    """Cells a, b, c trained as one fused pack (folder fused/) and each solo (folder solo/), once
+    for both test workers (the tests only read them)."""
+
+    def build(root: Path) -> None:
+        threads = torch.get_num_threads()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("OMP_NUM_THREADS", "1")  # the trainer's threads (autolabel.state.configure_device)
+            fused = [write_cell(root / "fused" / n, *spec) for n, spec in CELLS.items()]
+            assert train_cells([str(c) for c in fused], quiet(), fused=True) == 0
+            for n, spec in CELLS.items():
+                assert run_cell(str(write_cell(root / "solo" / n, *spec)), quiet(), say=lambda line: None) == 0
+        torch.set_num_threads(threads)
+
+    return built_once(tmp_path_factory, "fused-reference", build)
 
 
 def read_lines(stream, lines: queue.Queue) -> None:

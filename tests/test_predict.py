@@ -30,6 +30,7 @@ from autolabel.errors import EXIT_BAD_INPUT
 from autolabel.predict import command as predict
 from autolabel.predict.models import load_ensemble
 from autolabel.predict.vertices import choose_labels, vertex_probabilities
+from tests.conftest import built_once
 
 ROWS, COLS = 64, 128  # the main model's images
 TRUTH = "{hemi}.visual_area_7deg.mgz"  # the atlas's V1-V3 within 7 degrees: the fsaverage cohort's labels
@@ -64,20 +65,24 @@ def subjects_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """Real cells trained on the fsaverage cohort: the main anat-area model and three tiny ones."""
-    root = tmp_path_factory.mktemp("cells")
+    """Real cells trained on the fsaverage cohort: the main anat-area model and three tiny ones
+    (trained once for both test workers; the tests only read them)."""
     cells = {
         "main": MAIN,
         "small": ({"inputs": "anat", "prediction": "area", "dataset": TINY}, TINY_PLAN),
         "ring": ({"inputs": "anat", "prediction": "ring", "dataset": TINY}, RING_PLAN),
         "t1t2": ({"inputs": "t1t2", "prediction": "area", "dataset": TINY}, TINY_PLAN),
     }
-    for name, (options, plan) in cells.items():
-        (root / name).mkdir()
-        (root / name / "options.json").write_text(json.dumps({"device": "cpu", "batch_size": 2} | options))
-        (root / name / "plan.json").write_text(json.dumps(plan))
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert train.train_cells([str(root / n) for n in cells], RunControl()) == 0
+
+    def build(root: Path) -> None:
+        for name, (options, plan) in cells.items():
+            (root / name).mkdir()
+            (root / name / "options.json").write_text(json.dumps({"device": "cpu", "batch_size": 2} | options))
+            (root / name / "plan.json").write_text(json.dumps(plan))
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert train.train_cells([str(root / n) for n in cells], RunControl()) == 0
+
+    root = built_once(tmp_path_factory, "predict-models", build)
     return {name: root / name / "model.pt" for name in cells}
 
 
