@@ -80,6 +80,25 @@ class Poller:
         self._wake.set()
         return w
 
+    def wait_stopped(self, arn: str, stopping: threading.Event) -> bool:
+        """Block until ``arn``, an earlier run's task this runner does not watch, has stopped (or is
+        gone); False if ``stopping`` is set first. Errors of a describe are retried at the next poll."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        misses = 0
+        while not stopping.is_set():
+            try:
+                tasks = self.ecs.describe_tasks(cluster=self.cluster, tasks=[arn]).get("tasks", [])
+                if tasks and tasks[0].get("lastStatus") == "STOPPED":
+                    return True
+                misses = 0 if tasks else misses + 1
+                if misses >= MISSING_POLLS:
+                    return True
+            except (BotoCoreError, ClientError):
+                pass
+            stopping.wait(self.poll_interval_s)
+        return False
+
     def wait(self, w: Watch) -> None:
         """Block until ``w`` is done, restarting the thread should it have died."""
         while not w.done.wait(30):

@@ -209,7 +209,9 @@ class EcsRunner:
         """The ARN of a task of this grid, started before this runner, that trains exactly ``uris``.
 
         A flow killed mid-run leaves its tasks running; a rerun waits for them rather than
-        starting a second trainer on the same cells. When this grid's tasks cannot be listed,
+        starting a second trainer on the same cells. Packs form anew on a rerun (cells finished
+        since change how they fill), so a task that trains only some of ``uris`` is waited for
+        until it stops, and then the pack launches. When this grid's tasks cannot be listed,
         :class:`AdoptionError` stops the run: launching blind could train a cell twice.
         """
         with self._lock:
@@ -221,7 +223,12 @@ class EcsRunner:
                 except AdoptionError as e:
                     self._adoption_error = e
                     raise
-            return self._orphans.pop(tuple(uris), None)
+            arn = self._orphans.pop(tuple(uris), None)
+            overlapping = [] if arn else [a for held, a in self._orphans.items() if set(held) & set(uris)]
+        for a in overlapping:
+            if not self.poller.wait_stopped(a, self._stopping):
+                raise _LaunchFailed("transient", STOPPED_BY_FLOW + "; not launched")
+        return arn
 
     def _list_orphans(self) -> dict[tuple[str, ...], str]:
         """This grid's tasks not yet stopped, by their command (``--force`` left out).

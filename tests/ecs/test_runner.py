@@ -349,6 +349,32 @@ def test_a_rerun_after_a_killed_flow_adopts_its_tasks_and_starts_none_twice(aws,
     assert listed and all(set(p) == {"cluster", "startedBy"} for p in listed), listed
 
 
+def test_a_rerun_waits_for_an_earlier_task_that_holds_some_of_its_cells(aws, tmp_path):
+    """Packs fill anew on a rerun: a killed flow's task trains c0 and c1, the rerun's pack is c1 and
+    c2. The pack launches only once that task has stopped, never beside it."""
+    grid = tmp_path / "demo"
+    cells = [tiny_cell(grid, f"c{i}") for i in range(3)]
+    killed_flow = runner_for(aws, grid)
+    with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None) as emu:
+        for c in cells:
+            killed_flow.upload_inputs(cell_dir(grid, c), killed_flow.cell_uri(c))
+        orphan = killed_flow.launch([killed_flow.cell_uri(c) for c in cells[:2]], [], [c.id for c in cells[:2]])
+        emu.wait_for(1, "RUNNING")
+        rerun = runner_for(aws, grid)
+        sent, described = record_calls(rerun, "RunTask"), record_calls(rerun, "DescribeTasks")
+        attempts, _, threads = run_in_threads(rerun, [cells[1:]])
+        deadline = time.monotonic() + 60
+        while sum(orphan in d["tasks"] for d in described) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the rerun has looked at the earlier task three times...
+        assert sum(orphan in d["tasks"] for d in described) >= 3 and not sent, "launched beside the earlier task"
+        emu.release(0)  # ... and launches once it stops
+        for t in threads:
+            t.join(60)
+    assert attempts[0].outcome == "ok", attempts
+    assert len(sent) == 1 and [u.rsplit("/", 1)[-1] for u in sent[0]["overrides"]["containerOverrides"][0]["command"]
+                               if u.startswith("s3://")] == ["c1", "c2"]
+
+
 def test_list_tasks_with_another_filter_is_refused_as_aws_documents(aws, tmp_path):
     with ContainerEmulator(aws, trainer_env(aws.endpoint, tmp_path), entrypoint=None):
         ecs = aws.client("ecs")
