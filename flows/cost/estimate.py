@@ -15,7 +15,7 @@ flows/cost/throughput.py; the cap and the subset that fits it: flows/cost/cap.py
    parallel lane, an instance start and an idle tail before scale-in.
 3. **Packs.** A pack is one GPU task or local process: ``cells_per_gpu`` cells train at once (a
    wave). A pack holds waves, one after another, until its start-up is at most START_SHARE of its
-   time (``Pricing.fill``), but never so few packs that a parallel lane would idle.
+   time (:func:`fill_packs`), but never so few packs that a parallel lane would idle.
 4. **Dollars.** GPU-hours x what the run pays per GPU-hour (``Pricing.usd_per_gpu_hour``).
 """
 
@@ -75,7 +75,6 @@ class Pricing:
     instances: bool  # the run starts instances: it pays their start and idle tail per lane
     usd_per_gpu_hour: float  # what the ledger charges per GPU-hour of this run
     prices: dict[str, Price] | None = None  # a refreshed price table; None: flows.cost.prices.PRICES
-    fill: bool = True  # packs hold waves of cells_per_gpu cells to amortise their start (fill_packs)
 
     @property
     def price(self) -> Price:
@@ -331,7 +330,7 @@ def price_packs(cells: list[Cell], pricing: Pricing, forced: frozenset[str] = fr
     estimate, the in-run cap and the runners' time limits all read. Cells in ``forced`` (retrained
     under --force) pack apart from the others (a trainer's --force holds for all its cells).
     ``rounds``: only that stretch of each cell (halving); ``first``: the first pack's index (packs
-    launched after others). With ``pricing.fill`` a pack holds waves (:func:`fill_packs`)."""
+    launched after others). A pack holds waves of cells (:func:`fill_packs`)."""
     gpu = pricing.price.gpu
     waves = []
     for force, group in [(True, [c for c in cells if c.id in forced]), (False, [c for c in cells if c.id not in forced])]:
@@ -339,7 +338,7 @@ def price_packs(cells: list[Cell], pricing: Pricing, forced: frozenset[str] = fr
             fused = rounds is None and fuses(wave, gpu)  # a halving stretch trains as cells (--until-round)
             train_s = sum(train_seconds(work_of(c, rounds), gpu, len(wave), fused=fused) for c in wave)
             waves.append(_Wave(wave, force, fused, train_s))
-    filled = fill_packs(waves, pricing) if pricing.fill else [[w] for w in waves]
+    filled = fill_packs(waves, pricing)
     packs = []
     for i, pack in enumerate(filled, first):
         seconds = pricing.task_start_s + sum(w.train_s for w in pack)
@@ -354,8 +353,8 @@ def fill_packs(waves: list[_Wave], pricing: Pricing) -> list[list[_Wave]]:
     """Waves in packs, one after another in their order: each pack takes waves until its training
     is at least ``task_start_s / START_SHARE`` (its start-up at most that share of it), or, where
     fewer packs would leave a parallel lane idle, the run's training / ``max_parallel``; and never
-    past MAX_PACK_CELLS. A fused wave and a wave of other cells (forced or not) start a pack of
-    their own."""
+    past MAX_PACK_CELLS (a wave is never split). A fused wave and a wave of other cells (forced or
+    not) start a pack of their own."""
     target = min(pricing.task_start_s / START_SHARE, sum(w.train_s for w in waves) / max(1, pricing.max_parallel))
     packs: list[list[_Wave]] = []
     for w in waves:

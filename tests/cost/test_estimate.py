@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -75,10 +74,12 @@ def test_gpu_seconds_on_hand_checked_numbers():
         cost.cell_gpu_seconds(cell, "Z80")
 
 
-def test_estimate_on_hand_checked_numbers():
+def test_estimate_on_hand_checked_numbers(monkeypatch):
     cells = grid_cells({"lr": [0.001, 0.002]})
     per_cell = EQUIVALENT / A10G_PACKED + 30
-    one = cost.estimate(cells, replace(ecs(max_parallel=1), fill=False))  # a task per cell
+    with monkeypatch.context() as mp:
+        mp.setattr(cost, "MAX_PACK_CELLS", 1)  # a task per cell
+        one = cost.estimate(cells, ecs(max_parallel=1))
     assert one.cells == 2 and one.packs == 2 and one.cells_per_gpu == 1 and one.gpu == "A10G"
     assert one.gpu_hours_cells == pytest.approx(2 * per_cell / 3600)
     assert one.gpu_hours_overhead == pytest.approx((300 + 900) / 3600)  # one lane: start + idle tail
@@ -105,7 +106,7 @@ def test_estimate_on_hand_checked_numbers():
     assert {"gpu_hours", "usd_on_demand", "usd_spot", "usd", "wall_hours", "sources", "backend"} <= set(d)
 
 
-def test_filled_packs_pay_one_start_for_several_waves():
+def test_filled_packs_pay_one_start_for_several_waves(monkeypatch):
     cells = grid_cells({"lr": [0.001, 0.002, 0.003, 0.004]})
     train = EQUIVALENT / A10G_PACKED  # 87 s each, less than the 300 s that makes a 30 s start 10%
     # One lane: every cell in one task, one at a time (--threads 1 --workers 1), one start.
@@ -118,7 +119,9 @@ def test_filled_packs_pay_one_start_for_several_waves():
     # Eight lanes: a task per cell, as without filling; its flags leave the trainer's defaults.
     packs = cost.price_packs(cells, ecs(max_parallel=8))
     assert [len(p.cells) for p in packs] == [1] * 4 and packs[0].flags(True) == ["--force"]
-    assert packs == cost.price_packs(cells, replace(ecs(max_parallel=8), fill=False))
+    with monkeypatch.context() as mp:
+        mp.setattr(cost, "MAX_PACK_CELLS", 1)  # a task per cell, filling nothing
+        assert packs == cost.price_packs(cells, ecs(max_parallel=8))
     # A long cell fills its task alone: 4 repeats make each cell 348 s of training, past 300.
     long = grid_cells({"lr": [0.001, 0.002]}, until=8)
     assert [len(p.cells) for p in cost.price_packs(long, ecs(max_parallel=1))] == [1, 1]
@@ -127,9 +130,11 @@ def test_filled_packs_pay_one_start_for_several_waves():
     assert [(len(p.cells), p.force) for p in forced] == [(1, True), (3, False)]
 
 
-def test_packed_estimate_shares_start_up(benson):
+def test_packed_estimate_shares_start_up(benson, monkeypatch):
     p5 = ecs("p5.48xlarge", max_parallel=8, cells_per_gpu=16)
-    est = cost.estimate(benson, replace(p5, fill=False))
+    with monkeypatch.context() as mp:
+        mp.setattr(cost, "MAX_PACK_CELLS", 16)  # one wave a task, filling nothing
+        est = cost.estimate(benson, p5)
     # 24 groups of 75 cells (base model x batch x inputs): 5 packs of 15... at most 16 each.
     assert est.packs == 24 * 5 and est.cells_per_gpu == 16 and est.cells_per_pack == 16
     work = sum(cost.work_of(c).gflop / throughput.GFLOP_PER_IMAGE[c.options.base_model] for c in benson)
