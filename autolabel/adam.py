@@ -9,13 +9,14 @@ Each cell's update is what ``torch.optim.Adam`` as :func:`autolabel.loop.new_opt
 (betas 0.9/0.999, eps 1e-8, no weight decay) would do to that cell alone, within float rounding
 (tests/test_fused.py checks both paths against it):
 
-- elsewhere than CUDA, :func:`stacked_update` is Adam's single-tensor update written over the
+- on CUDA and the CPU, :func:`kernel_update` runs the kernel of ``Adam(fused=True)`` (what a solo
+  cell steps with there, :func:`fused_adam`) once per cell on its slices of the stack: one pass
+  over the weights and moments, where the elementwise form would make about ten. The per-cell lr
+  and skip flag are tensors, so a CUDA graph of the step replays with whatever they hold
+  (autolabel/step.py). On the CPU it is bitwise the solo cell's update;
+- elsewhere (MPS), :func:`stacked_update` is Adam's single-tensor update written over the
   [K, ...] tensors, with the per-cell scalars (lr, bias corrections) as [K] tensors broadcast
-  over each cell's slice;
-- on CUDA, :func:`kernel_update` runs the kernel of ``Adam(fused=True)`` (what a solo CUDA cell
-  steps with) once per cell on its slices of the stack: one pass over the weights and moments,
-  where the elementwise form would make about ten. The per-cell lr and skip flag are device
-  tensors, so a CUDA graph of the step replays with whatever they hold (autolabel/step.py).
+  over each cell's slice.
 
 :meth:`StackedAdam.cell_state` and :meth:`StackedAdam.load_cell_state` convert one cell's slice
 to and from the per-parameter state of ``torch.optim.Adam``, so a fused cell's checkpoint is
@@ -28,6 +29,13 @@ import torch
 
 # torch.optim.Adam's defaults, which autolabel.loop.new_optimizer keeps.
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
+
+
+def fused_adam(device: torch.device) -> bool:
+    """Whether Adam steps with its fused kernel on ``device``: a solo cell (autolabel.loop) and a
+    fused pack alike. On the CPU it steps a U-Net about 3x faster than the per-tensor loop (0.025
+    against 0.079 s for ResNet-18's 17.8 M weights, one thread, 2026-12-05)."""
+    return device.type in ("cuda", "cpu")
 
 
 class StackedAdam:
@@ -50,7 +58,7 @@ class StackedAdam:
     def step(self) -> None:
         grads = [p.grad for p in self.params]
         self.steps.add_(1.0 - self.skip)
-        update = kernel_update if self.steps.device.type == "cuda" else stacked_update
+        update = kernel_update if fused_adam(self.steps.device) else stacked_update
         update(self.params, grads, self.exp_avg, self.exp_avg_sq, self.steps, self.lr, self.skip)
 
     @torch.no_grad()

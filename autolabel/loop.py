@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from autolabel.adam import fused_adam
 from autolabel.celldir import HISTORY_COLUMNS
 from autolabel.losses import combined_loss, dice_counts, dice_score
 from autolabel.model import build_model
@@ -57,13 +58,15 @@ def new_model(options: CellOptions, data: Data, device: torch.device, repeat: in
 def new_optimizer(model: torch.nn.Module, rnd: Round) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.StepLR]:
     """Adam at the round's lr and a StepLR that multiplies it by gamma after every epoch.
 
-    On CUDA: fused (one kernel for the whole update) and capturable, with the lr a device
-    tensor that StepLR fills in place, so a CUDA graph of the step sees every new lr.
+    Fused (one kernel for the whole update) where :func:`fused_adam` says so. On CUDA also
+    capturable, with the lr a device tensor that StepLR fills in place, so a CUDA graph of the
+    step sees every new lr. A checkpoint keeps the flags it was made
+    with: a run resumed from an older checkpoint steps as it began.
     """
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
     lr = torch.tensor(rnd.lr, device=device) if cuda else rnd.lr
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=cuda, capturable=cuda)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=fused_adam(device), capturable=cuda)
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=rnd.gamma)
 
 
