@@ -247,6 +247,45 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
     return path
 
 
+def train_quietly(cells: dict[str, tuple[dict, list]], root: Path) -> None:
+    """Write each named cell (options, plan) under ``root`` and train them all in this process (CPU, batch 2
+    unless the options say otherwise), keeping their output off the test's."""
+    import contextlib
+    import io
+
+    from autolabel import train
+    from autolabel.control import RunControl
+
+    for name, (options, plan) in cells.items():
+        (root / name).mkdir()
+        (root / name / "options.json").write_text(json.dumps({"device": "cpu", "batch_size": 2} | options))
+        (root / name / "plan.json").write_text(json.dumps(plan))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert train.train_cells([str(root / n) for n in cells], RunControl()) == 0
+
+
+# The fsaverage cohort's pair (real anatomy, the Benson 2014 atlas): area labels, 32 subjects at 64x128,
+# two rounds (2 + 1 epochs) at batch 2. test_science checks that full inputs beat anatomy alone on it;
+# test_predict labels fsaverage5 with its anat cell.
+FSAVERAGE_PAIR_DATASET = {"kind": "fsaverage", "subjects": 32, "rows": 64, "cols": 128}
+SCIENCE_PLAN = [{"lr": 0.003, "bce_weight": 0.75, "num_epochs": 2}, {"lr": 0.001, "bce_weight": 0.0, "num_epochs": 1}]
+
+
+@pytest.fixture(scope="session")
+def fsaverage_pair(tmp_path_factory) -> dict[str, Path]:
+    """The full and anat cell folders of the fsaverage pair, trained once for the whole session."""
+    import time
+
+    def build(root: Path) -> None:
+        started = time.perf_counter()
+        options = {"prediction": "area", "dataset": FSAVERAGE_PAIR_DATASET}
+        train_quietly({inputs: (options | {"inputs": inputs}, SCIENCE_PLAN) for inputs in ("full", "anat")}, root)
+        (root / "seconds.txt").write_text(f"{time.perf_counter() - started:.0f}")
+
+    root = built_once(tmp_path_factory, "fsaverage-pair", build)
+    return {inputs: root / inputs for inputs in ("full", "anat")}
+
+
 # ----------------------------------------------------------------------------- the flows' cost model
 
 
