@@ -51,7 +51,6 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import IO
 
-from autolabel.cell import run_cell
 from autolabel.control import RunControl
 from autolabel.errors import STOP_SIGNALS, worst
 from autolabel.process import die_with_parent
@@ -230,7 +229,9 @@ def train_threaded(
     """Train ``cells`` in this process, ``threads`` at a time, each in a thread (and CUDA stream)
     of its own; the worst exit code, 143 if a cell was left unstarted, 130 after Ctrl-C.
     See the module's docstring for what the threads share and how they stop."""
-    import torch  # deferred, as in on_cuda: only a run that trains needs it
+    import torch  # deferred, as in on_cuda: only a process that trains needs it
+
+    from autolabel.cell import run_cell
 
     lock = threading.Lock()
     cuda = torch.cuda.is_available() and device != "cpu"

@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu_check.sh [OUT_DIR]          # a GPU machine; OUT_DIR defaults to benchmarks/throughput/
 #   bash benchmarks/gpu_check.sh --smoke OUT_DIR    # the same steps on a CPU, tiny sizes (tests/test_gpu_throughput.py)
 #
+# The smoke runs every strategy a CPU can: the GPU run's threads and fused packs, and processes.
+#
 # Writes into OUT_DIR: <GPU>-<date>.json, the throughput file the cost model reads (fused figures
 # carry "strategy": "fused" and "peak_memory_gib"; rewritten after each phase, so a run cut short
 # keeps what it measured), and gpu-check-<date>-<time>.log, everything printed here.
@@ -55,7 +57,7 @@ echo "== tests: exit $? (0 passed, 1 a test failed, 5 none ran: no CUDA, 124 tim
 
 echo "== 2. benchmark: fused packs against threads"
 if [ -n "$smoke" ]; then
-  bench=(--smoke --strategies fused --fused-budget-s 120)
+  bench=(--smoke --strategies processes,threads,fused --fused-budget-s 120)
 else
   # Threads at 16 cells (the trainer's default) with fewer steps than the full benchmark, no
   # smaller thread packs; fused packs at K = 8, 16, 32, 64 with what time is left.

@@ -1,13 +1,13 @@
 """Training images/s on one GPU: one cell at a time (eager fp32) against packed and fused trainers.
 
     python benchmarks/gpu_throughput.py --out benchmarks/throughput/    # one H200: 158 s (2026-11-27)
-    python benchmarks/gpu_throughput.py --smoke --out /tmp/bench.json   # CPU, tiny cohort: ~45 s (the tests)
+    python benchmarks/gpu_throughput.py --smoke --out /tmp/bench.json   # CPU, tiny cohort: ~25 s
     python benchmarks/gpu_throughput.py --strategies processes,processes-graphs,threads,hybrid  # ~4.5 min
     python benchmarks/gpu_throughput.py --strategies threads,fused --out benchmarks/throughput/  # + fused packs
     python benchmarks/gpu_throughput.py --strategies fused --smoke --out /tmp/bench.json        # CPU, fused only
 
 The device machine has PyTorch but no pydantic: carry its wheels (see README "Packing");
-benchmarks/gpu_check.sh runs this with the fused equivalence tests in one call.
+benchmarks/gpu_check.sh runs this with the fused equivalence tests in one call (its --smoke: the tests).
 
 Cells are at the published sizes: the full synthetic cohort (181 subjects, 14 channels,
 128x256), batch sizes 2/4/6 and both base models, taken in turn from MIX. Every cell

@@ -76,7 +76,7 @@ def test_cli_trains_a_tiny_cell_and_writes_every_file(make_cell):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_mid_epoch(make_cell):
+def test_resume_after_sigkill_mid_epoch(make_cell, capsys):
     cell = make_cell(small_options(), tiny_plan(rounds=2, epochs=2))
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -97,12 +97,12 @@ def test_resume_after_sigkill_mid_epoch(make_cell):
     assert proc.returncode == -signal.SIGKILL and (cell / "checkpoint.pt").exists()
     assert 1 <= len(before) < 4 and not (cell / "metrics.json").exists()
 
-    done = cli(str(cell), env=env)
-    assert done.returncode == 0, done.stderr
+    assert train.main([str(cell)]) == 0  # the rerun, in this process (a process start is a torch import)
+    out = capsys.readouterr().out
     after = history_rows(cell)
     assert epoch_keys(after) == [("0", str(r), str(e)) for r in range(2) for e in (1, 2)]
     assert after[: len(before)] == before  # resumed, not restarted: the early epochs were not retrained
-    assert "resumed from checkpoint.pt" in done.stdout and "cell " not in done.stdout
+    assert "resumed from checkpoint.pt" in out and "cell " not in out
     assert metrics_of(cell).epochs == 4
 
 
@@ -197,7 +197,7 @@ def test_a_stop_requested_before_a_cell_starts_leaves_it_for_the_rerun(make_cell
 
 
 # The flag through `python -m autolabel` (the package's own entry point, the same main), the
-# variable through `python -m autolabel.train`: each start costs a torch import, so one each.
+# variable through `python -m autolabel.train`.
 @pytest.mark.parametrize(
     "module, args, env, shown",
     [("autolabel", ["--checkpoint-every", "-1"], {}, "--checkpoint-every: expected seconds >= 0, got '-1'"),
@@ -208,6 +208,13 @@ def test_a_bad_checkpoint_interval_is_refused_before_any_cell(make_cell, module,
     done = cli(str(cell), *args, module=module, env=os.environ | env)
     assert done.returncode == 2 and shown in done.stderr and "Traceback" not in done.stderr
     assert not (cell / "history.csv").exists()
+
+
+def test_the_command_line_imports_torch_only_to_train():
+    # A refused flag, and a pack's supervisor of worker processes, start in a fraction of a second.
+    code = "import sys; import autolabel.train, autolabel.pack; print(sorted(m for m in sys.modules if m.startswith('torch')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 # ----------------------------------------------------------------------------- stopping alone, and a busy cell
@@ -245,7 +252,7 @@ def test_a_trainer_alone_checkpoints_the_epoch_in_progress_on_any_stop(make_cell
     saved = 3 * int(where.group(1)) + int(where.group(2))
     assert (cell / "checkpoint.pt").exists() and len(history_rows(cell)) == saved >= seen
 
-    assert cli(str(cell)).returncode == 0
+    assert train.main([str(cell)]) == 0  # the rerun resumes there (in this process)
     assert epoch_keys(history_rows(cell)) == [("0", str(r), str(e)) for r in range(2) for e in (1, 2, 3)]
 
 
