@@ -30,9 +30,11 @@ def autolabel_cache(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("autolabel-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AUTOLABEL_CACHE", str(path))
-        # Tiny cells' epochs take well under a second: checkpoint after every one, so that the
-        # kill-and-resume tests resume from the last epoch (test_train tests the interval itself).
-        mp.setenv("AUTOLABEL_CHECKPOINT_EVERY_S", "0")
+        # The trainer's own interval (60 s): a tiny cell checkpoints when stopped, paused or
+        # killed by a signal it can catch, not after every epoch (a checkpoint of ResNet-18 and
+        # its Adam state is 214 MB, 0.4 s here, as long as a tiny epoch). A test that kills a
+        # trainer outright asks for every epoch's (the fixture checkpoint_every_epoch).
+        mp.delenv("AUTOLABEL_CHECKPOINT_EVERY_S", raising=False)
         if os.environ.get("PYTEST_XDIST_WORKER"):
             # make test runs two workers on two cores: one thread each, in-process and in the
             # trainers they start (more threads than free cores makes OpenMP spin).
@@ -41,6 +43,13 @@ def autolabel_cache(tmp_path_factory) -> Path:
             mp.setenv("OMP_NUM_THREADS", "1")
             torch.set_num_threads(1)
         yield path
+
+
+@pytest.fixture
+def checkpoint_every_epoch(monkeypatch) -> None:
+    """Trainers (in this process and the ones it starts) checkpoint after every epoch, so that a
+    SIGKILL or an exception after an epoch resumes from that epoch."""
+    monkeypatch.setenv("AUTOLABEL_CHECKPOINT_EVERY_S", "0")
 
 
 def tiny_options(**overrides: Any) -> dict:
@@ -130,6 +139,16 @@ def s3_bucket(s3_env, request) -> str:
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") or "bucket"
     storage.s3_client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def prefect_home(tmp_path_factory) -> Callable[[Path], Path]:
+    """``prefect_home(path)``: a PREFECT_HOME for a server of a test's own (``prefect server start``
+    or the command's temporary one), holding a copy of a database migrated once per session."""
+    from tests.prefect_server import migrated_database, seed_home
+
+    migrated = built_once(tmp_path_factory, "prefect-database", migrated_database)
+    return lambda home: seed_home(home, migrated)
 
 
 @pytest.fixture(scope="session")

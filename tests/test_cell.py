@@ -67,6 +67,7 @@ def test_best_round_and_repeat_are_kept(make_cell, capsys):
 # ----------------------------------------------------------------------------- resume
 
 
+@pytest.mark.usefixtures("checkpoint_every_epoch")
 def test_resume_continues_exactly_where_it_stopped(make_cell, capsys):
     plan = tiny_plan(rounds=2, epochs=2)
     reference = make_cell(small_options(), plan, name="reference")
@@ -104,6 +105,7 @@ def test_a_garbage_checkpoint_names_the_file_to_delete_and_temporaries_of_a_kill
     assert run(cell) == 0 and metrics_of(cell).status == "complete"
 
 
+@pytest.mark.usefixtures("checkpoint_every_epoch")
 def test_foreign_checkpoint_is_refused_and_force_starts_over(make_cell, capsys):
     cell = make_cell(small_options(), tiny_plan(rounds=2))
     assert run(cell, say=interrupt_at("0 1 1")) == EXIT_ERROR
@@ -268,6 +270,7 @@ def keys(bucket: str, prefix: str) -> list[str]:
     return sorted(o["Key"][len(prefix) + 1 :] for o in listing.get("Contents", []))
 
 
+@pytest.mark.usefixtures("checkpoint_every_epoch")
 def test_s3_cell_trains_uploads_and_resumes(s3_bucket, capsys):
     uri = put_cell(s3_bucket, "grid/cell-1", small_options(), tiny_plan(rounds=2))
     assert run(uri, say=interrupt_at("0 1 1")) == EXIT_ERROR

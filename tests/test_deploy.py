@@ -26,9 +26,9 @@ REQUIRED = ("autolabel_cluster", "autolabel_capacity_provider", "autolabel_task_
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, prefect_home):
     """A `prefect server start` of its own, on a free port, with a private home."""
-    with prefect_server(tmp_path / "home") as env:
+    with prefect_server(prefect_home(tmp_path / "home")) as env:
         yield env
 
 

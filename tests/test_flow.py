@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -292,11 +293,13 @@ def processes_with_env(name: str, value: str) -> list[int]:
     return found
 
 
-def flow_env(tmp_path: Path, own_api: bool = False) -> dict[str, str]:
+def flow_env(tmp_path: Path, own_api: Callable[[Path], Path] | None = None) -> dict[str, str]:
+    """The flow's environment: the session's API server, or with ``own_api`` (the prefect_home
+    fixture) a home of its own, where the command starts its temporary server."""
     from prefect.settings import PREFECT_API_URL
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PREFECT_HOME"] = str(own_api(tmp_path / "prefect-home") if own_api else tmp_path / "prefect-home")
     if not own_api:  # the session's server: no temporary one to start (seconds)
         env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     env["CUDA_VISIBLE_DEVICES"] = ""
@@ -398,11 +401,12 @@ def test_a_second_run_of_a_busy_grid_refuses_at_once_and_each_cell_trains_once(p
 
 
 @pytest.mark.slow
-def test_sigkill_of_the_flow_the_real_trainers_checkpoint_and_its_api_server_goes(prefect_api, tmp_path, one_thread):
+def test_sigkill_of_the_flow_the_real_trainers_checkpoint_and_its_api_server_goes(prefect_api, tmp_path, one_thread,
+                                                                                   prefect_home):
     """The real trainer and the command's own temporary API server: SIGKILL to the flow alone."""
     spec = write_grid_spec(tmp_path, "killed", {"lr": [0.002]}, epochs=4,
                            static={"dataset": {"kind": "synthetic", "seed": 3, "subjects": 8, "rows": 32, "cols": 32}})
-    env = flow_env(tmp_path, own_api=True) | {"OMP_NUM_THREADS": "1"}
+    env = flow_env(tmp_path, own_api=prefect_home) | {"OMP_NUM_THREADS": "1"}
     log = tmp_path / "flow.log"
     proc = start_flow(spec, env, log, trainer=None, max_parallel=1)
     (cell,) = [cell_dir(tmp_path / "killed", c) for c in expand(load_spec(spec))]
@@ -521,7 +525,7 @@ def test_a_stopped_force_run_resumes_what_it_had_not_finished_and_retrains_nothi
 
 
 @pytest.mark.slow
-def test_a_dead_prefect_api_ends_the_run_in_one_line_after_the_cells_checkpoint(prefect_api, tmp_path):
+def test_a_dead_prefect_api_ends_the_run_in_one_line_after_the_cells_checkpoint(prefect_api, tmp_path, prefect_home):
     """A `prefect server` the test starts, killed while cells train: exit 69 and one line naming the
     API and how to resume, once every running cell has checkpointed; the rerun resumes."""
     from tests.prefect_server import prefect_server_process
@@ -529,7 +533,7 @@ def test_a_dead_prefect_api_ends_the_run_in_one_line_after_the_cells_checkpoint(
     spec = write_grid_spec(tmp_path, "noapi", {"lr": [0.002, 0.003, 0.004]}, epochs=10)
     cells = tmp_path / "noapi" / "cells"
     log = tmp_path / "flow.log"
-    with prefect_server_process(tmp_path / "server-home") as (server, env):
+    with prefect_server_process(prefect_home(tmp_path / "server-home")) as (server, env):
         api = env["PREFECT_API_URL"]
         proc = start_flow(spec, env | {"STAND_IN_EPOCH_S": "0.3", "CUDA_VISIBLE_DEVICES": ""}, log)  # 6 s a cell
         try:

@@ -76,6 +76,7 @@ def test_cli_trains_a_tiny_cell_and_writes_every_file(make_cell):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("checkpoint_every_epoch")
 def test_resume_after_sigkill_mid_epoch(make_cell, capsys):
     cell = make_cell(small_options(), tiny_plan(rounds=2, epochs=2))
     env = os.environ | {"OMP_NUM_THREADS": "1"}

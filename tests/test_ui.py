@@ -114,14 +114,14 @@ def run_logs(env: dict[str, str], run_id: str) -> list[str]:
     return [entry["message"] for entry in logs]
 
 
-def test_the_run_form_shows_ecs_inputs_and_a_run_from_it_completes_with_artifacts(tmp_path, browser):
+def test_the_run_form_shows_ecs_inputs_and_a_run_from_it_completes_with_artifacts(tmp_path, browser, prefect_home):
     shots = screenshots_dir()
     spec = tmp_path / "uiform.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "uiform", "static": {"partition": 0.25, "device": "cpu"},
         "hyper": {"lr": [0.003, 0.004]}, "plan": [{"num_epochs": 1}],
     }))
-    with prefect_server(tmp_path / "home") as env:
+    with prefect_server(prefect_home(tmp_path / "home")) as env:
         set_variables(env, ECS_VARIABLES)
         api(env, "POST", "/work_pools/", {"name": "autolabel-orchestrator", "type": "process", "base_job_template":
                                           json.loads((ROOT / "deployments" / "work-pool-process.json").read_text())})
