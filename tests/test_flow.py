@@ -225,7 +225,7 @@ def test_dry_run_and_run_reach_the_same_verdict_and_dollars(prefect_api, tmp_pat
     assert {("local", 0, False), ("local", 0, True), ("local", 3, True), ("ecs", 3, True)} <= seen
 
 
-def test_killed_flow_rerun_trains_only_missing_cells(prefect_api, tmp_path):
+def test_killed_flow_rerun_trains_only_missing_cells(prefect_api, tmp_path, capsys):
     from prefect.settings import PREFECT_API_URL
 
     spec = write_grid_spec(tmp_path, "resume", {"lr": [0.002, 0.003, 0.004, 0.005]}, epochs=2)
@@ -256,13 +256,15 @@ def test_killed_flow_rerun_trains_only_missing_cells(prefect_api, tmp_path):
     first = {d.name: (d / "metrics.json").read_text() for d in done}
     assert len(first) < 4, "the kill came after the whole grid: nothing left to resume"
 
-    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    # The rerun, in this process against the same API (the killed run's process is what had to die).
+    code = cli.run_grid(spec, max_parallel=1, trainer=STAND_IN)
+    out, err = capsys.readouterr()
+    assert code == 0, out[-2000:] + err[-2000:]
     for name, text in first.items():
         assert (cells_root / name / "metrics.json").read_text() == text
         assert launches(cells_root / name) == 1
     assert all(json.loads((d / "metrics.json").read_text())["status"] == "complete" for d in cells_root.iterdir())
-    assert "Traceback" not in rerun.stdout + rerun.stderr
+    assert "Traceback" not in out + err
 
 
 # ----------------------------------------------------------------------------- stopping, and two runs at once
@@ -370,12 +372,7 @@ def test_a_stopped_flow_checkpoints_summarizes_and_leaves_nothing(prefect_api, t
         assert json.loads((d / "metrics.json").read_text())["status"] == "complete"
 
 
-def start_flow_cmd(spec: Path, **params) -> list[str]:
-    kw = ", ".join(f"{k}={v!r}" for k, v in {"max_parallel": 2, "trainer": STAND_IN, **params}.items())
-    return [sys.executable, "-c", f"import sys; from flows.grid import run_grid; sys.exit(run_grid({str(spec)!r}, {kw}))"]
-
-
-def test_a_second_run_of_a_busy_grid_refuses_at_once_and_each_cell_trains_once(prefect_api, tmp_path):
+def test_a_second_run_of_a_busy_grid_refuses_at_once_and_each_cell_trains_once(prefect_api, tmp_path, capsys):
     spec = write_grid_spec(tmp_path, "twice", {"lr": [0.002, 0.003]}, epochs=2)
     # The first run's trainers wait for `release` before training: the second run meets its lock
     # however long this loaded machine takes to start it.
@@ -386,13 +383,15 @@ def test_a_second_run_of_a_busy_grid_refuses_at_once_and_each_cell_trains_once(p
     first = start_flow(spec, env, log)
     try:
         wait_until(lock.exists, first, log)
-        second = subprocess.run(start_flow_cmd(spec), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        # The second run, in this process (a run that finds the grid busy, however it was started).
+        second = cli.run_grid(spec, max_parallel=2, trainer=STAND_IN)
+        out, err = capsys.readouterr()
         release.touch()
         first.wait(timeout=120)
     finally:
         end_session(first)
-    assert second.returncode == 75, second.stdout[-2000:] + second.stderr[-2000:]
-    assert f"busy: held by pid {first.pid}" in second.stderr and "Traceback" not in second.stdout + second.stderr
+    assert second == 75, out[-2000:] + err[-2000:]
+    assert f"busy: held by pid {first.pid}" in err and "Traceback" not in out + err
     assert first.returncode == 0, log.read_text()[-3000:]
     cells = list((tmp_path / "twice" / "cells").iterdir())
     assert len(cells) == 2 and all(launches(d) == 1 for d in cells)

@@ -99,7 +99,7 @@ def read_lines(stream, lines: queue.Queue) -> None:
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory):
     """a, b, c and the diverging d as one pack in `python -m autolabel.train --fused`, SIGTERM as its
-    first epoch begins: (cells, command, environment, exit code, stderr)."""
+    first epoch begins: (cells, exit code, stderr)."""
     root = tmp_path_factory.mktemp("stopped")
     cells = [write_cell(root / n, *spec) for n, spec in (CELLS | DIVERGING).items()]
     env = os.environ | {"OMP_NUM_THREADS": "1", "AUTOLABEL_CHECKPOINT_EVERY_S": "3600"}  # only the stop saves
@@ -115,7 +115,7 @@ def stopped(tmp_path_factory):
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    return cells, cmd, env, proc.returncode, err
+    return cells, proc.returncode, err
 
 
 def assert_matches(got: Path, want: Path, exact: bool) -> None:
@@ -156,7 +156,7 @@ def test_each_cell_of_a_fused_pack_trains_as_its_solo_run(reference):
 
 
 def test_a_diverging_cell_ends_alone_as_a_solo_cell_does(stopped):
-    cells, _, _, code, err = stopped
+    cells, code, err = stopped
     d = cells[3]
     assert code == 143  # the stop outranks the divergence (autolabel.errors.worst)
     m = metrics_of(d)
@@ -168,8 +168,8 @@ def test_a_diverging_cell_ends_alone_as_a_solo_cell_does(stopped):
     # the cells of a pack that never had a diverging cell (the SIGTERM test).
 
 
-def test_sigterm_checkpoints_every_cell_and_a_rerun_resumes_fused_or_solo(reference, stopped, tmp_path):
-    cells, cmd, env, code, err = stopped
+def test_sigterm_checkpoints_every_cell_and_a_rerun_resumes_fused_or_solo(reference, stopped, tmp_path, capsys):
+    cells, code, err = stopped
     # 1. Every live cell of the pack checkpointed the epoch in progress, mid-round, and stopped.
     assert code == 143, err
     for c in cells[:3]:
@@ -181,17 +181,19 @@ def test_sigterm_checkpoints_every_cell_and_a_rerun_resumes_fused_or_solo(refere
         assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in saved)
         assert len(ckpt["optimizer"]["state"]) == len(ckpt["optimizer"]["param_groups"][0]["params"])
 
-    # 2. a and b resume as a pack, c alone from a copy of its fused checkpoint.
+    # 2. a and b resume as a pack, c alone from a copy of its fused checkpoint (in this process, one
+    # thread as the stopped command had: a process start is a torch import).
     solo_c = shutil.copytree(cells[2], tmp_path / "c-solo")
-    rerun = subprocess.run([*cmd[:3], str(cells[0]), str(cells[1]), "--fused"], capture_output=True, text=True,
-                           env=env, timeout=180)  # fmt: skip
-    assert rerun.returncode == 0, rerun.stderr
-    assert "[a] resumed from checkpoint.pt at repeat 0 round 0 epoch 2" in rerun.stdout
-    for c in cells[:2]:  # bit for bit the uninterrupted pack's, which had c and no diverging cell
-        assert_matches(c, reference / "fused" / c.name, exact=True)
+    threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
+        mp.setenv("OMP_NUM_THREADS", "1")  # the trainer's threads (autolabel.state.configure_device)
+        capsys.readouterr()
+        assert train_cells([str(cells[0]), str(cells[1])], quiet(), fused=True) == 0
+        assert "[a] resumed from checkpoint.pt at repeat 0 round 0 epoch 2" in capsys.readouterr().out
+        for c in cells[:2]:  # bit for bit the uninterrupted pack's, which had c and no diverging cell
+            assert_matches(c, reference / "fused" / c.name, exact=True)
         assert run_cell(str(solo_c), quiet(), say=lambda line: None) == 0
+    torch.set_num_threads(threads)
     assert_matches(solo_c, reference / "fused" / "c", exact=False)
     assert "resumed from checkpoint.pt at repeat 0 round 0 epoch 2" in (solo_c / "training.log").read_text()
 
