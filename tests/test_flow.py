@@ -400,6 +400,7 @@ def test_a_second_run_of_a_busy_grid_refuses_at_once_and_each_cell_trains_once(p
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("checkpoint_every_epoch")  # "the first epoch is saved", below
 def test_sigkill_of_the_flow_the_real_trainers_checkpoint_and_its_api_server_goes(prefect_api, tmp_path, one_thread,
                                                                                    prefect_home):
     """The real trainer and the command's own temporary API server: SIGKILL to the flow alone."""
