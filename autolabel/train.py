@@ -53,7 +53,8 @@ This module is the command line only: it makes the run's :class:`autolabel.contr
 from the flags, sets it from SIGTERM, SIGINT or SIGHUP, and hands the cells to autolabel.cell (one cell, the
 method) or autolabel.pack (several at once). ``python -m autolabel`` is the same command.
 Torch is imported only where a cell trains in this process: a bad flag is refused, and a pack's
-supervisor of worker processes runs, without it (about 3.5 s of start-up and 300 MB less).
+supervisor of worker processes runs, without it (0.06 s and 15 MB at most, against 3.7 s and
+830 MB with torch and the model code loaded; 2-core CPU machine, 2026-12-05).
 """
 
 from __future__ import annotations
