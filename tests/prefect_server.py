@@ -25,6 +25,9 @@ ECS_VARIABLES = {"autolabel_cluster": "autolabel-cluster", "autolabel_capacity_p
                  "autolabel_cells_prefix": "grids", "autolabel_region": "us-east-1"}
 
 
+DATABASE = "prefect.db"  # in PREFECT_HOME, where a server with the default settings keeps it
+
+
 def migrated_database(folder: Path) -> None:
     """Create Prefect's database in ``folder`` (a PREFECT_HOME), migrated to this version's head:
     ``prefect server database upgrade``, as a server would on its first start."""
@@ -32,9 +35,6 @@ def migrated_database(folder: Path) -> None:
     env |= {"PREFECT_HOME": str(folder), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     prefect(env, "--no-prompt", "server", "database", "upgrade", "--yes")
     assert (folder / DATABASE).is_file(), sorted(p.name for p in folder.iterdir())
-
-
-DATABASE = "prefect.db"  # in PREFECT_HOME, where a server with the default settings keeps it
 
 
 def seed_home(home: Path, migrated: Path) -> Path:
