@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import pytest
 
+from autolabel.control import CHECKPOINT_ENV
+
 # The files whose tests take tens of seconds (real trainers, servers, signals), longest first:
 # `make test` runs them first, so that its two workers end together instead of one waiting on a
 # long test picked up last (pytest-xdist's work stealing then evens out the short ones).
@@ -34,7 +36,7 @@ def autolabel_cache(tmp_path_factory) -> Path:
         # killed by a signal it can catch, not after every epoch (a checkpoint of ResNet-18 and
         # its Adam state is 214 MB, 0.4 s here, as long as a tiny epoch). A test that kills a
         # trainer outright asks for every epoch's (the fixture checkpoint_every_epoch).
-        mp.delenv("AUTOLABEL_CHECKPOINT_EVERY_S", raising=False)
+        mp.delenv(CHECKPOINT_ENV, raising=False)
         if os.environ.get("PYTEST_XDIST_WORKER"):
             # make test runs two workers on two cores: one thread each, in-process and in the
             # trainers they start (more threads than free cores makes OpenMP spin).
@@ -49,7 +51,7 @@ def autolabel_cache(tmp_path_factory) -> Path:
 def checkpoint_every_epoch(monkeypatch) -> None:
     """Trainers (in this process and the ones it starts) checkpoint after every epoch, so that a
     SIGKILL or an exception after an epoch resumes from that epoch."""
-    monkeypatch.setenv("AUTOLABEL_CHECKPOINT_EVERY_S", "0")
+    monkeypatch.setenv(CHECKPOINT_ENV, "0")
 
 
 def tiny_options(**overrides: Any) -> dict:
@@ -283,26 +285,34 @@ def train_quietly(cells: dict[str, tuple[dict, list]], root: Path) -> None:
         assert train.train_cells([str(root / n) for n in cells], RunControl()) == 0
 
 
-# The fsaverage cohort's pair (real anatomy, the Benson 2014 atlas): area labels, 32 subjects at 64x128,
-# two rounds (2 + 1 epochs) at batch 2. test_science checks that full inputs beat anatomy alone on it;
+# The science check's pair of cells: area labels, inputs full and anat, two rounds (2 + 1 epochs) at
+# batch 2. On the fsaverage cohort (real anatomy, the Benson 2014 atlas; 32 subjects at 64x128) it is
+# trained once per session: test_science checks that full inputs beat anatomy alone on it, and
 # test_predict labels fsaverage5 with its anat cell.
 FSAVERAGE_PAIR_DATASET = {"kind": "fsaverage", "subjects": 32, "rows": 64, "cols": 128}
 SCIENCE_PLAN = [{"lr": 0.003, "bce_weight": 0.75, "num_epochs": 2}, {"lr": 0.001, "bce_weight": 0.0, "num_epochs": 1}]
+PAIR = ("full", "anat")
+
+
+def train_pair(root: Path, dataset: dict) -> None:
+    """Train the pair on ``dataset`` into ``root``/full and ``root``/anat; ``root``/seconds.txt says how long it took."""
+    import time
+
+    started = time.perf_counter()
+    options = {"prediction": "area", "dataset": dataset}
+    train_quietly({inputs: (options | {"inputs": inputs}, SCIENCE_PLAN) for inputs in PAIR}, root)
+    (root / "seconds.txt").write_text(f"{time.perf_counter() - started:.1f}")
+
+
+def pair_cells(root: Path) -> dict[str, Path]:
+    """The cell folders of a pair :func:`train_pair` trained into ``root``, by input set."""
+    return {inputs: root / inputs for inputs in PAIR}
 
 
 @pytest.fixture(scope="session")
 def fsaverage_pair(tmp_path_factory) -> dict[str, Path]:
     """The full and anat cell folders of the fsaverage pair, trained once for the whole session."""
-    import time
-
-    def build(root: Path) -> None:
-        started = time.perf_counter()
-        options = {"prediction": "area", "dataset": FSAVERAGE_PAIR_DATASET}
-        train_quietly({inputs: (options | {"inputs": inputs}, SCIENCE_PLAN) for inputs in ("full", "anat")}, root)
-        (root / "seconds.txt").write_text(f"{time.perf_counter() - started:.0f}")
-
-    root = built_once(tmp_path_factory, "fsaverage-pair", build)
-    return {inputs: root / inputs for inputs in ("full", "anat")}
+    return pair_cells(built_once(tmp_path_factory, "fsaverage-pair", lambda root: train_pair(root, FSAVERAGE_PAIR_DATASET)))
 
 
 # ----------------------------------------------------------------------------- the flows' cost model

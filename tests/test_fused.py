@@ -168,6 +168,7 @@ def test_a_diverging_cell_ends_alone_as_a_solo_cell_does(stopped):
     # the cells of a pack that never had a diverging cell (the SIGTERM test).
 
 
+@pytest.mark.usefixtures("one_thread", "torch_one_thread")  # the reruns: one thread, as the stopped command had
 def test_sigterm_checkpoints_every_cell_and_a_rerun_resumes_fused_or_solo(reference, stopped, tmp_path, capsys):
     cells, code, err = stopped
     # 1. Every live cell of the pack checkpointed the epoch in progress, mid-round, and stopped.
@@ -181,19 +182,15 @@ def test_sigterm_checkpoints_every_cell_and_a_rerun_resumes_fused_or_solo(refere
         assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in saved)
         assert len(ckpt["optimizer"]["state"]) == len(ckpt["optimizer"]["param_groups"][0]["params"])
 
-    # 2. a and b resume as a pack, c alone from a copy of its fused checkpoint (in this process, one
-    # thread as the stopped command had: a process start is a torch import).
+    # 2. a and b resume as a pack, c alone from a copy of its fused checkpoint (in this process: a
+    # process start is a torch import).
     solo_c = shutil.copytree(cells[2], tmp_path / "c-solo")
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")  # the trainer's threads (autolabel.state.configure_device)
-        capsys.readouterr()
-        assert train_cells([str(cells[0]), str(cells[1])], quiet(), fused=True) == 0
-        assert "[a] resumed from checkpoint.pt at repeat 0 round 0 epoch 2" in capsys.readouterr().out
-        for c in cells[:2]:  # bit for bit the uninterrupted pack's, which had c and no diverging cell
-            assert_matches(c, reference / "fused" / c.name, exact=True)
-        assert run_cell(str(solo_c), quiet(), say=lambda line: None) == 0
-    torch.set_num_threads(threads)
+    capsys.readouterr()
+    assert train_cells([str(cells[0]), str(cells[1])], quiet(), fused=True) == 0
+    assert "[a] resumed from checkpoint.pt at repeat 0 round 0 epoch 2" in capsys.readouterr().out
+    for c in cells[:2]:  # bit for bit the uninterrupted pack's, which had c and no diverging cell
+        assert_matches(c, reference / "fused" / c.name, exact=True)
+    assert run_cell(str(solo_c), quiet(), say=lambda line: None) == 0
     assert_matches(solo_c, reference / "fused" / "c", exact=False)
     assert "resumed from checkpoint.pt at repeat 0 round 0 epoch 2" in (solo_c / "training.log").read_text()
 

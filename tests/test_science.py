@@ -10,12 +10,10 @@ not near-perfect.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from autolabel.options import CellMetrics
-from tests.conftest import SCIENCE_PLAN, train_quietly
+from tests.conftest import pair_cells, train_pair
 
 # Measured 2026-12-05 on the 2-core machine: full 0.771, anat 0.389, 17 s for both cells (64x128:
 # 0.766 vs 0.365 in 53 s, 2026-12-01; at 64 subjects and 4 epochs: 0.862 vs 0.540 in ~110 s).
@@ -27,7 +25,8 @@ MIN_FSAVERAGE_MARGIN = 0.1
 MAX_FSAVERAGE_FULL = 0.95  # near-perfect would mean the cohort leaks its labels: fix the cohort then
 
 
-def mean_dice(cells: dict, name: str, seconds: float, capsys) -> dict[str, float]:
+def mean_dice(cells: dict, name: str, capsys) -> dict[str, float]:
+    seconds = float((cells["full"].parent / "seconds.txt").read_text())
     dice = {k: CellMetrics.model_validate_json((c / "metrics.json").read_text()).mean_dice for k, c in cells.items()}
     with capsys.disabled():
         print(f"\nscience ({name}): mean Dice full {dice['full']:.3f}, anat {dice['anat']:.3f} in {seconds:.0f} s")
@@ -36,11 +35,8 @@ def mean_dice(cells: dict, name: str, seconds: float, capsys) -> dict[str, float
 
 @pytest.mark.slow
 def test_functional_inputs_beat_anatomy_alone(tmp_path, capsys):
-    started = time.perf_counter()
-    options = {"prediction": "area", "dataset": DATASET}
-    train_quietly({inputs: (options | {"inputs": inputs}, SCIENCE_PLAN) for inputs in ("full", "anat")}, tmp_path)
-    cells = {inputs: tmp_path / inputs for inputs in ("full", "anat")}
-    dice = mean_dice(cells, "analytic", time.perf_counter() - started, capsys)
+    train_pair(tmp_path, DATASET)
+    dice = mean_dice(pair_cells(tmp_path), "analytic", capsys)
     assert dice["full"] >= MIN_FULL_DICE
     assert dice["full"] - dice["anat"] >= MIN_MARGIN
 
@@ -48,7 +44,6 @@ def test_functional_inputs_beat_anatomy_alone(tmp_path, capsys):
 @pytest.mark.slow
 def test_functional_inputs_beat_anatomy_alone_on_the_real_brain(fsaverage_pair, capsys):
     """The same check on the fsaverage cohort: full clearly above anat, and not near-perfect."""
-    seconds = float((fsaverage_pair["full"].parent / "seconds.txt").read_text())
-    dice = mean_dice(fsaverage_pair, "fsaverage", seconds, capsys)
+    dice = mean_dice(fsaverage_pair, "fsaverage", capsys)
     assert dice["full"] - dice["anat"] >= MIN_FSAVERAGE_MARGIN
     assert dice["full"] <= MAX_FSAVERAGE_FULL
