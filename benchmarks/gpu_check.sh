@@ -40,15 +40,18 @@ if ! "$PY" -c "import pydantic" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; th
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 "$PY" - <<'EOF' || echo "!! environment check failed"
-import importlib, platform
+import platform
+from importlib import metadata
 print("python", platform.python_version())
-for name in ("torch", "torchvision", "numpy", "pydantic", "yaml", "pytest"):
+# The installed versions, read without importing each package (torchvision alone costs seconds).
+for name, dist in (("torch", "torch"), ("torchvision", "torchvision"), ("numpy", "numpy"), ("pydantic", "pydantic"),
+                   ("yaml", "PyYAML"), ("pytest", "pytest")):
     try:
-        print(name, getattr(importlib.import_module(name), "__version__", "?"))
-    except Exception as e:
+        print(name, metadata.version(dist))
+    except metadata.PackageNotFoundError as e:
         print(name, "MISSING:", e)
 import torch
-print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+print("torch build", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 EOF
 
 echo "== 1. fused equivalence tests (tests/test_fused_cuda.py; they skip themselves without CUDA)"

@@ -211,7 +211,10 @@ def benchmark(cells: int, steps: int, warmup: int, smoke: bool, budget_s: float,
     open_dataset(SyntheticDataset(**dataset))  # generated once into the cache, before any worker reads it
     say(f"{clock()} synthetic cohort ready ({time.monotonic() - t:.1f}s)")
 
-    ctx = mp.get_context("spawn")  # CUDA cannot be forked; spawn gives each worker a clean context
+    # CUDA cannot be forked: on a GPU, spawn gives each worker a clean context. On the CPU (--smoke)
+    # a forked worker starts with torch already imported, seconds sooner (nothing here has run a
+    # torch op or started a thread yet).
+    ctx = mp.get_context("spawn" if device == "cuda" else "fork")
     distinct = sorted(set(kinds), key=kinds.index)
     baseline, solo_graphs = run_baseline(ctx, distinct, dataset, device, steps, warmup)
     base_ips = aggregate(baseline, concurrent=False)

@@ -1,6 +1,6 @@
 """The worker processes of benchmarks/gpu_throughput.py: one cell's step timed, alone or in a pack.
 
-    python benchmarks/gpu_throughput.py ...   # starts these in spawned processes; see its docstring
+    python benchmarks/gpu_throughput.py ...   # starts these in worker processes (spawned on a GPU); see its docstring
 
 (a) baseline_worker: the kinds one at a time, a plain eager fp32 step, then (CUDA) the trainer's
 step under CUDA graphs; (b) pack_worker: cells of a pack, in threads on CUDA streams when several,

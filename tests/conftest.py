@@ -143,26 +143,43 @@ def s3_bucket(s3_env, request) -> str:
     return name
 
 
+def migrated_once(tmp_path_factory) -> Path:
+    """The folder of the session's migrated Prefect database (tests/prefect_server.py), built once."""
+    from tests.prefect_server import migrated_database
+
+    return built_once(tmp_path_factory, "prefect-database", migrated_database)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrate_early(request, tmp_path_factory) -> None:
+    """Where a test of the session needs a Prefect server, its database is migrated in the background
+    from the first test on: the first test that needs it no longer waits for the migrations (about
+    8 s), and under pytest-xdist the other worker does not idle behind the lock meanwhile."""
+    import threading
+
+    if any({"prefect_api", "prefect_home"} & set(item.fixturenames) for item in request.session.items):
+        threading.Thread(target=migrated_once, args=(tmp_path_factory,), daemon=True).start()
+
+
 @pytest.fixture(scope="session")
 def prefect_home(tmp_path_factory) -> Callable[[Path], Path]:
     """``prefect_home(path)``: a PREFECT_HOME for a server of a test's own (``prefect server start``
     or the command's temporary one), holding a copy of a database migrated once per session."""
-    from tests.prefect_server import migrated_database, seed_home
+    from tests.prefect_server import seed_home
 
-    migrated = built_once(tmp_path_factory, "prefect-database", migrated_database)
+    migrated = migrated_once(tmp_path_factory)
     return lambda home: seed_home(home, migrated)
 
 
 @pytest.fixture(scope="session")
-def prefect_api():
-    """A real (temporary, local) Prefect API for the whole session; starting it takes seconds."""
-    import os
+def prefect_api(prefect_home, tmp_path_factory) -> str:
+    """A real (temporary, local) Prefect API for the whole session, its URL; each test worker has
+    its own, started on a copy of the migrated database."""
+    from tests.prefect_server import api_in_process
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
+    with api_in_process(prefect_home(tmp_path_factory.mktemp("prefect-api"))) as url:
+        yield url
 
 
 # ----------------------------------------------------------------------------- AWS, in moto
@@ -286,10 +303,10 @@ def train_quietly(cells: dict[str, tuple[dict, list]], root: Path) -> None:
 
 
 # The science check's pair of cells: area labels, inputs full and anat, two rounds (2 + 1 epochs) at
-# batch 2. On the fsaverage cohort (real anatomy, the Benson 2014 atlas; 32 subjects at 64x128) it is
+# batch 2. On the fsaverage cohort (real anatomy, the Benson 2014 atlas; 32 subjects at 32x64) it is
 # trained once per session: test_science checks that full inputs beat anatomy alone on it, and
 # test_predict labels fsaverage5 with its anat cell.
-FSAVERAGE_PAIR_DATASET = {"kind": "fsaverage", "subjects": 32, "rows": 64, "cols": 128}
+FSAVERAGE_PAIR_DATASET = {"kind": "fsaverage", "subjects": 32, "rows": 32, "cols": 64}
 SCIENCE_PLAN = [{"lr": 0.003, "bce_weight": 0.75, "num_epochs": 2}, {"lr": 0.001, "bce_weight": 0.0, "num_epochs": 1}]
 PAIR = ("full", "anat")
 

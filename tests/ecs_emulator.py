@@ -16,7 +16,7 @@ backend (``ecs_backends[account][region]``), as the agent would on a real instan
 Faults are injected here, never in production code: a Spot interruption after a cell's first
 checkpoint upload, tasks held in PROVISIONING, placement failures and throttling.
 
-    python -m pytest -q tests/test_ecs.py
+    python -m pytest -q tests/ecs
 """
 
 from __future__ import annotations
@@ -72,8 +72,6 @@ class StandIn:
             "task_definition": self.task_definition,
             "bucket": self.bucket,
             "container_name": self.container,
-            # Tiny cells train for seconds: checkpoint after every epoch, so faults meet one.
-            "checkpoint_every_s": 0,
             **override,
         }
 
@@ -200,7 +198,10 @@ class ContainerEmulator:
     ``entrypoint=None`` runs no process: tasks stay RUNNING until :meth:`release`.
     Fault injection: ``hold_provisioning`` keeps new tasks in PROVISIONING; ``spot_cells``
     names cells whose task is Spot-interrupted once, right after its first checkpoint upload;
-    ``hang_cells`` those whose trainer hangs (SIGSTOP) once, right after it.
+    ``hang_cells`` those whose trainer hangs (SIGSTOP) once, right after it. A tiny cell trains
+    for seconds: a test that injects either asks for a checkpoint after every epoch
+    (``checkpoint_every_s=0``); the others keep the stack's interval, and upload a checkpoint
+    (214 MB for ResNet-18 and its Adam state) only when the trainer stops.
     """
 
     def __init__(self, aws: StandIn, env: dict[str, str], entrypoint: list[str] | None = ENTRYPOINT):

@@ -404,7 +404,7 @@ def test_a_second_run_of_a_busy_grid_refuses_at_once_and_each_cell_trains_once(p
 def test_sigkill_of_the_flow_the_real_trainers_checkpoint_and_its_api_server_goes(prefect_api, tmp_path, one_thread,
                                                                                    prefect_home):
     """The real trainer and the command's own temporary API server: SIGKILL to the flow alone."""
-    spec = write_grid_spec(tmp_path, "killed", {"lr": [0.002]}, epochs=4,
+    spec = write_grid_spec(tmp_path, "killed", {"lr": [0.002]}, epochs=2,
                            static={"dataset": {"kind": "synthetic", "seed": 3, "subjects": 8, "rows": 32, "cols": 32}})
     env = flow_env(tmp_path, own_api=prefect_home) | {"OMP_NUM_THREADS": "1"}
     log = tmp_path / "flow.log"
@@ -434,7 +434,7 @@ def test_sigkill_of_the_flow_the_real_trainers_checkpoint_and_its_api_server_goe
 
     assert run_flow(spec, trainer=None, max_parallel=1).is_completed()
     after = (cell / "history.csv").read_text().splitlines()
-    assert after[: len(rows)] == rows and len(after) == 1 + 8  # resumed: nothing lost, nothing twice
+    assert after[: len(rows)] == rows and len(after) == 1 + 4  # resumed: nothing lost, nothing twice
 
 
 def test_a_run_never_deletes_what_it_did_not_write(prefect_api, tmp_path, capsys):

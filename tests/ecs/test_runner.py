@@ -29,7 +29,7 @@ from autolabel.options import (
 from flows.cost import estimate
 from flows.ecs import aws as aws_mod
 from flows.ecs.runner import EcsRunner
-from flows.ecs.settings import EcsSettings, parse_ecs_pairs
+from flows.ecs.settings import CHECKPOINT_EVERY_S, EcsSettings, parse_ecs_pairs
 from flows.spec.cells import Cell, cell_dir
 from tests.conftest import pack_of, pricing_for
 from tests.ecs_emulator import (
@@ -166,7 +166,7 @@ def test_run_task_request_and_cost(aws, tmp_path):
     assert req["capacityProviderStrategy"] == [{"capacityProvider": aws.capacity_provider, "weight": 1, "base": 0}]
     assert req["overrides"]["containerOverrides"] == [{"name": "trainer", "command": [
         f"s3://{aws.bucket}/demo/cells/c1", f"s3://{aws.bucket}/demo/cells/c2", "--force"],
-        "environment": [{"name": "AUTOLABEL_CHECKPOINT_EVERY_S", "value": "0"}]}]
+        "environment": [{"name": "AUTOLABEL_CHECKPOINT_EVERY_S", "value": f"{CHECKPOINT_EVERY_S:g}"}]}]  # the default
     assert req["startedBy"] == "autolabel-demo" and req["propagateTags"] == "TASK_DEFINITION"
     assert {"key": "autolabel:cells", "value": "c1 c2"} in req["tags"]
     assert "networkConfiguration" not in req
@@ -456,22 +456,25 @@ def test_a_hung_pack_is_stopped_at_its_runtime_limit_and_resumes_on_retry(aws, t
         # A Spot loss right after the first checkpoint leaves progress in S3, so the next task
         # hangs at once (the emulator hangs a trainer once a checkpoint exists): a short limit
         # then cannot beat the hang, however loaded this machine is.
+        # Tiny cells train for seconds: the first task checkpoints after every epoch, so that the
+        # Spot loss meets one; the others keep the stack's interval (only a stop saves).
         emu.spot_cells = {"c1"}
-        lost = runner_for(aws, grid).run(pack_of(cell), print)
+        lost = runner_for(aws, grid, checkpoint_every_s=0).run(pack_of(cell), print)
         emu.hang_cells = {"c1"}
         runner = runner_for(aws, grid, runtime_limit_s=3)
         stops = record_calls(runner, "StopTask")
         hung = runner.run(pack_of(cell), print)
         # The retry under the default limit (3 x expected + 900 s).
         retry = runner_for(aws, grid).run(pack_of(cell), print)
-    _, first, second = emu.runs.values()
+    spot, first, second = emu.runs.values()
     assert lost.outcome == "transient" and "Spot" in lost.detail, lost
     assert first.hung and hung.outcome == "transient" and "runtime limit" in hung.detail, hung
     assert [s["reason"] for s in stops] == ["autolabel: runtime limit 3 s reached"]
     assert hung.device_seconds >= 3 and hung.usd > 0, "the hung time is charged"
     assert retry.outcome == "ok", retry
     assert any("resumed from checkpoint.pt" in line for line in second.lines), second.lines[-5:]
-    assert second.environment == {"AUTOLABEL_CHECKPOINT_EVERY_S": "0"}
+    assert spot.environment == {"AUTOLABEL_CHECKPOINT_EVERY_S": "0"}  # each task gets its runner's interval
+    assert second.environment == {"AUTOLABEL_CHECKPOINT_EVERY_S": f"{CHECKPOINT_EVERY_S:g}"}
 
 
 def test_the_runtime_limit_follows_the_expected_gpu_seconds(aws, tmp_path):
@@ -532,7 +535,7 @@ def test_grid_runs_on_ecs_end_to_end_through_faults(aws, tmp_path, cache, monkey
         emu.spot_cells = {valid[0].id}
         state = grid_mod.grid_search(
             spec=str(spec), backend="ecs", max_parallel=2, cells_per_gpu=1, retries=3, retry_delay_s=0.2,
-            ecs=aws.settings(prefix="grids", poll_interval_s=0.2), return_state=True,
+            ecs=aws.settings(prefix="grids", poll_interval_s=0.2, checkpoint_every_s=0), return_state=True,
         )
     assert state.is_failed(), "an invalid cell fails the flow"
     grid = tmp_path / "demo"
