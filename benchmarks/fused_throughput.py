@@ -11,9 +11,10 @@ trains K x batch images per step; aggregate images/s = those images / the timed 
 memory is torch.cuda.max_memory_allocated over the configuration (the shared cohort on the GPU
 included). The K cells start from one initialisation (the values do not change the speed).
 
-The configurations run in a worker process (spawned on a GPU, forked on a CPU), each kind's K ascending, so a time budget
-stops at the larger K: before each configuration the worker estimates its time from the
-previous one (x the ratio of K) and skips it if it would end past the deadline. An error in a
+The configurations run in a worker process (spawned on a GPU, forked on a CPU), each kind's K
+ascending, so a time budget stops at the larger K: before each configuration the worker
+estimates its time from the previous one (x the ratio of K) and skips it if it would end past
+the deadline. An error in a
 configuration (out of memory included) is reported and ends its worker, since a failed graph
 capture can leave CUDA unusable in a process; a fresh worker goes on with the configurations
 left, a kind out of memory at one K skipping its larger K.

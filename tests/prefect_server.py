@@ -57,8 +57,8 @@ def free_port() -> int:
 
 @contextmanager
 def api_in_process(home: Path, timeout_s: float = 120) -> Iterator[str]:
-    """The API server Prefect starts for itself when none is set (``SubprocessASGIServer``: no UI,
-    no background services), on the database in ``home``; while open, this process's flows and
+    """The API server Prefect starts for itself when none is set (``SubprocessASGIServer``, without
+    the UI), on the database in ``home``; while open, this process's flows and
     clients use it. Yields its URL. On a copy of the session's migrated database it answers in
     about 5 s, against 11 s on a fresh one (2026-12-06, this project's 2-core machine)."""
     from prefect._internal.concurrency.services import QueueService
