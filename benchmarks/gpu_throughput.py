@@ -350,8 +350,8 @@ def say_grid(rows: list[dict], gpu: str, cells: int) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", type=int, help="cells in the big pack (default 16; --smoke 2)")
-    parser.add_argument("--steps", type=int, help="timed steps per cell (default 150; --smoke 3)")
-    parser.add_argument("--warmup", type=int, help="untimed steps per cell first (default 15; --smoke 2)")
+    parser.add_argument("--steps", type=int, help="timed steps per cell (default 150; --smoke 2)")
+    parser.add_argument("--warmup", type=int, help="untimed steps per cell first (default 15; --smoke 1)")
     parser.add_argument("--budget-s", type=float, default=170.0, help="start no smaller pack past this (s)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny cohort, few steps: seconds")
     parser.add_argument("--strategies", help=f"comma-separated, of {', '.join(STRATEGIES)}, fused (default: threads, "
@@ -366,8 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="throughput JSON to write: a file, or a folder for <gpu>-<date>.json")
     args = parser.parse_args(argv)
     cells = args.cells or (2 if args.smoke else 16)
-    steps = args.steps or (3 if args.smoke else 150)
-    warmup = args.warmup if args.warmup is not None else (2 if args.smoke else 15)
+    steps = args.steps or (2 if args.smoke else 150)
+    warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 15)
     fused_steps = args.fused_steps or (2 if args.smoke else 20)
     if min(cells, steps, fused_steps) < 1 or warmup < 0:
         parser.error("--cells, --steps and --fused-steps must be at least 1, --warmup at least 0")

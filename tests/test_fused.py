@@ -106,16 +106,23 @@ def stopped(tmp_path_factory):
     cmd = [sys.executable, "-m", "autolabel.train", *map(str, cells), "--fused"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines: queue.Queue = queue.Queue()
-    threading.Thread(target=read_lines, args=(proc.stdout, lines), daemon=True).start()
+    errors: queue.Queue = queue.Queue()
+    # One reader per pipe, each the pipe's only reader (communicate() would read stdout beside it).
+    readers = [threading.Thread(target=read_lines, args=(pipe, q), daemon=True)
+               for pipe, q in ((proc.stdout, lines), (proc.stderr, errors))]  # fmt: skip
+    for reader in readers:
+        reader.start()
     try:
         deadline = time.monotonic() + 120
         while "repeat round epoch" not in lines.get(timeout=max(0.1, deadline - time.monotonic())):
             pass  # the table's header: the pack's first epoch has begun
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        for reader in readers:
+            reader.join(timeout=10)
     finally:
         proc.kill()
-    return cells, proc.returncode, err
+    return cells, proc.returncode, "".join(errors.queue)
 
 
 def assert_matches(got: Path, want: Path, exact: bool) -> None:

@@ -40,6 +40,19 @@ def plot_name(factor: str) -> str:
     return f"dice_by_{safe_name(factor)}.png"
 
 
+def grid_of_panels(fig: Any, rows: int, cols: int, top: float, bottom: float, hgap: float, left: float = 0.75,
+                   wgap: float = 0.75, right: float = 0.3) -> Any:
+    """``fig``'s rows x cols axes with margins and gaps fixed in inches, room for the texts these
+    plots draw (tick labels, an axis label, a panel title; the figure's title above). Constrained
+    layout would measure every text to find them: about half the cost of the picture, 0.6 against
+    0.27 s for learning curves of two strata (2-core machine, 2026-12-06)."""
+    w, h = fig.get_size_inches()
+    width, height = (w - left - right - (cols - 1) * wgap) / cols, (h - top - bottom - (rows - 1) * hgap) / rows
+    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h,
+                        wspace=wgap / width, hspace=hgap / height)
+    return fig.subplots(rows, cols, squeeze=False)
+
+
 def save(fig: Any, path: Path, dpi: int) -> None:
     """A figure as PNG, atomically: a full disk leaves the old picture or none, never half a file."""
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
@@ -85,9 +98,10 @@ def plot_factor(path: Path, factor: str, levels: list[Any], rows: list[dict[str,
     panels = sorted({stratum_of(r, blocks) for r in rows})
     ncols = min(len(panels), 4)
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(3.2 * ncols + 0.6, 3.0 * nrows + 0.6), layout="constrained")
+    rotate = len(levels) > 4
+    fig = Figure(figsize=(3.2 * ncols + 0.6, 3.0 * nrows + 0.6))
     # Own y-range per panel: strata differ far more than levels, and the levels are the point.
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    axes = grid_of_panels(fig, nrows, ncols, top=0.6, bottom=0.75 if rotate else 0.5, hgap=0.9 if rotate else 0.7)
     keys = [level_key(v) for v in levels]
     rng = np.random.default_rng(0)  # the same jitter every time: plots do not churn between reruns
     for ax, panel in zip(axes.flat, panels):
@@ -97,7 +111,7 @@ def plot_factor(path: Path, factor: str, levels: list[Any], rows: list[dict[str,
         ax.boxplot([d for d in data if len(d)], positions=pos, widths=0.6, showfliers=False)
         for i, d in enumerate(data):
             ax.scatter(i + 1 + rng.uniform(-0.18, 0.18, len(d)), d, s=6, alpha=0.5, color="tab:blue")
-        ax.set_xticks(range(1, len(levels) + 1), [fmt_level(v) for v in levels], rotation=30 if len(levels) > 4 else 0)
+        ax.set_xticks(range(1, len(levels) + 1), [fmt_level(v) for v in levels], rotation=30 if rotate else 0)
         ax.set_title(f"{panel or 'all'} (n={len(sub)})", fontsize=9)
         ax.set_xlabel(factor)
         ax.grid(axis="y", alpha=0.3)
@@ -139,8 +153,8 @@ def plot_learning_curves(path: Path, grid_dir: Path, rows: list[dict[str, Any]])
     if not histories:
         return False
     panels = sorted({stratum_of(r) for r, _ in histories})
-    fig = Figure(figsize=(11, 2.6 * len(panels) + 0.6), layout="constrained")
-    axes = fig.subplots(len(panels), len(CURVES), squeeze=False)
+    fig = Figure(figsize=(11, 2.6 * len(panels) + 0.6))
+    axes = grid_of_panels(fig, len(panels), len(CURVES), top=0.75, bottom=0.5, hgap=0.7)
     for row_axes, panel in zip(axes, panels):
         mine = [(r, h) for r, h in histories if stratum_of(r) == panel]
         # Failed cells in red, so a curve that ends early is explained at a glance.
