@@ -25,27 +25,35 @@ FILE_SECONDS: dict[tuple[str, ...], float] = {
 
 
 def pytest_collection_modifyitems(items: list) -> None:
-    """Two lanes of equal seconds, each slow files first, then quick tests up to half the count.
+    """One lane per pytest-xdist worker, of equal seconds: each its slow files first, then quick
+    tests up to its share of the count.
 
-    pytest-xdist's work stealing (`make test`: -n 2 --dist worksteal) hands the first half of
-    the items to one worker and the second half to the other, and a worker that runs out takes
-    the tail of the other's queue: with each half's slow files first, the workers end on quick
-    tests, together, instead of one waiting on a long test the other picked up last."""
+    Work stealing (`make test`: -n 3 --dist worksteal) hands the first share of the items to one
+    worker, the next share to the next, and a worker that runs out takes the tail of another's
+    queue: with each share's slow files first, the workers end on quick tests, together, instead
+    of one waiting on a long test picked up last."""
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     group_of = {name: group for group in FILE_SECONDS for name in group}
     slow: dict[tuple[str, ...], list] = {group: [] for group in FILE_SECONDS}
     quick = []
     for item in items:
         group = group_of.get(item.path.name)
         (slow[group] if group else quick).append(item)
-    lanes: list[list] = [[], []]
-    seconds = [0.0, 0.0]
-    for group in sorted(FILE_SECONDS, key=FILE_SECONDS.get, reverse=True):  # greedy: the emptier lane
-        lane = seconds.index(min(seconds))
-        lanes[lane] += [item for name in group for item in slow[group] if item.path.name == name]
-        seconds[lane] += FILE_SECONDS[group] if slow[group] else 0
-    half = len(items) // 2
-    room = max(0, half - len(lanes[0]))
-    items[:] = lanes[0] + quick[:room] + lanes[1] + quick[room:]
+    lanes: list[list] = [[] for _ in range(workers)]
+    seconds = [0.0] * workers
+    for group in sorted(FILE_SECONDS, key=FILE_SECONDS.get, reverse=True):  # greedy: the emptiest lane
+        if slow[group]:
+            lane = seconds.index(min(seconds))
+            lanes[lane] += [item for name in group for item in slow[group] if item.path.name == name]
+            seconds[lane] += FILE_SECONDS[group]
+    ordered, left = [], len(items)
+    for i, lane in enumerate(lanes):  # the share xdist sends each idle worker: what is left / workers left
+        share = left // (workers - i)
+        take = max(0, share - len(lane))
+        ordered += lane + quick[:take]
+        quick = quick[take:]
+        left -= len(lane) + take
+    items[:] = ordered + quick
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -60,7 +68,7 @@ def autolabel_cache(tmp_path_factory) -> Path:
         # trainer outright asks for every epoch's (the fixture checkpoint_every_epoch).
         mp.delenv(CHECKPOINT_ENV, raising=False)
         if os.environ.get("PYTEST_XDIST_WORKER"):
-            # make test runs two workers on two cores: one thread each, in-process and in the
+            # make test runs three workers on two cores: one thread each, in-process and in the
             # trainers they start (more threads than free cores makes OpenMP spin).
             import torch
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
-import statsmodels.api as sm
-from statsmodels.formula.api import ols
 
 from flows.summary import permutation, stats
 from flows.summary import rows as R
@@ -28,12 +25,23 @@ def pooled(effs, factor):
     return next(e for e in effs if e.factor == factor and e.stratum == "all")
 
 
+def type2_table(formula: str, data):
+    """statsmodels' type II ANOVA table (imported here: it costs most of a second, in every worker
+    that collects this file)."""
+    import statsmodels.api as sm
+    from statsmodels.formula.api import ols
+
+    return sm.stats.anova_lm(ols(formula, data=data).fit(), typ=2)
+
+
 def reference_anova(rows, formula="mean_dice ~ C(lr) + C(bce_weight) + C(inputs) * C(prediction)"):
     """statsmodels' own type II table of the complete cells, written from scratch here."""
+    import pandas as pd
+
     data = pd.DataFrame([r for r in rows if r["status"] == "complete"])
     for col in ("lr", "bce_weight"):
         data[col] = data[col].astype(str)  # levels are categories
-    table = sm.stats.anova_lm(ols(formula, data=data).fit(), typ=2)
+    table = type2_table(formula, data)
     resid = table.loc["Residual", "sum_sq"]
     return {
         k: (row["F"], row["PR(>F)"], row["sum_sq"] / (row["sum_sq"] + resid), row["df"]) for k, row in table.iterrows()
@@ -137,8 +145,10 @@ def test_factor_x_stratum_interaction_shows_where_a_factor_matters():
     effs = stats.effects(rows)
     inter = pooled(effs, "lr").interaction
     assert inter.verdict == "differs between strata" and inter.p < 1e-6
+    import pandas as pd
+
     data = pd.DataFrame(rows).assign(stratum=lambda d: d.inputs + "-" + d.prediction, lr=lambda d: d.lr.astype(str))
-    ref = sm.stats.anova_lm(ols("mean_dice ~ C(bce_weight) + C(lr) * C(stratum)", data=data).fit(), typ=2)
+    ref = type2_table("mean_dice ~ C(bce_weight) + C(lr) * C(stratum)", data)
     assert inter.f == pytest.approx(ref.loc["C(lr):C(stratum)", "F"], rel=1e-6)
     assert inter.df == (3, int(ref.loc["Residual", "df"]))
     verdicts = {e.stratum: e.verdict for e in effs if e.factor == "lr" and e.stratum != "all"}
