@@ -386,8 +386,8 @@ def grid_cells(hyper: dict, **static: Any) -> list:
 
 # ----------------------------------------------------------------------------- the flow's stand-in trainer
 
-# `python -m tests.stand_in_trainer CELL...`: real cell folders, no training (see its docstring).
-STAND_IN = [sys.executable, "-m", "tests.stand_in_trainer"]
+# `python -m tests.stand_in CELL...`: real cell folders, no training (see tests/stand_in_trainer.py).
+STAND_IN = [sys.executable, "-m", "tests.stand_in"]
 TINY_DATASET = {"kind": "synthetic", "seed": 3, "subjects": 12, "rows": 32, "cols": 64}
 
 

@@ -1,6 +1,6 @@
 """A stand-in for ``python -m autolabel.train CELL_DIR... [--force] [--until-round N]`` that trains nothing.
 
-    python -m tests.stand_in_trainer CELL_DIR [CELL_DIR ...] [--force] [--until-round N]
+    python -m tests.stand_in CELL_DIR [CELL_DIR ...] [--force] [--until-round N]   (tests/stand_in.py)
 
 It reads each cell's options.json and plan.json (the trainer's own models), "trains" one
 epoch per ``until x num_epochs`` of its plan, checkpoints after every epoch, resumes from its
@@ -33,6 +33,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 from autolabel import celldir
 from autolabel.datasets.format import LABELS
@@ -164,15 +165,18 @@ def train(cell: Path, fault: str, force: bool, epoch_s: float, until_round: int 
     return EXIT_OK
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], stopped: Sequence[int] = ()) -> int:
+    """The command (tests/stand_in.py); ``stopped``: the stop signal that came while it loaded."""
     force = "--force" in argv
     until_round = int(argv[argv.index("--until-round") + 1]) if "--until-round" in argv else None
     faults = json.loads(os.environ.get("STAND_IN_FAULTS") or "{}")
     epoch_s = float(os.environ.get("STAND_IN_EPOCH_S") or 0)
     valued = ("--until-round", "--threads", "--workers")  # the trainer's flags that take a value
     cells = [Path(a) for i, a in enumerate(argv) if not a.startswith("-") and not (i and argv[i - 1] in valued)]
+    STOP.extend(stopped[:1])
     for s in STOP_SIGNALS:
-        signal.signal(s, stop)
+        if s not in STOP:  # a signal already received is back at its default: again, it kills
+            signal.signal(s, stop)
     codes = []
     for c in cells:
         if STOP:
@@ -181,5 +185,3 @@ def main(argv: list[str]) -> int:
     return worst(codes + [128 + s for s in STOP])
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

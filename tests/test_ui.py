@@ -155,7 +155,7 @@ def test_the_run_form_shows_ecs_inputs_and_a_run_from_it_completes_with_artifact
         # whose bucket was cleared on the form.
         local = api(env, "POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": {
             "spec": str(spec), "backend": "local", "max_parallel": 2,
-            "trainer": [sys.executable, "-m", "tests.stand_in_trainer"]}})
+            "trainer": [sys.executable, "-m", "tests.stand_in"]}})
         bad = api(env, "POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": {
             "spec": str(spec), "out_dir": str(tmp_path / "bad"),
             "ecs": {**dep["parameters"]["ecs"], "bucket": ""}}})
