@@ -1,7 +1,7 @@
 """Training images/s on one GPU: one cell at a time (eager fp32) against packed and fused trainers.
 
     python benchmarks/gpu_throughput.py --out benchmarks/throughput/    # one H200: 158 s (2026-11-27)
-    python benchmarks/gpu_throughput.py --smoke --out /tmp/bench.json   # CPU, tiny cohort: ~25 s
+    python benchmarks/gpu_throughput.py --smoke --out /tmp/bench.json   # CPU, tiny cohort: ~20 s
     python benchmarks/gpu_throughput.py --strategies processes,processes-graphs,threads,hybrid  # ~4.5 min
     python benchmarks/gpu_throughput.py --strategies threads,fused --out benchmarks/throughput/  # + fused packs
     python benchmarks/gpu_throughput.py --strategies fused --smoke --out /tmp/bench.json        # CPU, fused only
