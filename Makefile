@@ -25,7 +25,8 @@ dry-run: setup
 # pytest exits 5 when it collects no test; CI must fail then, and it does (any non-zero).
 # Three workers (pytest-xdist) on the 2-core target machine, each training with one thread: the
 # third runs while the others wait on their servers and subprocesses (6 min 19 s against 6 min 42 s
-# with two, 2026-12-06). tests/conftest.py orders the tests into one lane per worker.
+# with two, 2026-12-06, half an hour apart, both under a per-test profiler). tests/conftest.py
+# orders the tests into one lane per worker.
 test: setup browser-deps
 	$(BIN)/python -m pytest -q -n 3 --dist worksteal
 

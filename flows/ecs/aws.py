@@ -26,10 +26,10 @@ def aws_session(credentials_block: str | None = None):
     import botocore.session
 
     if not credentials_block:
-        core = botocore.session.get_session()
-        core.register_component("data_loader", service_models())
-        session = boto3.Session(botocore_session=core)
         loader = service_models()
+        core = botocore.session.get_session()
+        core.register_component("data_loader", loader)
+        session = boto3.Session(botocore_session=core)
         loader.search_paths[:] = list(dict.fromkeys(loader.search_paths))  # boto3 adds its data path each time
         return session
     from prefect_aws import AwsCredentials  # deferred: only the flow side needs Prefect
