@@ -173,10 +173,10 @@ def main(argv: list[str], stopped: Sequence[int] = ()) -> int:
     epoch_s = float(os.environ.get("STAND_IN_EPOCH_S") or 0)
     valued = ("--until-round", "--threads", "--workers")  # the trainer's flags that take a value
     cells = [Path(a) for i, a in enumerate(argv) if not a.startswith("-") and not (i and argv[i - 1] in valued)]
-    STOP.extend(stopped[:1])
     for s in STOP_SIGNALS:
-        if s not in STOP:  # a signal already received is back at its default: again, it kills
+        if s not in stopped[:1]:  # a signal already received is back at its default: again, it kills
             signal.signal(s, stop)
+    STOP.extend(stopped[:1])  # read after: a signal before the line above is in ``stopped``
     codes = []
     for c in cells:
         if STOP:
