@@ -97,8 +97,8 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 def keep_freed_memory() -> None:
     """Let the process keep what it frees (blocks up to 32 MiB, 256 MiB at the heap's top): a CPU
     step then reuses the memory of the last one instead of the kernel zeroing it afresh. A tiny
-    U-Net step (ResNet-18, batch 4 at 32x64, one thread) had 8000-16000 page faults and 15-26 ms of
-    system time, and none with this: 226-243 ms a step against 238-266 ms (2-core machine,
+    U-Net step (ResNet-18, batch 4 at 32x64, one thread) had 7000-16000 page faults and 11-26 ms of
+    system time, and almost none with this: 226-243 ms a step against 238-266 ms (2-core machine,
     2026-12-06). A no-op where the C library is not glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
